@@ -105,6 +105,8 @@ def test_killed_grid_resumes_every_cell_exactly_once(tmp_path, capsys):
         while time.time() < deadline:
             if sum(c.state == "done" for c in cells) >= 1:
                 break
+            if proc.poll() is not None:
+                pytest.fail(f"the grid process exited early with code {proc.returncode}")
             time.sleep(0.2)
         else:
             pytest.fail("no cell finished within 120 s")

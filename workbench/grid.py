@@ -372,3 +372,6 @@ def _mlflow_logger(mlflow_opt: bool | str, experiment_name: str):
             mlflow.log_artifact(str(Path(cell.directory) / NOTEBOOK_FILE))
 
     return log
+
+
+grid_status = status  # exported as workbench.grid_status
