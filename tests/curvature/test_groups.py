@@ -1,0 +1,101 @@
+"""Group Fisher (channels, attention heads with GQA) vs traces of dense Fisher blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from workbench.curvature import dense_matrix, diagonal_fisher, group_fisher
+
+from . import cases
+
+
+def micro_llama():
+    """One Llama block, 4 query heads sharing 2 key/value heads (GQA), head_dim 2."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=2,
+                      max_position_embeddings=16, tie_word_embeddings=False,
+                      attn_implementation="eager")  # SDPA has no double backward
+    return LlamaForCausalLM(cfg).double().eval()
+
+
+def test_heads_match_dense_blocks_with_gqa():
+    model = micro_llama()
+    ids = torch.randint(0, 11, (3, 5), generator=torch.Generator().manual_seed(1))
+    pre = "model.layers.0.self_attn."
+    names = [pre + p + ".weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    # true Fisher (= GGN for softmax CE) of the mean token loss, dense
+    F = dense_matrix("ggn", model, [ids], params=names)  # D = 64 + 32 + 32 + 64
+    named = dict(model.named_parameters())
+    diag = torch.split(F.diagonal(), [named[n].numel() for n in names])
+    d = {n: t.reshape(named[n].shape) for n, t in zip(names, diag)}
+    g = group_fisher(d, model)
+    shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
+    offsets, i = {}, 0
+    for n in names:
+        offsets[n] = i
+        i += shapes[n].numel()
+
+    def block_trace(name, rows=None, cols=None):
+        out, inn = shapes[name]
+        idx = torch.arange(out * inn).reshape(out, inn)
+        idx = idx[rows] if rows is not None else idx[:, cols]
+        idx = idx.reshape(-1) + offsets[name]
+        return float(F[idx][:, idx].trace())
+
+    hd = 2
+    for h in range(4):
+        q = block_trace(names[0], rows=slice(h * hd, (h + 1) * hd))
+        o = block_trace(names[3], cols=slice(h * hd, (h + 1) * hd))
+        assert g[names[0] + "|head"][h].item() == pytest.approx(q, rel=1e-5)
+        assert g[names[3] + "|head"][h].item() == pytest.approx(o, rel=1e-5)
+        kv = 0.0
+        for n in names[1:3]:
+            t = block_trace(n, rows=slice((h // 2) * hd, (h // 2 + 1) * hd))
+            assert g[n + "|head"][h // 2].item() == pytest.approx(t, rel=1e-5)
+            kv += t / 2  # a key/value head is shared by 2 query heads
+        assert g[pre[:-1] + "|head"][h].item() == pytest.approx(q + o + kv, rel=1e-5)
+    assert g[names[1] + "|head"].shape == (2,)
+    # combined heads sum to the attention block's trace
+    assert float(g[pre[:-1] + "|head"].sum()) == pytest.approx(float(F.trace()), rel=1e-5)
+
+
+def test_channels_match_dense_blocks():
+    model = cases.cnn(0)
+    X, y = cases.classification_data(2, 6, shape=(1, 5, 5))
+    F = dense_matrix("ef", model, [(X, y)])
+    d = diagonal_fisher(model, [(X, y)])
+    g = group_fisher(d)
+    i = 0
+    for n, p in model.named_parameters():
+        idx = torch.arange(p.numel()).reshape(p.shape[0], -1) + i
+        for c in range(p.shape[0]):
+            ref = float(F[idx[c]][:, idx[c]].trace())
+            assert g[n + "|channel"][c].item() == pytest.approx(ref, rel=1e-5, abs=1e-12)
+        i += p.numel()
+    assert set(g) == {n + "|channel" for n, _ in model.named_parameters()}
+
+
+def test_bad_head_layout_raises():
+    model = micro_llama()
+    d = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="heads"):
+        group_fisher(d, num_heads=3, num_kv_heads=1, head_dim=2)
+
+
+@pytest.mark.slow
+def test_real_smollm2_head_groups(smollm2):
+    """Real SmolLM2-135M (9 query heads, 3 key/value heads): shapes and conservation."""
+    model, tok = smollm2
+    ids = torch.tensor([tok.encode("The quick brown fox jumps over the lazy dog.")[:12]])
+    pre = "model.layers.3.self_attn."
+    names = [pre + p + ".weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    d = diagonal_fisher(model, [ids], params=names, kind="empirical")
+    g = group_fisher(d, model)
+    assert g[names[0] + "|head"].shape == (9,) and g[names[1] + "|head"].shape == (3,)
+    assert g[names[3] + "|head"].shape == (9,) and g[names[0] + "|channel"].shape == (576,)
+    total = sum(float(t.double().sum()) for t in d.values())
+    assert float(g[pre[:-1] + "|head"].double().sum()) == pytest.approx(total, rel=1e-4)
+    assert all(torch.isfinite(t).all() and (t >= 0).all() for t in d.values())

@@ -1,0 +1,382 @@
+"""Matrix-free curvature products over an iterable of batches, and dense matrices.
+
+All products are taken of the empirical risk ``L(theta) = sum_t w_t l_t(f_t(theta))``
+over *all* batches (see :mod:`workbench.curvature._problem`): with ``reduction="mean"``
+every term weighs ``1 / N`` where ``N`` counts the active terms of all batches together
+(examples, or non-padding tokens for LMs), so the product over several batches equals
+the product on the concatenated data; with ``reduction="sum"`` the batches just add up.
+
+Matrices (``J_t`` is the Jacobian of term ``t``'s outputs w.r.t. the parameters):
+
+* ``"ggn"``: ``G = sum_t w_t J_t^T H_t J_t`` with ``H_t`` the Hessian of ``l_t`` w.r.t.
+  the outputs (computed by autograd).
+* ``"hessian"``: ``H = d^2 L / d theta^2``.
+* ``"ef"`` (empirical Fisher): ``sum_t w_t g_t g_t^T``, ``g_t = grad l_t`` at the *data*
+  labels.
+* ``"fisher"`` (true Fisher): ``sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T]`` with ``p_t`` the
+  model's predictive distribution implied by the loss (softmax of logits for
+  ``CrossEntropyLoss``, ``exp`` of log-probabilities for ``NLLLoss``, ``N(f, I/2)`` for
+  ``MSELoss``). With ``n_samples=None`` the expectation is exact (a sum over all classes;
+  ``2 I`` in output space for MSE); with ``n_samples=S`` it is a Monte Carlo average over
+  ``S`` labels per term, drawn with a generator seeded by ``seed`` and the batch index so
+  every column of a dense matrix uses the same labels.
+
+Products use double backward (``J v`` by the double-backward trick, Hessians by
+differentiating the gradient): Hugging Face models need ``attn_implementation="eager"``
+when attention parameters are involved, because PyTorch's CPU SDPA kernel has no double
+backward.
+
+For softmax cross-entropy the true Fisher equals the GGN exactly (canonical link); for
+``NLLLoss`` on log-probabilities the GGN is zero (the loss is linear in its input) while
+the true Fisher is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import _problem as P
+
+KINDS = ("ggn", "hessian", "ef", "fisher")
+
+
+def _default_loss(loss_fn: nn.Module | None) -> nn.Module:
+    return nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+
+
+def _grad(outputs, inputs, grad_outputs, batched: bool, retain_graph=True, create_graph=False):
+    return torch.autograd.grad(
+        outputs, inputs, grad_outputs=grad_outputs, retain_graph=retain_graph,
+        create_graph=create_graph, allow_unused=True, materialize_grads=True,
+        is_grads_batched=batched,
+    )
+
+
+def _batch_matmat(
+    kind: str, model: nn.Module, loss_fn: nn.Module, lkind: str, params: list[Tensor],
+    batch: Any, V: Tensor, scale: float, n_samples: int | None, generator: torch.Generator | None,
+) -> Tensor:
+    """One batch's contribution ``M_batch @ V^T`` as ``[K, D]`` (``V`` is ``[K, D]``)."""
+    terms = P.batch_terms(model, batch, lkind, loss_fn)
+    out, tgt = terms.outputs, terms.targets
+    w = terms.active.to(out.dtype) * scale  # [n]
+    if kind == "hessian":
+        loss = (w * P.term_losses(lkind, out, tgt)).sum()
+        g = P.flat(_grad(loss, params, None, False, create_graph=True))
+        res = _grad(g, params, V, True, retain_graph=False)
+        return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
+    # J V via the double-backward trick: J^T u is linear in u, d/du <J^T u, v> = J v.
+    u = torch.zeros_like(out, requires_grad=True)
+    jtu = _grad(out, params, u, False, create_graph=True)
+    JV = _grad(jtu, u, P.unflat(V, params), True)[0]  # [K, n, C]
+    z = out.detach()
+    if kind == "ggn":
+        zr = z.clone().requires_grad_(True)
+        lz = (w * P.term_losses(lkind, zr, tgt)).sum()
+        gz = _grad(lz, zr, None, False, create_graph=True)[0]
+        M = _grad(gz, zr, JV, True, retain_graph=False)[0]
+    elif kind == "ef":
+        zr = z.clone().requires_grad_(True)
+        R = _grad(P.term_losses(lkind, zr, tgt).sum(), zr, None, False)[0]  # [n, C]
+        M = (w * (JV * R).sum(-1)).unsqueeze(-1) * R
+    elif kind == "fisher" and n_samples is None:
+        if lkind == "mse":
+            M = 2.0 * w[:, None] * JV
+        else:
+            C = z.shape[1]
+            probs = P.predictive_probs(lkind, z)  # [n, C]
+            classes = torch.arange(C, device=z.device)
+            zc = z.unsqueeze(0).expand(C, *z.shape).clone().requires_grad_(True)
+            yc = classes[:, None].expand(C, z.shape[0])
+            lc = P.term_losses(lkind, zc.reshape(-1, C), yc.reshape(-1)).sum()
+            R = _grad(lc, zc, None, False)[0]  # [C(label), n, C]
+            coef = torch.einsum("knc,jnc->kjn", JV, R)
+            M = torch.einsum("n,nj,kjn,jnc->knc", w, probs, coef, R)
+    elif kind == "fisher":
+        S = int(n_samples)
+        Y = P.sample_targets(lkind, z, S, generator)
+        zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
+        flat_y = Y.reshape(S * z.shape[0], *Y.shape[2:])
+        ls = P.term_losses(lkind, zs.reshape(-1, z.shape[1]), flat_y).sum()
+        R = _grad(ls, zs, None, False)[0]  # [S, n, C]
+        coef = torch.einsum("knc,snc->ksn", JV, R)
+        M = torch.einsum("n,ksn,snc->knc", w, coef, R) / S
+    else:  # pragma: no cover - guarded by the caller
+        raise ValueError(kind)
+    res = _grad(out, params, M, True, retain_graph=False)
+    return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
+
+
+def curvature_matmat(
+    kind: str,
+    model: nn.Module,
+    batches: Any,
+    V: Tensor,
+    *,
+    loss_fn: nn.Module | None = None,
+    params: Any = None,
+    n_samples: int | None = None,
+    seed: int = 0,
+    chunk_size: int = 128,
+) -> Tensor:
+    """Multiply a curvature matrix onto several flat vectors at once.
+
+    Args:
+        kind: ``"ggn"``, ``"hessian"``, ``"ef"`` or ``"fisher"`` (see the module doc).
+        model: Any ``nn.Module``; HF causal LMs take token batches.
+        batches: Iterable of batches: ``(x, y)`` pairs, LongTensor ``[b, seq]`` token
+            blocks, or dicts with ``input_ids`` / ``attention_mask``. Materialised once.
+        V: ``[K, D]`` or ``[D]`` vectors in the flat parameter space (``D`` = number of
+            selected parameter entries, in the order of ``params``).
+        loss_fn: ``nn.CrossEntropyLoss`` (default), ``nn.NLLLoss`` or ``nn.MSELoss``
+            with reduction ``mean`` or ``sum``.
+        params: Parameters to differentiate (names, parameters or a dict); default all
+            trainable ones.
+        n_samples: Only for ``kind="fisher"``: ``None`` = exact expectation over labels,
+            an int = Monte Carlo labels per term.
+        seed: Seed of the Monte Carlo labels.
+        chunk_size: Vectors processed together in one batched backward pass.
+
+    Returns:
+        ``[K, D]`` (or ``[D]``) products, in the dtype of the model.
+
+    Raises:
+        ValueError: Unknown ``kind``, unsupported loss, empty data, mismatched shapes,
+            non-finite results, ``n_samples < 1``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if n_samples is not None and (kind != "fisher" or int(n_samples) < 1):
+        raise ValueError("n_samples: only for kind='fisher', and must be >= 1 (or None)")
+    loss_fn = _default_loss(loss_fn)
+    lkind = P.loss_kind(loss_fn)
+    batches = P.as_batch_list(batches)
+    _, plist = P.resolve_params(model, params)
+    D = sum(p.numel() for p in plist)
+    squeeze = V.ndim == 1
+    V = V.reshape(1, -1) if squeeze else V
+    if V.ndim != 2 or V.shape[1] != D:
+        raise ValueError(f"V: expected shape [K, {D}] or [{D}], got {tuple(V.shape)}")
+    ref = plist[0]
+    V = V.to(device=ref.device, dtype=ref.dtype)
+    n_total = sum(P.count_terms(b, lkind, loss_fn) for b in batches)
+    result = torch.zeros_like(V)
+    for bi, batch in enumerate(batches):
+        gen = None
+        if n_samples is not None:
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
+        for start in range(0, V.shape[0], chunk_size):
+            block = V[start:start + chunk_size]
+            if gen is not None:  # the same labels for every chunk of columns
+                gen.manual_seed(int(seed) * 1_000_003 + bi)
+            n_out = _n_outputs(model, batch, lkind, loss_fn) if lkind == "mse" else 1
+            scale = P.term_scale(lkind, loss_fn, n_total, n_out)
+            result[start:start + chunk_size] += _batch_matmat(
+                kind, model, loss_fn, lkind, plist, batch, block, scale, n_samples, gen
+            )
+    P.check_finite(f"{kind} product", result)
+    return result[0] if squeeze else result
+
+
+def _n_outputs(model, batch, lkind, loss_fn) -> int:
+    y = batch[1]
+    return int(y[0].numel())
+
+
+def _vector_product(kind, model, batches, v, loss_fn, params, **kw):
+    names, plist = P.resolve_params(model, params)
+    if isinstance(v, Tensor):
+        return curvature_matmat(kind, model, batches, v.reshape(-1), loss_fn=loss_fn,
+                                params=params, **kw).reshape(v.shape)
+    if isinstance(v, dict):
+        vec = P.flat([v[n] for n in names])
+        res = curvature_matmat(kind, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
+        return dict(zip(names, P.unflat(res, plist)))
+    vec = P.flat(list(v))
+    res = curvature_matmat(kind, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
+    return P.unflat(res, plist)
+
+
+_VDOC = """
+
+    Args:
+        model: The model.
+        batches: Iterable of batches (``(x, y)`` pairs or LM token blocks).
+        v: A flat ``[D]`` tensor, a list of tensors shaped like ``params``, or a
+            ``{name: tensor}`` dict; the result has the same format.
+        loss_fn: ``nn.CrossEntropyLoss`` (default), ``nn.NLLLoss`` or ``nn.MSELoss``.
+        params: Parameters to differentiate; default all trainable ones.
+
+    Returns:
+        The product, normalised as described in :mod:`workbench.curvature.products`.
+"""
+
+
+def ggn_vector_product(model, batches, v, *, loss_fn=None, params=None):
+    return _vector_product("ggn", model, batches, v, loss_fn, params)
+
+
+def hessian_vector_product(model, batches, v, *, loss_fn=None, params=None):
+    return _vector_product("hessian", model, batches, v, loss_fn, params)
+
+
+def empirical_fisher_vector_product(model, batches, v, *, loss_fn=None, params=None):
+    return _vector_product("ef", model, batches, v, loss_fn, params)
+
+
+def true_fisher_vector_product(model, batches, v, *, loss_fn=None, params=None,
+                               n_samples: int | None = None, seed: int = 0):
+    return _vector_product("fisher", model, batches, v, loss_fn, params,
+                           n_samples=n_samples, seed=seed)
+
+
+ggn_vector_product.__doc__ = "GGN-vector product ``G v = sum_t w_t J_t^T H_t J_t v``." + _VDOC
+hessian_vector_product.__doc__ = "Hessian-vector product of the empirical risk." + _VDOC
+empirical_fisher_vector_product.__doc__ = (
+    "Empirical-Fisher-vector product ``sum_t w_t g_t (g_t . v)`` at the data labels." + _VDOC
+)
+true_fisher_vector_product.__doc__ = (
+    "True-Fisher-vector product, exact over labels (``n_samples=None``) or Monte Carlo "
+    "with ``n_samples`` labels per term (seeded by ``seed``)." + _VDOC
+)
+
+
+def dense_matrix(
+    kind: str,
+    model: nn.Module,
+    batches: Any,
+    *,
+    loss_fn: nn.Module | None = None,
+    params: Any = None,
+    n_samples: int | None = None,
+    seed: int = 0,
+    chunk_size: int = 128,
+) -> Tensor:
+    """The full ``[D, D]`` curvature matrix, built from products with unit vectors.
+
+    Only for small models (``D`` up to a few thousand). Same arguments as
+    :func:`curvature_matmat`; the result is not symmetrised.
+    """
+    _, plist = P.resolve_params(model, params)
+    D = sum(p.numel() for p in plist)
+    eye = torch.eye(D, dtype=plist[0].dtype, device=plist[0].device)
+    return curvature_matmat(kind, model, batches, eye, loss_fn=loss_fn, params=params,
+                            n_samples=n_samples, seed=seed, chunk_size=chunk_size).T
+
+
+def num_params(model: nn.Module, params: Any = None) -> int:
+    """Number of entries ``D`` of the selected parameters."""
+    return sum(p.numel() for p in P.resolve_params(model, params)[1])
+
+
+def flat_params(model: nn.Module, params: Any = None) -> Tensor:
+    """The selected parameters as one detached flat vector (order of ``params``)."""
+    return P.flat([p.detach() for p in P.resolve_params(model, params)[1]])
+
+
+def param_names(model: nn.Module, params: Any = None) -> Sequence[str]:
+    """Names of the selected parameters, in the flat order."""
+    return P.resolve_params(model, params)[0]
+
+
+def per_term_jacobian(model: nn.Module, batch: Any, *, loss_fn: nn.Module | None = None,
+                      params: Any = None, chunk_size: int | None = None):
+    """Per-term Jacobians of one batch's outputs w.r.t. the flat parameters.
+
+    Computed with ``torch.func.vmap(jacrev(...))`` over the examples of the batch
+    (examples must not interact, e.g. no BatchNorm in training mode).
+
+    Returns:
+        ``(J, terms)``: ``J`` is ``[n, C, D]`` (``n`` terms, ``C`` outputs per term) and
+        ``terms`` the detached :class:`~workbench.curvature._problem.Terms` of the batch.
+    """
+    from torch.func import jacrev, vmap
+
+    from .diagonal import _example_outputs_fn
+
+    loss_fn = _default_loss(loss_fn)
+    lkind = P.loss_kind(loss_fn)
+    names, plist = P.resolve_params(model, params)
+    f = _example_outputs_fn(model, names, lkind, loss_fn)
+    detached = {n: p.detach() for n, p in zip(names, plist)}
+    ex_batch = batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        ex_batch = (batch[0], torch.zeros(batch[0].shape[0]))  # targets unused here
+    jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=chunk_size)(detached, ex_batch)
+    # jac[name]: [b, T, C, *shape]
+    first = jac[names[0]]
+    b, T, C = first.shape[:3]
+    J = torch.cat([jac[n].reshape(b * T, C, -1) for n in names], -1)
+    with torch.no_grad():
+        terms = P.batch_terms(model, batch, lkind, loss_fn)
+    return J, terms
+
+
+def _output_space_matrices(kind, lkind, terms, n_samples, generator):
+    """``[n, C, C]`` matrices ``M_t`` with ``curvature = sum_t w_t J_t^T M_t J_t``."""
+    z = terms.outputs.detach()
+    tgt = terms.targets
+    if kind == "ggn":
+        def per_term(zt, yt):
+            return P.term_losses(lkind, zt[None], yt[None]).sum()
+
+        return torch.func.vmap(torch.func.hessian(per_term))(z, tgt)
+    if kind == "ef":
+        zr = z.clone().requires_grad_(True)
+        R = torch.autograd.grad(P.term_losses(lkind, zr, tgt).sum(), zr)[0]
+        return R[:, :, None] * R[:, None, :]
+    if n_samples is None:
+        C = z.shape[1]
+        if lkind == "mse":
+            return 2.0 * torch.eye(C, dtype=z.dtype).expand(z.shape[0], C, C)
+        probs = P.predictive_probs(lkind, z)
+        zc = z.unsqueeze(0).expand(C, *z.shape).clone().requires_grad_(True)
+        yc = torch.arange(C, device=z.device)[:, None].expand(C, z.shape[0])
+        R = torch.autograd.grad(P.term_losses(lkind, zc.reshape(-1, C), yc.reshape(-1)).sum(),
+                                zc)[0]  # [label, n, C]
+        return torch.einsum("nj,jnc,jnd->ncd", probs, R, R)
+    S = int(n_samples)
+    Y = P.sample_targets(lkind, z, S, generator)
+    zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
+    ls = P.term_losses(lkind, zs.reshape(-1, z.shape[1]), Y.reshape(S * z.shape[0], *Y.shape[2:]))
+    R = torch.autograd.grad(ls.sum(), zs)[0]
+    return torch.einsum("snc,snd->ncd", R, R) / S
+
+
+def dense_matrix_jacobian(
+    kind: str,
+    model: nn.Module,
+    batches: Any,
+    *,
+    loss_fn: nn.Module | None = None,
+    params: Any = None,
+    n_samples: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Dense GGN / empirical / true Fisher from per-term Jacobians (fast for small ``D``).
+
+    ``sum_t w_t J_t^T M_t J_t`` with ``M_t`` the output-space matrix of ``kind`` (loss
+    Hessian, ``r r^T``, exact or Monte Carlo label expectation). An implementation
+    independent of the matrix-free products (same labels for the same ``seed``).
+    """
+    if kind not in ("ggn", "ef", "fisher"):
+        raise ValueError(f"kind must be one of ('ggn', 'ef', 'fisher'), got {kind!r}")
+    loss_fn = _default_loss(loss_fn)
+    lkind = P.loss_kind(loss_fn)
+    batches = P.as_batch_list(batches)
+    n_total = sum(P.count_terms(b, lkind, loss_fn) for b in batches)
+    out = None
+    for bi, batch in enumerate(batches):
+        J, terms = per_term_jacobian(model, batch, loss_fn=loss_fn, params=params)
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
+        M = _output_space_matrices(kind, lkind, terms, n_samples, gen)
+        scale = P.term_scale(lkind, loss_fn, n_total, terms.outputs.shape[1])
+        w = terms.active.to(J.dtype) * scale
+        MJ = torch.einsum("ncd,nde->nce", M * w[:, None, None], J)
+        part = J.reshape(-1, J.shape[-1]).T @ MJ.reshape(-1, J.shape[-1])
+        out = part if out is None else out + part
+    P.check_finite(f"{kind} matrix", out)
+    return out
