@@ -3,14 +3,17 @@
 Part 1 (MLP, ``nn.Linear``/``nn.ReLU``, where BackPACK applies): the diagonal of the
 empirical Fisher of the mean loss, ``(1/N) sum_n (grad l_n)^2``, computed by
 
-* ``workbench``: :func:`workbench.curvature.diagonal_fisher` (``torch.func.vmap(grad)``),
+* ``workbench``: :func:`workbench.curvature.diagonal_fisher` (hooks for ``nn.Linear``),
 * ``loop``: one forward/backward pass per example (plain PyTorch),
 * ``backpack-sgs``: BackPACK's ``SumGradSquared`` (loss with ``reduction="sum"``, / N),
 * ``backpack-bg``: BackPACK's ``BatchGrad`` (per-sample gradients, squared and summed),
 
 all in one process, best of ``--repeats``; the values are checked to agree (allclose) and
-the time ratios printed. Part 2: tokens/s of the empirical and true diagonal Fisher on
-the default language model (``--lm``; ``--lm none`` skips it).
+the time ratios printed. Part 2: tokens/s of the empirical and true diagonal Fisher
+(``granularity="sequence"`` and ``"token"``, hook path for every parameter) on the default
+language model (``--lm``; ``--lm none`` skips it), next to a plain forward + backward pass
+of the mean token loss over the same chunks (time ratio printed; goal <= ~2x);
+``--with-vmap`` adds the ``torch.func.vmap`` path for comparison.
 
 Default sizes are scaled down for a CPU (a few seconds); ``--device cuda --d-in 784
 --hidden 1024 --batch 512`` is GPU scale. Timings are printed, never asserted.
@@ -115,22 +118,52 @@ def bench_mlp(args, device):
     return res
 
 
+def plain_forward_backward(model, blocks, chunk_size):
+    """Reference cost: mean token loss forward + backward (parameter gradients), per chunk."""
+    for ids in blocks.split(chunk_size):
+        logits = model(ids, use_cache=False).logits[:, :-1]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           ids[:, 1:].reshape(-1))
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def bench_lm(args, device):
     import workbench as wb
 
     model, tok = wb.load_model(args.lm, device=str(device))
     corpus = wb.load_corpus(args.corpus, seed=args.seed)
     blocks = wb.token_blocks(tok, corpus.split("validation"), args.seq_len,
-                             n_blocks=args.n_blocks, seed=args.seed)
+                             n_blocks=args.n_blocks, seed=args.seed).to(device)
     n_tok = blocks.numel()
+    cs = args.chunk_size
     print(f"\n{args.lm} on {device}: {args.n_blocks} blocks x {args.seq_len} tokens, "
-          f"chunk_size {args.chunk_size}, all {sum(p.numel() for p in model.parameters()):,} "
-          f"parameters")
-    print(f"{'kind':<12}{'seconds':>10}{'tokens/s':>10}")
+          f"chunk_size {cs}, all {sum(p.numel() for p in model.parameters()):,} "
+          f"parameters, {torch.get_num_threads()} threads, best of {args.lm_repeats}")
+    runs = {"forward+backward": lambda: plain_forward_backward(model, blocks, cs)}
     for kind in ("empirical", "true"):
-        _, sec = best_of(lambda: diagonal_fisher(model, [blocks], kind=kind,
-                                                 chunk_size=args.chunk_size), 1, device)
-        print(f"{kind:<12}{sec:>10.2f}{n_tok / sec:>10.1f}")
+        for gran in ("sequence", "token"):
+            runs[f"{kind}/{gran}"] = (lambda kind=kind, gran=gran: diagonal_fisher(
+                model, [blocks], kind=kind, granularity=gran, chunk_size=cs))
+    if args.with_vmap:  # the pre-hook path for all parameters (slow)
+        runs["empirical/vmap"] = lambda: diagonal_fisher(model, [blocks], method="vmap",
+                                                         chunk_size=cs)
+    res = {name: best_of(fn, args.lm_repeats, device) for name, fn in runs.items()}
+    base = res["forward+backward"][1]
+    print(f"{'kind/granularity':<20}{'seconds':>10}{'tokens/s':>10}{'x fwd+bwd time':>16}")
+    for name, (_, sec) in res.items():
+        print(f"{name:<20}{sec:>10.2f}{n_tok / sec:>10.1f}{sec / base:>16.2f}")
+    e_seq, e_tok = res["empirical/sequence"][0], res["empirical/token"][0]
+    ratio = torch.stack([e_tok[n].sum() / e_seq[n].sum() for n in e_seq])
+    print(f"token / sequence granularity (empirical), per-parameter trace ratio: median "
+          f"{float(ratio.median()):.3f}, range [{float(ratio.min()):.3f}, "
+          f"{float(ratio.max()):.3f}]")
+    if args.with_vmap:
+        v = res["empirical/vmap"][0]
+        diff = max(float((v[n] - e_seq[n]).abs().max() / v[n].abs().max()) for n in v)
+        print(f"hooks vs vmap (empirical/sequence): max rel diff {diff:.1e}")
+    return res
 
 
 def main(argv=None):
@@ -146,12 +179,17 @@ def main(argv=None):
     ap.add_argument("--corpus", default="wiki-excerpt")
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--n-blocks", type=int, default=2)
-    ap.add_argument("--chunk-size", type=int, default=1)
+    ap.add_argument("--chunk-size", type=int, default=2)
+    ap.add_argument("--lm-repeats", type=int, default=2)
+    ap.add_argument("--with-vmap", action="store_true",
+                    help="also time method='vmap' on the LM (slow on CPU)")
+    ap.add_argument("--skip-mlp", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    bench_mlp(args, device)
+    if not args.skip_mlp:
+        bench_mlp(args, device)
     if args.lm != "none":
         bench_lm(args, device)
 

@@ -16,16 +16,30 @@ tokens of a causal LM, or examples of a classifier; ``l_t`` = loss of term ``t``
   expectation, so this is an unbiased estimate of ``(1 / N) sum_t diag(F_t)``, the
   diagonal of the true Fisher (= GGN for softmax cross-entropy) of the mean token loss.
 
-Computation: parameters of ``nn.Linear`` layers get their squared per-example gradients
-from forward/backward hooks (one pass per chunk; no per-example gradient is formed for
-2-D layer inputs), all others from ``torch.func.vmap(grad)``; ``method="loop"`` is the
-slow reference.
+``granularity="token"`` (causal LMs; hook path only) squares per-*position*
+contributions instead: ``F_diag = (1 / N) sum_i sum_p (G_{i,p})^2`` where
+``grad_theta L_i = sum_p G_{i,p}`` splits example ``i``'s gradient by the position ``p``
+at which the parameter is used (``g_p a_p^T`` for a linear weight, ``onehot(id_p) g_p^T``
+for an embedding, ``g_p * xhat_p`` for a norm weight; a tied embedding / LM head weight
+sums both uses at ``p`` before squaring). This drops cross-position terms: it equals the
+squared gradient of the single token loss ``l_p`` exactly for parameters after the last
+attention layer (LM head, final norm, last MLP), and approximates it for layers below
+attention, whose use at ``p`` also feeds later tokens (see :mod:`._persample`). It is the
+cheapest estimator (no per-example gradient is formed). The default
+``granularity="sequence"`` is the per-example definition above.
+
+Computation: parameters of ``nn.Linear``, ``nn.Embedding`` and LayerNorm/RMSNorm layers
+(also tied embedding / LM head weights) get their squared per-sample gradients from
+forward hooks and one backward pass to the module outputs per chunk (no parameter
+gradient is formed; per-example gradients are formed only for ``granularity="sequence"``
+and 3-D linear inputs, one ``[out, in]`` at a time for large layers); all other
+parameters use ``torch.func.vmap(grad)``; ``method="loop"`` is the slow reference.
 
 Numerics: per-example gradients are computed in the model's dtype (bf16/fp16 allowed),
-cast to float32 before squaring, and accumulated in float32. Optional clipping rescales
-each per-example gradient to L2 norm at most ``clip`` (over the selected parameters)
-before squaring. Examples are processed ``chunk_size`` at a time; the sum of squares
-does not depend on the chunking.
+cast to float32 (float64 for float64 models) before squaring, and accumulated in that
+dtype. Optional clipping rescales each per-example gradient to L2 norm at most ``clip``
+(over the selected parameters) before squaring. Examples are processed ``chunk_size`` at
+a time; the sum of squares does not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from . import _persample as PS
 from . import _problem as P
 
 FISHER_KINDS = ("empirical", "true")
@@ -90,91 +105,43 @@ def _sampled_label_batches(model, batch, lkind, loss_fn, S, seed, first):
     return _sample_per_example(lkind, terms.outputs, _n_examples(batch), S, seed, first)
 
 
-def _hook_modules(model, names):
-    """``{module name: (module, weight name | None, bias name | None)}`` for the selected
-    parameters that belong to exactly one ``nn.Linear`` (and to no other module)."""
-    owners: dict[int, list] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m.named_parameters(recurse=False):
-            owners.setdefault(id(p), []).append((mname, m, pname))
-    named = dict(model.named_parameters())
-    mods: dict[str, list] = {}
-    for n in names:
-        own = owners.get(id(named[n]), [])
-        if len(own) == 1 and isinstance(own[0][1], nn.Linear):
-            mname, m, pname = own[0]
-            entry = mods.setdefault(mname, [m, None, None])
-            entry[1 if pname == "weight" else 2] = n
-    return {k: tuple(v) for k, v in mods.items()}
+def _hook_pass(model, ex, lkind, loss_fn, plan, kind, S, seed, first, granularity, acc):
+    """Add the squared per-sample gradients of the hooked parameters of one chunk to ``acc``.
 
-
-def _hook_pass(model, ex, lkind, loss_fn, mods, kind, S, seed, first):
-    """Squared per-example gradients of ``nn.Linear`` parameters from one forward pass.
-
-    A linear layer's per-example weight gradient is ``sum_t g_t a_t^T`` (``a``: layer
-    input, ``g``: gradient of the example's summed loss w.r.t. the layer output). For a
-    2-D input (one row per example) its square is ``g^2 (a^2)^T``, computed without
-    materialising per-example gradients; otherwise ``[b, out, in]`` per-example
-    gradients are formed per layer. The leading dimension of every layer input must
-    index the examples (as for ``vmap``).
+    One forward pass records the inputs/outputs of the planned modules; per label
+    draw, one backward pass returns the gradients w.r.t. those outputs (no parameter
+    gradient is formed), from which :func:`._persample.add_squared_grads` adds
+    ``1 / S`` times the sums of squared per-example (``granularity="sequence"``) or
+    per-position (``"token"``) gradients to ``acc`` in place. The leading dimension of
+    every module input must index the examples (as for ``vmap``).
 
     Returns:
-        ``(Y, {param name: sum over the chunk of squared per-example gradients / S})``;
-        ``Y`` are the sampled labels (``kind="true"``) or ``None``.
+        The sampled labels ``Y`` (``kind="true"``) or ``None``.
     """
-    inputs, outputs = {}, {}
-
-    def make(mn):
-        def hook(mod, args, out):
-            if mn in outputs:
-                raise ValueError(f"{mn}: nn.Linear called more than once per forward pass; "
-                                 "use method='vmap'")
-            inputs[mn] = args[0].detach()
-            outputs[mn] = out
-        return hook
-
-    handles = [m.register_forward_hook(make(mn)) for mn, (m, _, _) in mods.items()]
-    try:
+    with PS.Recorder(plan) as rec:
         terms = P.batch_terms(model, ex, lkind, loss_fn)
-    finally:
-        for h in handles:
-            h.remove()
     b = _n_examples(ex)
     Y = None
     if kind == "true":
         Y = _sample_per_example(lkind, terms.outputs.detach(), b, S, seed, first)
     w = terms.active.to(terms.outputs.dtype)
-    order = [mn for mn in mods if mn in outputs]
-    res: dict[str, Tensor] = {}
+    order = list(rec.outputs)
     for s in range(S):
         tgt = terms.targets if Y is None else Y[s].reshape(terms.targets.shape)
         if lkind in ("ce", "nll"):
             tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
         loss = (w * P.term_losses(lkind, terms.outputs, tgt)).sum()
-        gs = torch.autograd.grad(loss, [outputs[mn] for mn in order], retain_graph=s < S - 1,
-                                 allow_unused=True, materialize_grads=True)
-        for mn, g in zip(order, gs):
-            _, wn, bn = mods[mn]
-            a, g = inputs[mn].float(), g.float()
-            if a.ndim == 2 and a.shape[0] == b:
-                sq_w = (g * g).T @ (a * a) if wn else None
-                sq_b = (g * g).sum(0) if bn else None
-            else:
-                a = a.reshape(b, -1, a.shape[-1])
-                g = g.reshape(b, -1, g.shape[-1])
-                sq_w = torch.einsum("bto,bti->boi", g, a).pow(2).sum(0) if wn else None
-                sq_b = g.sum(1).pow(2).sum(0) if bn else None
-            for n, sq in ((wn, sq_w), (bn, sq_b)):
-                if n is not None:
-                    P.check_finite(f"gradient of {n}", sq)
-                    res[n] = res[n] + sq / S if n in res else sq / S
-    return Y, res
+        gs = torch.autograd.grad(loss, [rec.outputs[mn] for mn in order],
+                                 retain_graph=s < S - 1, allow_unused=True,
+                                 materialize_grads=True)
+        PS.add_squared_grads(acc, plan, rec, dict(zip(order, gs)), b, granularity, 1.0 / S)
+    return Y
 
 
 def _example_loss_fn(model, names, lkind, loss_fn):
     """``f(params, example, targets_or_None) -> summed loss of one example``."""
     buffers = dict(model.named_buffers())
-    others = {n: p for n, p in model.named_parameters() if n not in set(names)}
+    others = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
 
     def f(params, example, targets):
         def call(m, x, **kw):
@@ -194,7 +161,7 @@ def _example_loss_fn(model, names, lkind, loss_fn):
 def _example_outputs_fn(model, names, lkind, loss_fn):
     """``f(params, example) -> [T, C]`` outputs of one example's terms."""
     buffers = dict(model.named_buffers())
-    others = {n: p for n, p in model.named_parameters() if n not in set(names)}
+    others = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
 
     def f(params, example):
         def call(m, x, **kw):
@@ -222,10 +189,11 @@ def diagonal_fisher(
     clip: float | None = None,
     normalize: str = "token",
     method: str = "auto",
+    granularity: str = "sequence",
     storage_dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
-    """Diagonal empirical or true Fisher from squared per-example gradients.
+    """Diagonal empirical or true Fisher from squared per-example (or per-token) gradients.
 
     Args:
         model: A causal LM (token batches) or any classifier/regressor (``(x, y)``).
@@ -245,14 +213,21 @@ def diagonal_fisher(
         clip: If set, each per-example gradient is rescaled to L2 norm <= ``clip``.
         normalize: ``"token"`` (divide by active terms ``N``), ``"example"`` (by number
             of examples) or ``"none"`` (plain sum of squared per-example gradients).
-        method: ``"auto"``: parameters of ``nn.Linear`` layers by forward/backward
-            hooks (one pass per chunk, see :func:`_hook_pass`), all others by
-            ``"vmap"`` (``torch.func.vmap(grad)``); ``"hooks"``: only the hook path
-            (every parameter must belong to one ``nn.Linear``); ``"loop"``: one
-            backward pass per example (slow reference). With ``clip`` the hooks are
-            not used (the clip needs each per-example gradient's full norm). Dict
-            batches with an ``attention_mask`` take the loop instead of ``vmap``
-            (HF masking is not vmap-able).
+        method: ``"auto"``: parameters of ``nn.Linear``, ``nn.Embedding`` and
+            LayerNorm/RMSNorm layers (tied weights included) by forward/backward hooks
+            (one forward and one backward pass per chunk, see :func:`_hook_pass`), all
+            others by ``"vmap"`` (``torch.func.vmap(grad)``); ``"hooks"``: only the
+            hook path (every parameter must be hookable); ``"loop"``: one backward pass
+            per example (slow reference). With ``clip`` the hooks are not used (the
+            clip needs each per-example gradient's full norm). Dict batches with an
+            ``attention_mask`` take the loop instead of ``vmap`` (HF masking is not
+            vmap-able).
+        granularity: What is squared (see the module docstring). ``"sequence"``
+            (default): the gradient of each example's summed loss (one sequence of an
+            LM). ``"token"``: each position's contribution to it (for an LM, the usual
+            per-token estimator; hook path only, so every selected parameter must be
+            hookable, and no ``clip``). Identical for examples with one position
+            (classifiers with 2-D layer inputs).
         storage_dtype: dtype of the returned tensors (``torch.float16`` halves memory).
         device: Where the result lives (``"cpu"`` offloads from the GPU); default the
             parameters' device.
@@ -270,6 +245,8 @@ def diagonal_fisher(
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if granularity not in PS.GRANULARITIES:
+        raise ValueError(f"granularity must be one of {PS.GRANULARITIES}, got {granularity!r}")
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if clip is not None and not clip > 0:
@@ -281,18 +258,26 @@ def diagonal_fisher(
     batches = P.as_batch_list(batches)
     names, plist = P.resolve_params(model, params)
     acc_device = plist[0].device
-    acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=acc_device)
+    acc = {n: torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32),
+                          device=acc_device)
            for n, p in zip(names, plist)}
     n_terms = n_examples = 0
     S = int(n_samples) if kind == "true" else 1
-    mods = {}
+    plan = PS.Plan()
     if method in ("auto", "hooks") and clip is None:
-        mods = _hook_modules(model, names)
-    hooked = {n for _, wn, bn in mods.values() for n in (wn, bn) if n is not None}
-    rest = [n for n in names if n not in hooked]
+        plan = PS.make_plan(model, names, granularity)
+        if method == "auto" and plan.uses:  # modules called twice per pass: vmap instead
+            plan = PS.drop_reused(plan, model, _probe_example(batches[0]), lkind, loss_fn)
+    rest = [n for n in names if n not in plan.uses]
     if method == "hooks" and (clip is not None or rest):
-        raise ValueError("method='hooks' needs every selected parameter to belong to one "
-                         "nn.Linear and clip=None; use method='auto' or 'vmap'")
+        raise ValueError("method='hooks' needs every selected parameter to belong to "
+                         "nn.Linear / nn.Embedding / norm layers and clip=None; not hookable: "
+                         f"{rest[:5]}; use method='auto' or 'vmap'")
+    if granularity == "token" and (clip is not None or rest or method in ("vmap", "loop")):
+        raise ValueError("granularity='token' needs method='auto' or 'hooks', clip=None and "
+                         "hookable parameters (nn.Linear / nn.Embedding / norm layers, tied "
+                         f"embedding + linear); not hookable: {rest[:5]}; use "
+                         "granularity='sequence'")
     named = dict(zip(names, plist))
     f = _example_loss_fn(model, rest, lkind, loss_fn)
     detached = {n: named[n].detach() for n in rest}
@@ -307,11 +292,9 @@ def diagonal_fisher(
         for start in range(0, b, step):
             ex = _example(batch, slice(start, start + step))
             Y = None
-            if mods:
-                Y, sq = _hook_pass(model, ex, lkind, loss_fn, mods, kind, S, seed,
-                                   n_examples + start)
-                for n, t in sq.items():
-                    acc[n] += t
+            if plan.uses:
+                Y = _hook_pass(model, ex, lkind, loss_fn, plan, kind, S, seed,
+                               n_examples + start, granularity, acc)
             elif kind == "true":
                 Y = _sampled_label_batches(model, ex, lkind, loss_fn, S, seed,
                                            n_examples + start)
@@ -331,9 +314,22 @@ def diagonal_fisher(
         n_examples += b
     if n_terms == 0:
         raise ValueError("batches: no active terms (all targets are padding/ignored)")
+    for n in plan.uses:  # NaN/inf survive the sums of squares: checked once, at the end
+        if not torch.isfinite(acc[n].sum()):
+            P.check_finite(f"gradient of {n}", acc[n])
     denom = {"token": n_terms, "example": n_examples, "none": 1}[normalize]
     out_device = torch.device(device) if device is not None else acc_device
-    return {n: (a / denom).to(device=out_device, dtype=storage_dtype) for n, a in acc.items()}
+    return {n: a.div_(denom).to(device=out_device, dtype=storage_dtype) for n, a in acc.items()}
+
+
+def _probe_example(batch: Any) -> Any:
+    """The first example of ``batch`` (first 2 tokens for token batches): a cheap pass that
+    reveals which modules a forward pass calls more than once."""
+    if isinstance(batch, Tensor):
+        return batch[:1, :2]
+    if isinstance(batch, Mapping):
+        return {k: v[:1, :2] for k, v in batch.items()}
+    return _example(batch, slice(0, 1))
 
 
 def _check_batch(batch: Any) -> None:
@@ -372,7 +368,7 @@ def _loop_grads(f, params, ex, targets):
 
 
 def _accumulate(acc, g, names, clip, scale):
-    g32 = {n: g[n].float() for n in names}
+    g32 = {n: g[n].to(acc[n].dtype) for n in names}
     for n, t in g32.items():
         P.check_finite(f"gradient of {n}", t)
     if clip is not None:
