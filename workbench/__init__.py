@@ -27,13 +27,13 @@ _EXPORTS = {
     "environment_record": "repro",
     "run_notebook": "notebooks",
     # pruning (issue 4)
-    "importance": "importance",
+    "importance": "scores",
     "select_masks": "masks",
     "apply_masks": "masks",
-    "prune": "prune",
-    "sweep": "prune",
-    "compare_methods": "prune",
-    "gradprobe": "gradprobe",
+    "prune": "pruning",
+    "sweep": "pruning",
+    "compare_methods": "pruning",
+    "gradprobe": "gradient_probe",
     "sparsity_report": "masks",
     "mask_overlap": "masks",
     "save_masks": "masks",
@@ -57,7 +57,12 @@ _EXPORTS = {
     "save_figure": "plots",
     # lottery tickets and super weights (issue 5)
     "find_super_weights": "superweights",
+    "super_weight_effect": "superweights",
+    "track_super_weights": "superweights",
     "run_imp": "lottery",
+    "IMPConfig": "lottery",
+    "robustness_summary": "lottery",
+    "train_masked": "train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,6 +37,7 @@ THRESHOLD_METHODS = ("exact", "statistical", "histogram")
 
 _SAMPLE = 1 << 20  # values drawn to bracket the quantile
 _BRACKET_BUDGET = 1 << 26  # max candidates gathered inside the bracket
+_CHUNK = 1 << 18  # elements per piece in the bracket pass
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def count_total(source: Source) -> int:
     """Number of scores in ``source`` (one pass over a callable source)."""
     if isinstance(source, Mapping):
         return sum(int(t.numel()) for t in source.values())
-    return sum(int(t.numel()) for t in iter_tensors(source))
+    return sum(int(t.numel()) for t in iter_raw(source))
 
 
 # ----------------------------------------------------------------------------- exact
@@ -124,15 +125,31 @@ def _radix_kth(source: Source, k: int) -> tuple[float, int]:
     return _key_to_float(key), n_less
 
 
+def iter_raw(source: Source) -> Iterator[torch.Tensor]:
+    """Yield the score tensors of ``source`` flattened, in their own dtype (no copy)."""
+    items = source.values() if isinstance(source, Mapping) else source()
+    for item in items:
+        t = item[1] if isinstance(item, tuple) else item
+        yield t.detach().reshape(-1)
+
+
 def _sample(source: Source, n_total: int, size: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     parts = []
-    for t in iter_tensors(source):
+    for t in iter_raw(source):
         m = max(1, math.ceil(size * t.numel() / n_total)) if t.numel() else 0
         if m:
             idx = torch.randint(0, t.numel(), (m,), generator=gen).to(t.device)
-            parts.append(t[idx].cpu())
+            parts.append(t[idx].float().cpu())  # index first: no full-size float copy
     return torch.cat(parts)
+
+
+def _bound_for(t: torch.Tensor, value: float) -> float | None:
+    """``value`` if it is exactly representable in ``t``'s dtype (so comparing ``t`` with
+    it in that dtype is exact), else ``None``."""
+    if t.dtype == torch.float32 or t.dtype == torch.float64 or math.isinf(value):
+        return value
+    return value if float(torch.tensor(value, dtype=t.dtype)) == value else None
 
 
 def exact_kth(source: Source, k: int, *, n_total: int | None = None, seed: int = 0) -> Threshold:
@@ -164,17 +181,24 @@ def exact_kth(source: Source, k: int, *, n_total: int | None = None, seed: int =
     lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
     hi = float(sample[hi_i]) if hi_i < m else math.inf
     n_lt, gathered, n_in, passes = 0, [], 0, 1
-    for t in iter_tensors(source):
-        _check_fast(t)
-        le_hi = t <= hi
-        n_le = int(torch.count_nonzero(le_hi))
-        sel = t[le_hi & (t >= lo)]
-        n_in += sel.numel()
-        n_lt += n_le - sel.numel()
+    for t in iter_raw(source):
+        # compare in the tensor's own dtype when the bracket is exact there (bf16 scores:
+        # no float32 copy); temporaries: two bool masks of one tensor
+        if not t.is_floating_point() or _bound_for(t, lo) is None or _bound_for(t, hi) is None:
+            t = t.float()
+        if math.isnan(float(t.sum(dtype=torch.float32))):
+            _check(t)
+        for c in t.split(_CHUNK):  # cache-sized pieces: temporaries stay small
+            band = c <= hi
+            n_le = int(torch.count_nonzero(band))
+            band &= c >= lo
+            sel = c[band].float()
+            n_in += sel.numel()
+            n_lt += n_le - sel.numel()
+            gathered.append(sel)
         if n_in > _BRACKET_BUDGET:
             gathered = None
             break
-        gathered.append(sel)
     passes += 1
     if gathered is not None and n_lt < k <= n_lt + n_in:
         cand = torch.cat([g.cpu() for g in gathered])

@@ -1,0 +1,84 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python (workbench)
+#     language: python
+#     name: workbench
+# ---
+
+# %% [markdown]
+# # 02 · Which weights matter? Importance scores and their masks
+#
+# Scores the default model's block linear layers with every importance kind on a few
+# calibration windows, then asks how similar the kinds are: the Spearman rank
+# correlation per layer, and the overlap (Jaccard index of the pruned sets) of the masks
+# each kind selects at the same sparsity.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+corpus = "wiki-excerpt"
+kinds = ["magnitude", "gradient_norm", "taylor", "fisher", "wanda", "hybrid"]
+cal_windows = 8
+cal_seq_len = 64
+batch_size = 4
+sparsity = 0.5
+scope = "layer"
+seed = 0
+output_dir = "data/runs/02_importance"
+figure_name = "02_importance_overlap"
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+import workbench as wb
+from workbench import io
+from workbench.scores import score_correlations
+from workbench.masks import overlap_matrix
+from workbench.plots import label, save_figure
+
+wb.seed_everything(seed)
+lm, tokenizer = wb.load_model(model, device="cpu")
+text = wb.load_corpus(corpus, seed=seed)
+cal = wb.calibration_windows(tokenizer, text.train, cal_seq_len, cal_windows, seed=seed)
+scores = {k: wb.importance(lm, k, data=cal, batch_size=batch_size) for k in kinds}
+print(f"{len(scores[kinds[0]])} weight matrices scored with {len(kinds)} kinds "
+      f"on {cal_windows} x {cal_seq_len} calibration tokens")
+
+# %% [markdown]
+# Rank correlation between kinds, averaged over layers (per-layer values in the table).
+
+# %%
+corr = score_correlations(scores, seed=seed)
+corr_mean = corr.groupby(["kind_a", "kind_b"])["spearman"].agg(["mean", "min", "max"])
+corr_mean
+
+# %%
+masks = {k: wb.select_masks(s, sparsity, scope=scope) for k, s in scores.items()}
+overlap = overlap_matrix(masks)
+overlap
+
+# %%
+fig, ax = plt.subplots(figsize=(5.2, 4.2))
+sns.heatmap(overlap.astype(float), annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis",
+            xticklabels=[label(k) for k in overlap.columns],
+            yticklabels=[label(k) for k in overlap.index], ax=ax)
+ax.set_title(f"Jaccard of pruned sets, {sparsity:.0%} {scope} sparsity")
+paths = save_figure(fig, figure_name)
+
+# %%
+out = Path(output_dir)
+io.write_parquet(out / "correlations.parquet", corr)
+io.write_parquet(out / "overlap.parquet", overlap.reset_index(names="kind"))
+wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
+    model=model, corpus=corpus, kinds=kinds, cal_windows=cal_windows, cal_seq_len=cal_seq_len,
+    sparsity=sparsity, scope=scope))
+pairs = overlap.stack()
+off = pairs[[a != b for a, b in pairs.index]]
+pair = off.idxmin() if len(off) else (kinds[0], kinds[0])
+print(f"least similar masks at {sparsity:.0%}: {pair[0]} vs {pair[1]} "
+      f"(Jaccard {off.min() if len(off) else 1.0:.2f}); wrote {out}")

@@ -1,0 +1,108 @@
+"""SparseGPT-style correction: update the kept weights so the layer output changes least.
+
+Given a weight ``W [out, in]``, a fixed keep-mask and ``H = X^T X`` of the layer inputs
+(``[in, in]``, any positive scale), :func:`obs_correct` walks the input columns left to
+right in blocks (SparseGPT, Frantar & Alistarh 2023): each pruned entry is zeroed and its
+error ``(w - 0) / [H^-1]_jj`` is propagated to the not-yet-processed columns of the same
+row with the rows of the upper Cholesky factor of ``H^-1`` (the Optimal Brain Surgeon
+update restricted to the remaining columns). ``H`` is dampened by
+``damp * mean(diag(H))`` on the diagonal; inputs that are always zero (``H_jj = 0``) get a
+unit diagonal and their weights are irrelevant to the output.
+
+:func:`prac_correct` is the PRAC variant (seed 003): the same update with ``H`` built from
+a limited number of stored input rows, while the Wanda scores still use all tokens. With
+every row stored it equals :func:`obs_correct` up to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(weight: torch.Tensor, keep: torch.Tensor, n_in: int) -> None:
+    if weight.dim() != 2 or keep.shape != weight.shape:
+        raise ValueError(f"weight must be [out, in] and keep the same shape; got "
+                         f"{tuple(weight.shape)} and {tuple(keep.shape)}")
+    if weight.shape[1] != n_in:
+        raise ValueError(f"hessian is {n_in}x{n_in} but weight has {weight.shape[1]} inputs")
+
+
+@torch.no_grad()
+def obs_correct(
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> torch.Tensor:
+    """Prune ``weight`` to ``keep`` and correct the kept entries (SparseGPT update).
+
+    Args:
+        weight: ``[out, in]`` (any float dtype; computed in float32).
+        keep: ``[out, in]`` bool, ``True`` = keep.
+        hessian: ``[in, in]`` ``X^T X`` (scale irrelevant).
+        damp: Dampening fraction of the mean diagonal (SparseGPT's ``percdamp``).
+        block_size: Columns per lazy-update block.
+
+    Returns:
+        The corrected weight (float32, same device as ``weight``), zero where pruned.
+
+    Raises:
+        ValueError: Shape mismatch, ``damp < 0`` or ``block_size < 1``.
+    """
+    _check(weight, keep, hessian.shape[0])
+    if damp < 0 or block_size < 1:
+        raise ValueError(f"need damp >= 0 and block_size >= 1, got {damp}, {block_size}")
+    W = weight.detach().float().clone()
+    prune = ~keep.to(W.device)
+    H = hessian.detach().float().to(W.device).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    ncols = W.shape[1]
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    for i1 in range(0, ncols, block_size):
+        i2 = min(i1 + block_size, ncols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        P1 = prune[:, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            q = torch.where(P1[:, i], torch.zeros_like(w), w)
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[prune] = 0.0
+    return W
+
+
+@torch.no_grad()
+def prac_correct(
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    samples: torch.Tensor,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> torch.Tensor:
+    """PRAC correction from a limited set of stored input rows ``samples [n, in]``."""
+    if samples.dim() != 2:
+        raise ValueError(f"samples must be [n, in], got {tuple(samples.shape)}")
+    X = samples.float().to(weight.device)
+    return obs_correct(weight, keep, X.t() @ X, damp=damp, block_size=block_size)
+
+
+def reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor,
+                         inputs: torch.Tensor) -> float:
+    """``||W X^T - W' X^T||_F`` for inputs ``X [n, in]`` (weights ``[out, in]``)."""
+    X = inputs.float()
+    return float(torch.linalg.norm(X @ (weight.float() - new_weight.float()).t()))
