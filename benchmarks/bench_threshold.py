@@ -11,11 +11,10 @@ Prints time, peak extra memory (CUDA allocator, or peak RSS on Linux CPU) and |a
 from __future__ import annotations
 
 import argparse
-import gc
-import time
 
 import torch
 
+from _timing import timed
 from workbench.threshold import exact_kth, histogram_threshold, statistical_threshold
 
 SHAPES_7B = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
@@ -29,51 +28,6 @@ def layer(i, shape, dtype, device):
     g = torch.Generator(device=device).manual_seed(i)
     # |w|-like scores with many exact ties in bf16
     return torch.randn(shape, generator=g, device=device).abs_().to(dtype)
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_cpu_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def timed(fn, device):
-    """Run ``fn``; return ``(result, seconds, peak extra MiB)``.
-
-    Peak extra memory: CUDA: ``max_memory_allocated`` above the starting allocation;
-    CPU (Linux): peak RSS (VmHWM, reset first) above the starting RSS, NaN elsewhere.
-    """
-    cpu_ok = False
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        gc.collect()
-        cpu_ok = _reset_cpu_peak()
-        base = _rss_kib("VmRSS:")
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = (_rss_kib("VmHWM:") - base) / 1024 if cpu_ok else float("nan")
-    return out, sec, peak
 
 
 def main():

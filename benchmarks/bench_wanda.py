@@ -20,50 +20,13 @@ CPU default: 8 calibration windows of 128 tokens; on a GPU use ``--windows 128``
 from __future__ import annotations
 
 import argparse
-import gc
-import time
 
 import torch
 
 import workbench as wb
+from _timing import timed
 from workbench.masks import prunable_modules
 from workbench.models import forward_logits, model_device, transformer_blocks
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def timed(fn, device: torch.device):
-    """``(result, seconds, peak extra MiB)`` of ``fn()`` (see the module docstring)."""
-    gc.collect()
-    cpu_ok = False
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")  # reset the peak-RSS counter
-            cpu_ok = True
-        except OSError:
-            pass
-        base = _rss_kib("VmRSS:")
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = (_rss_kib("VmHWM:") - base) / 1024 if cpu_ok else float("nan")
-    return out, sec, peak
 
 
 @torch.no_grad()

@@ -17,3 +17,13 @@ def smollm2():
     """The real pretrained default model (SmolLM2-135M) in float32 on CPU."""
     torch.manual_seed(0)
     return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (tiny problems on a shared 2-core machine only
+    lose to thread contention); the previous setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

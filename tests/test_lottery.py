@@ -15,12 +15,7 @@ from workbench.models import load_model
 FAST = dict(steps_per_round=1, lr=1e-3, eval_batch_size=4, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,12 +22,7 @@ ROW, COL = 5, 17  # planted super weight: down_proj.weight[ROW, COL] of layer 0
 PARAM = "model.layers.0.mlp.down_proj.weight"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

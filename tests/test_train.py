@@ -11,13 +11,7 @@ from workbench.models import load_model
 from workbench.train import lr_lambda, train_masked
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run far faster single-threaded on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -2,12 +2,8 @@
 machine intra-op threads only add contention (restored after each test)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _curvature_on_one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
