@@ -58,3 +58,8 @@ def test_summary_table_is_readable(runs):
     cell = t[(t.experiment == "C2") & (t["round"] == 3)].val_ppl.iloc[0]
     assert cell == f"{vals.mean():.3g} ± {vals.std():.2g}"
     assert isinstance(t, pd.DataFrame) and len(t) == 12
+
+
+def test_records_get_log_perplexity(tmp_path):
+    df = aggregate.load_runs(make_runs(tmp_path / "runs"))
+    np.testing.assert_allclose(np.exp(df["val_nll"]), df["val_ppl"], rtol=1e-12)

@@ -19,9 +19,9 @@ def test_pilot_analysis_writes_figures_tables_and_findings(tmp_path):
     assert len(summary) == 3 * 4 and set(summary.experiment) == {"A2", "B2", "C2"}
     table = pd.read_csv(out / "significance.csv")
     # the synthetic C2 (Xavier) is 40 * sparsity worse: significant at every level
-    c2 = table[(table.experiment_b == "C2") & (table.metric == "val_ppl")]
+    c2 = table[(table.experiment_b == "C2") & (table.metric == "val_nll")]
     assert len(c2) == 3 and c2.significant.all()
-    budget = table[(table.factor == "steps_per_round") & (table.metric == "val_ppl")]
+    budget = table[(table.factor == "steps_per_round") & (table.metric == "val_nll")]
     assert len(budget) == 3 and not budget.significant.any()
     findings = (out / "findings.md").read_text()
     assert "C2 (init=xavier) vs B2" in findings and "Wilcoxon" in findings

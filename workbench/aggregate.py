@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .grid import PARAMS_FILE, RECORDS_FILE, SPEC_FILE
@@ -47,8 +48,8 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
         experiments: Keep only these experiments.
 
     Returns:
-        The rows of every finished cell, with ``experiment`` and ``seed`` columns and the
-        cell's design parameters; empty (no columns) when nothing has finished. The
+        The rows of every finished cell, with ``experiment`` and ``seed`` columns, the
+        cell's design parameters and, for records, ``val_nll = log(val_ppl)``; empty (no columns) when nothing has finished. The
         folder is in ``df.attrs["runs_dir"]``.
 
     Raises:
@@ -78,6 +79,10 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
                 df[key] = str(value) if isinstance(value, (list, dict)) else value
         frames.append(df)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if "val_ppl" in out and "val_nll" not in out:
+        # log-perplexity = mean NLL per token (nats): perplexities of a collapsing model
+        # span orders of magnitude across seeds, so tests are run on their logarithm
+        out["val_nll"] = np.log(out["val_ppl"].astype(float))
     if len(out) and {"experiment", "seed"} <= set(out):
         keys = [k for k in ("experiment", "seed", "round", "step") if k in out]
         out = out.sort_values(keys, kind="stable").reset_index(drop=True)
