@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
 from pypdf import PdfReader  # noqa: E402
 
 from tests.fixtures.runs import make_runs  # noqa: E402
@@ -46,17 +47,27 @@ def test_sparsity_curve_plots_mean_and_sd(runs, tmp_path):
     df, _ = runs
     fig, ax = plots.plot_sparsity_curve(df, "val_ppl")
     b2 = df[df.experiment == "B2"]
-    means = b2.groupby("round").val_ppl.mean().to_numpy()
-    sds = b2.groupby("round").val_ppl.std().to_numpy()
+    # log axis: geometric mean, bar from gm / gsd to gm * gsd (scipy's definitions)
+    gm = b2.groupby("round").val_ppl.apply(lambda v: stats.gmean(v)).to_numpy()
+    gsd = b2.groupby("round").val_ppl.apply(lambda v: stats.gstd(v)).to_numpy()
     curves = [c for c in ax.containers if c.get_label().startswith(plots.label("B2"))]
     assert len(curves) == 1
     data_line, _caps, (bars,) = curves[0].lines
-    assert np.allclose(data_line.get_ydata(), means)
+    assert np.allclose(data_line.get_ydata(), gm)
     segs = bars.get_segments()
-    assert np.allclose([s[1, 1] - s[0, 1] for s in segs], 2 * sds)
+    assert np.allclose([s[0, 1] for s in segs], gm / gsd)
+    assert np.allclose([s[1, 1] for s in segs], gm * gsd)
     assert ax.get_yscale() == "log"
     assert "(n=3)" in curves[0].get_label()
     check_saved(fig, "sparsity_ppl", tmp_path)
+    # linear axis: arithmetic mean +- sd
+    fig, ax = plots.plot_sparsity_curve(df, "val_ppl", logy=False)
+    curve = [c for c in ax.containers if c.get_label().startswith(plots.label("B2"))][0]
+    data_line, _caps, (bars,) = curve.lines
+    assert np.allclose(data_line.get_ydata(), b2.groupby("round").val_ppl.mean())
+    sds = b2.groupby("round").val_ppl.std().to_numpy()
+    assert np.allclose([s[1, 1] - s[0, 1] for s in bars.get_segments()], 2 * sds)
+    assert ax.get_yscale() == "linear"
 
 
 def test_sw_survival_and_losses(runs, tmp_path):

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.rcParams.update(
     {
@@ -146,6 +147,9 @@ def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
                         seeds: bool = True, ylabel: str | None = None):
     """Metric vs sparsity: mean ± sd over seeds per round, individual seeds overlaid.
 
+    On a log axis (perplexities) the centre is the geometric mean and the bar spans the
+    geometric mean times/divided by the geometric standard deviation, so it stays positive.
+
     Args:
         df: Runs (one row per experiment, seed, round), e.g. from
             :func:`workbench.aggregate.load_runs`.
@@ -161,6 +165,7 @@ def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
         ``(fig, ax)``.
     """
     _check_columns(df, [metric, x, hue, "seed", "round"], "plot_sparsity_curve")
+    log = logy if logy is not None else "ppl" in metric
     fig, ax = _axes(ax)
     for key, part in df.groupby(hue, sort=True):
         c = color(str(key))
@@ -170,10 +175,15 @@ def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
                 ax.plot(run[x], run[metric], color=c, alpha=0.3, lw=0.8, marker=".", ms=3)
         g = part.groupby("round")
         n = part["seed"].nunique()
-        ax.errorbar(g[x].mean(), g[metric].mean(), yerr=g[metric].std(ddof=1).fillna(0),
-                    color=c, marker="o", ms=4, lw=1.6, capsize=3,
-                    label=f"{label(str(key))} (n={n})")
-    if logy if logy is not None else "ppl" in metric:
+        if log:  # geometric mean, error bar x/÷ the geometric sd (sd of log10 values)
+            lg = np.log10(part[metric].astype(float)).groupby(part["round"])
+            mid, sd = 10 ** lg.mean(), lg.std(ddof=1).fillna(0)
+            yerr = np.vstack([mid - mid / 10 ** sd, mid * 10 ** sd - mid])
+        else:
+            mid, yerr = g[metric].mean(), g[metric].std(ddof=1).fillna(0)
+        ax.errorbar(g[x].mean(), mid, yerr=yerr, color=c, marker="o", ms=4, lw=1.6,
+                    capsize=3, label=f"{label(str(key))} (n={n})")
+    if log:
         ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of weights pruned)" if x == "sparsity" else x)
     ax.set_ylabel(ylabel or label(metric))
