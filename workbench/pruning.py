@@ -36,7 +36,6 @@ from torch import nn
 
 from .calibration import batches_of, input_statistics
 from .correction import obs_correct, prac_correct
-from .scores import KINDS, importance, wanda_score
 from .masks import (
     apply_masks,
     check_sparsity,
@@ -48,6 +47,8 @@ from .masks import (
     sparsity_report,
     transposed_names,
 )
+from .models import _is_hf
+from .scores import KINDS, importance, wanda_score
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "gradprobe") + tuple(
     k for k in KINDS if k not in ("magnitude", "wanda"))
@@ -155,12 +156,6 @@ def capture_block_inputs(model: nn.Module, batches: Sequence[torch.Tensor], *,
     if len(captured) != len(batches):
         raise RuntimeError("block 0 was not reached for every calibration batch")
     return captured
-
-
-def _is_hf(model):
-    from .models import _is_hf as is_hf
-
-    return is_hf(model)
 
 
 def _block_forward(block: nn.Module, item: tuple, device) -> torch.Tensor:

@@ -47,10 +47,9 @@ def check_kind(kind: str) -> None:
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``ids [b, seq]`` (float32 log-softmax)."""
     from .models import forward_logits
+    from .train import causal_lm_loss
 
-    logits = forward_logits(model, ids)[:, :-1].float()
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                       ids[:, 1:].reshape(-1))
+    return causal_lm_loss(forward_logits(model, ids), ids)
 
 
 def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], data, *,
