@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from _timing import timed
-from workbench.threshold import exact_kth, histogram_threshold, statistical_threshold
+from workbench.pruning.threshold import exact_kth, histogram_threshold, statistical_threshold
 
 SHAPES_7B = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
 

@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from workbench.scores import importance
-from workbench.masks import select_masks
-from workbench.models import load_model
-from workbench.train import train_masked
+from workbench.pruning.scores import importance
+from workbench.pruning.masks import select_masks
+from workbench.core.models import load_model
+from workbench.lottery.train import train_masked
 
 
 def plain_loop(model, blocks, *, steps: int, batch_size: int, lr: float, seed: int,

@@ -25,8 +25,8 @@ import torch
 
 import workbench as wb
 from _timing import timed
-from workbench.masks import prunable_modules
-from workbench.models import forward_logits, model_device, transformer_blocks
+from workbench.pruning.masks import prunable_modules
+from workbench.core.models import forward_logits, model_device, transformer_blocks
 
 
 @torch.no_grad()

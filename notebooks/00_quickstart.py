@@ -31,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 import workbench as wb
-from workbench import evaluate, io, models
+from workbench.core import evaluate
+from workbench.core import io
+from workbench.core import models
 
 wb.seed_everything(seed)
 t0 = time.perf_counter()

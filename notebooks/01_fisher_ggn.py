@@ -41,9 +41,9 @@ import torch
 
 import workbench as wb
 from workbench import curvature as cv
-from workbench import io
+from workbench.core import io
 from workbench.curvature import examples as ex
-from workbench.plots import save_figure
+from workbench.experiments.plots import save_figure
 
 if threads:
     torch.set_num_threads(int(threads))

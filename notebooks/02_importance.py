@@ -36,10 +36,10 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 import workbench as wb
-from workbench import io
-from workbench.scores import score_correlations
-from workbench.masks import overlap_matrix
-from workbench.plots import label, save_figure
+from workbench.core import io
+from workbench.pruning.scores import score_correlations
+from workbench.pruning.masks import overlap_matrix
+from workbench.experiments.plots import label, save_figure
 
 wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")

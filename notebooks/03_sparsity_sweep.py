@@ -37,8 +37,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import workbench as wb
-from workbench import io
-from workbench.plots import color, label, save_figure
+from workbench.core import io
+from workbench.experiments.plots import color, label, save_figure
 
 wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")

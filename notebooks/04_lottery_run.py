@@ -16,7 +16,7 @@
 # 2024: coincident spikes at the MLP output projection), then iterative magnitude
 # pruning runs: round 0 trains the dense model, every later round prunes, rewinds the
 # surviving weights (`init`) and retrains `steps_per_round` steps with the mask enforced.
-# Definitions: `help(workbench.lottery)`. The defaults are a CPU smoke size; real budgets
+# Definitions: `help(workbench.lottery.imp)`. The defaults are a CPU smoke size; real budgets
 # (1k-20k steps per round) are parameters for a GPU.
 
 # %% tags=["parameters"]
@@ -54,7 +54,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import workbench as wb
-from workbench import io, lottery, plots
+from workbench.core import io
+from workbench.lottery import lottery
+from workbench.experiments import plots
 
 SW_DETECT_BLOCKS, SW_DETECT_LEN = 2, 64  # detection input: 2 validation blocks of 64 tokens
 t0 = time.perf_counter()

@@ -36,7 +36,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from workbench import aggregate, io, plots, stats
+from workbench.experiments import aggregate
+
+from workbench.core import io
+
+from workbench.experiments import plots
+
+from workbench.experiments import stats
 
 source = runs or spec
 prof = None if profile == "none" else profile

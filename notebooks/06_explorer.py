@@ -28,7 +28,11 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import clear_output, display
 
-from workbench import aggregate, plots, specs
+from workbench.experiments import aggregate
+
+from workbench.experiments import plots
+
+from workbench.experiments import specs
 
 FOLDER = f"folder: {runs}" if runs else None
 

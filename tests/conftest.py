@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workbench.models import load_model
+from workbench.core.models import load_model
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from workbench.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
 CONTRACT = {
     "model", "corpus", "experiment", "init", "rewind_step", "schedule", "prune_pct",

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from workbench.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
 
 def test_02_importance_runs(tmp_path):

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from tests.fixtures.runs import make_runs
-from workbench.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
 
 def test_pilot_analysis_writes_figures_tables_and_findings(tmp_path):

@@ -12,7 +12,9 @@ import argparse
 import sys
 import time
 
-from . import notebooks, paths
+from workbench.experiments import notebooks
+
+from workbench.core import paths
 
 
 def _notebook(args: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ def _profile(value: str) -> str | None:
 
 
 def _grid_run(args: argparse.Namespace) -> int:
-    from . import grid
+    from workbench.experiments import grid
 
     t0 = time.perf_counter()
     table = grid.run_grid(args.spec, _profile(args.profile), jobs=args.jobs,
@@ -58,7 +60,7 @@ def _report(table, seconds: float) -> int:
 def _grid_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import grid
+    from workbench.experiments import grid
 
     table = grid.status(args.spec, _profile(args.profile), args.runs_dir)
     with pd.option_context("display.max_rows", 500, "display.width", 160,
@@ -72,7 +74,7 @@ def _grid_status(args: argparse.Namespace) -> int:
 
 def _pilot(args: argparse.Namespace) -> int:
     """The pilot grid with the profile, then the analysis notebook on its runs."""
-    from . import grid
+    from workbench.experiments import grid
 
     profile = _profile(args.profile)
     t0 = time.perf_counter()

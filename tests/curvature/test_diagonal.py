@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workbench.curvature import FisherAccumulator, dense_matrix, diagonal_fisher
-from workbench.models import load_model
+from workbench.core.models import load_model
 
 from . import cases
 

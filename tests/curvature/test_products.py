@@ -192,7 +192,7 @@ def test_monte_carlo_fisher_unbiased_and_matches_curvlinops_in_expectation():
 
 
 def test_lm_token_blocks_and_padding_mask():
-    from workbench.models import load_model
+    from workbench.core.models import load_model
 
     model, _ = load_model("tiny-llama", device="cpu", dtype="float64")
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))

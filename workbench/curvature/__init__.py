@@ -16,10 +16,10 @@ terms of all batches, or ``sum``), and every one can be checked against a dense 
 * :mod:`.examples`: the digits classifier and LM tables/figures of notebook 01.
 """
 
-from .diagonal import FisherAccumulator, diagonal_fisher
-from .groups import group_fisher
-from .kfac import KFAC
-from .products import (
+from workbench.curvature.diagonal import FisherAccumulator, diagonal_fisher
+from workbench.curvature.groups import group_fisher
+from workbench.curvature.kfac import KFAC
+from workbench.curvature.products import (
     curvature_matmat,
     dense_matrix,
     dense_matrix_jacobian,
@@ -32,7 +32,7 @@ from .products import (
     per_term_jacobian,
     true_fisher_vector_product,
 )
-from .spectrum import (
+from workbench.curvature.spectrum import (
     condition_number,
     effective_rank,
     fisher_weighted_damage,
@@ -40,7 +40,7 @@ from .spectrum import (
     lanczos_topk,
     spectrum_summary,
 )
-from .verify import (
+from workbench.curvature.verify import (
     convergence_slope,
     hvp_variance_reduction,
     mc_fisher_convergence,

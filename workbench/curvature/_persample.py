@@ -121,7 +121,7 @@ def make_plan(model: nn.Module, names: list[str], granularity: str) -> Plan:
 def drop_reused(plan: Plan, model: nn.Module, probe, lkind, loss_fn) -> Plan:
     """``plan`` without the parameters of modules called more than once in a forward pass
     on ``probe`` (one small example; no gradients); those need ``vmap``."""
-    from . import _problem as P
+    from workbench.curvature import _problem as P
 
     calls: dict[str, int] = {}
     handles = [m.register_forward_hook(

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models import _is_hf, logits_of
+from workbench.core.models import _is_hf, logits_of
 
 SUPPORTED_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss)
 _LOSS_NAMES = "nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss"

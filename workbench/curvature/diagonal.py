@@ -50,8 +50,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from . import _persample as PS
-from . import _problem as P
+from workbench.curvature import _persample as PS
+from workbench.curvature import _problem as P
 
 FISHER_KINDS = ("empirical", "true")
 NORMALIZATIONS = ("token", "example", "none")

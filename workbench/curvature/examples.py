@@ -146,7 +146,7 @@ def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
 
-    from ..plots import color, label
+    from workbench.experiments.plots import color, label
 
     k = len(matrices)
     fig, axes = plt.subplots(1, k + 1, figsize=(3.3 * (k + 1), 3.2))
@@ -179,7 +179,7 @@ def plot_mc_convergence(df: pd.DataFrame, slope: float, ax=None):
     """
     import matplotlib.pyplot as plt
 
-    from ..plots import color
+    from workbench.experiments.plots import color
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.2, 3.2))
@@ -206,7 +206,7 @@ def plot_layer_diagonals(df: pd.DataFrame, ax=None):
     """
     import matplotlib.pyplot as plt
 
-    from ..plots import color, label
+    from workbench.experiments.plots import color, label
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.6, 3.2))

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import _problem as P
+from workbench.curvature import _problem as P
 
 FISHER_TYPES = ("type-2", "mc", "empirical")
 

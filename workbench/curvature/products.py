@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import _problem as P
+from workbench.curvature import _problem as P
 
 KINDS = ("ggn", "hessian", "ef", "fisher")
 
@@ -295,7 +295,7 @@ def per_term_jacobian(model: nn.Module, batch: Any, *, loss_fn: nn.Module | None
     """
     from torch.func import jacrev, vmap
 
-    from .diagonal import _example_outputs_fn
+    from workbench.curvature.diagonal import _example_outputs_fn
 
     loss_fn = _default_loss(loss_fn)
     lkind = P.loss_kind(loss_fn)

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import _problem as P
-from .products import curvature_matmat, dense_matrix, dense_matrix_jacobian
+from workbench.curvature import _problem as P
+from workbench.curvature.products import curvature_matmat, dense_matrix, dense_matrix_jacobian
 
 #: default tolerances of the relative error true Fisher vs GGN, per dtype
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}

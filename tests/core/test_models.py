@@ -1,0 +1,111 @@
+"""Tests for workbench.core.models."""
+
+from collections import namedtuple
+
+import pytest
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
+
+from workbench.core import models
+from workbench.core.models import ByteTokenizer, forward_logits, load_model, logits_of
+
+
+def test_tiny_models_are_seeded_and_deterministic():
+    a, _ = load_model("tiny-llama", device="cpu", seed=3)
+    b, _ = load_model("tiny-llama", device="cpu", seed=3)
+    c, _ = load_model("tiny-llama", device="cpu", seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    assert not a.training
+
+
+def test_tiny_gpt2_forward_shape():
+    model, tok = load_model("tiny-gpt2", device="cpu")
+    ids = torch.tensor([tok.encode("hello world")])
+    assert forward_logits(model, ids).shape == (1, ids.shape[1], 260)
+
+
+@pytest.mark.parametrize("wrap", ["tensor", "tuple", "dict", "modeloutput", "namedtuple"])
+def test_logits_adapter_accepts_every_output_form(wrap):
+    logits = torch.randn(2, 3, 5)
+    out = {
+        "tensor": logits,
+        "tuple": (logits, None),
+        "dict": {"logits": logits},
+        "modeloutput": CausalLMOutput(logits=logits),
+        "namedtuple": namedtuple("Out", "logits loss")(logits, None),
+    }[wrap]
+    assert logits_of(out) is logits
+
+
+def test_logits_adapter_rejects_unknown():
+    with pytest.raises(TypeError, match="logits"):
+        logits_of({"scores": 1})
+
+
+def test_forward_logits_on_a_plain_module():
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            return (self.emb(ids) @ self.emb.weight.T,)
+
+    ids = torch.tensor([[1, 2, 3]])
+    assert forward_logits(Plain(), ids).shape == (1, 3, 10)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ValueError, match="smollm2-135m.*tiny-llama"):
+        load_model("no-such-model")
+
+
+def test_missing_paths_raise_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="spec"):
+        load_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="spec"):
+        load_model("./missing/dir")
+
+
+def test_bad_dtype_names_allowed_values():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_model("tiny-llama", dtype="float8")
+
+
+def test_dtype_and_local_dir_roundtrip(tmp_path):
+    model, _ = load_model("tiny-llama", device="cpu", dtype="float64")
+    assert next(model.parameters()).dtype == torch.float64
+    model.save_pretrained(tmp_path)  # safetensors by default
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_byte_tokenizer_roundtrip():
+    tok = ByteTokenizer()
+    ids = tok.encode("héllo")
+    assert all(0 <= i < 256 for i in ids)
+    assert tok.decode(ids) == "héllo"
+    assert tok("ab")["input_ids"] == [97, 98]
+
+
+def test_transformer_blocks_for_both_layouts(tiny_llama):
+    assert len(models.transformer_blocks(tiny_llama[0])) == 2
+    gpt2, _ = load_model("tiny-gpt2", device="cpu")
+    assert len(models.transformer_blocks(gpt2)) == 2
+    with pytest.raises(ValueError, match="transformer blocks"):
+        models.transformer_blocks(nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_default_model_is_the_real_pretrained_smollm2(smollm2):
+    model, tok = smollm2
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (30, 576, 49152)
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
+    assert (models.paths.MODELS_DIR / "smollm2-135m" / "model.safetensors").is_file()
+    # A pretrained model puts most mass on a plausible continuation.
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    next_id = forward_logits(model, ids)[0, -1].argmax().item()
+    assert "Paris" in tok.decode([next_id])

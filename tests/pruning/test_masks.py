@@ -1,0 +1,161 @@
+"""Mask selection (exact counts, tie rule, orientation, +inf protection) and mask ops."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workbench.pruning import masks as M
+
+
+def _ties(seed, shapes, levels=3):
+    g = torch.Generator().manual_seed(seed)
+    return {f"p{i}": torch.randint(0, levels, s, generator=g).float() for i, s in enumerate(shapes)}
+
+
+def _brute_prune_order(scores):
+    """Reference: global order by (score, param position, flat index)."""
+    items = []
+    for pi, (name, t) in enumerate(scores.items()):
+        for j, v in enumerate(t.reshape(-1).tolist()):
+            items.append((v, pi, j, name))
+    items.sort()
+    return items
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 1000), sparsity=st.floats(0, 0.99),
+       shapes=st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=4))
+def test_global_counts_and_tie_rule_match_brute_force(seed, sparsity, shapes):
+    scores = _ties(seed, shapes)
+    masks = M.select_masks(scores, sparsity, scope="global")
+    n = sum(t.numel() for t in scores.values())
+    k = round(sparsity * n)
+    ref = {name: torch.ones(t.numel(), dtype=torch.bool) for name, t in scores.items()}
+    for v, _, j, name in _brute_prune_order(scores)[:k]:
+        ref[name][j] = False
+    for name in scores:
+        assert torch.equal(masks[name].reshape(-1), ref[name])
+
+
+@pytest.mark.parametrize("scope", ["layer", "row"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_layer_and_row_exact_counts_and_ties(scope, sparsity):
+    scores = _ties(7, [(6, 10), (5, 7)], levels=2)
+    masks = M.select_masks(scores, sparsity, scope=scope)
+    for name, t in scores.items():
+        groups = t.reshape(1, -1) if scope == "layer" else t
+        mk = masks[name].reshape(groups.shape)
+        k = round(sparsity * groups.shape[1])
+        for g, row in zip(groups, mk):
+            assert int((~row).sum()) == k
+            # brute force: prune by (value, index)
+            order = sorted(range(len(g)), key=lambda j: (g[j].item(), j))[:k]
+            ref = torch.ones(len(g), dtype=torch.bool)
+            ref[order] = False
+            assert torch.equal(row, ref)
+
+
+def test_row_and_nm_follow_transposed_orientation():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 12, generator=g)  # [out, in]
+    a = M.select_masks({"w": w}, 0.5, scope="row")["w"]
+    b = M.select_masks({"w": w.t().contiguous()}, 0.5, scope="row", transposed={"w"})["w"]
+    assert torch.equal(a, b.t())
+    c = M.select_masks({"w": w}, 0.5, scope="2:4")["w"]
+    d = M.select_masks({"w": w.t().contiguous()}, 0.5, scope="2:4", transposed={"w"})["w"]
+    assert torch.equal(c, d.t())
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4)])
+def test_nm_structure(nm):
+    n, m = nm
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 16, generator=g)
+    mk = M.select_masks({"w": w}, 1 - n / m, scope=f"{n}:{m}")["w"]
+    groups = mk.reshape(5, 16 // m, m)
+    assert (groups.sum(-1) == n).all()
+    # kept entries are the n largest in each group
+    wg = w.reshape(5, 16 // m, m)
+    kept_min = torch.where(groups, wg, torch.inf).min(-1).values
+    pruned_max = torch.where(~groups, wg, -torch.inf).max(-1).values
+    assert (kept_min >= pruned_max).all()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer", "row", "2:4"])
+def test_inf_scores_never_pruned(scope):
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(4, 8, generator=g)
+    s[0, :3] = math.inf
+    s[1, 0] = math.inf
+    scores = {"a": s, "b": torch.randn(4, 8, generator=g)}
+    mk = M.select_masks(scores, 0.5, scope=scope)
+    assert mk["a"][torch.isinf(s)].all()
+    # a sparsity above the finite fraction keeps every +inf and warns
+    scores2 = {"a": torch.full((2, 4), math.inf)}
+    scores2["a"][0, 0] = 1.0
+    with pytest.warns(UserWarning, match=r"\+inf"):
+        mk2 = M.select_masks(scores2, 0.75, scope="global" if scope != "2:4" else "layer")
+    assert int((~mk2["a"]).sum()) == 1
+
+
+def test_bad_arguments():
+    s = {"a": torch.rand(4, 6)}
+    for bad in (-0.1, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="sparsity"):
+            M.select_masks(s, bad)
+    with pytest.raises(ValueError, match="scope must be one of"):
+        M.select_masks(s, 0.5, scope="column")
+    with pytest.raises(ValueError, match="divisible"):
+        M.select_masks(s, 0.5, scope="2:4")
+    with pytest.raises(ValueError, match="1 - N/M"):
+        M.select_masks({"a": torch.rand(4, 8)}, 0.3, scope="2:4")
+
+
+def test_apply_restore_noise_report_overlap_save_load(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 4))
+    scores = {n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight")}
+    masks = M.select_masks(scores, 0.5, scope="layer")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    orig = M.apply_masks(model, masks, keep_original=True)
+    params = dict(model.named_parameters())
+    for n, mk in masks.items():
+        assert (params[n][~mk] == 0).all() and torch.equal(params[n][mk], before[n][mk])
+    rep = M.sparsity_report(masks)
+    assert rep.iloc[-1]["name"] == "total" and rep.iloc[-1]["sparsity"] == pytest.approx(0.5)
+    M.remove_with_noise(model, orig, masks, noise=0.1, seed=0)
+    for n, mk in masks.items():
+        assert torch.equal(params[n][mk], before[n][mk])
+        diff = params[n][~mk] - before[n][~mk]
+        assert 0 < diff.abs().max() < 1.0
+    M.restore(model, orig)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+    other = M.select_masks(scores, 0.5, scope="global")
+    ov = M.mask_overlap(masks, other)
+    assert ov["jaccard_pruned"] == pytest.approx(
+        sum(int((~masks[n] & ~other[n]).sum()) for n in masks)
+        / sum(int((~masks[n] | ~other[n]).sum()) for n in masks))
+    assert ov["hamming"] == sum(int((masks[n] != other[n]).sum()) for n in masks)
+    assert M.mask_overlap(masks, masks)["jaccard_pruned"] == 1.0
+    path = M.save_masks(masks, tmp_path / "m.safetensors", metadata={"sparsity": 0.5})
+    loaded = M.load_masks(path)
+    assert list(loaded) == list(masks)
+    assert all(torch.equal(loaded[n], masks[n]) for n in masks)
+
+
+def test_prunable_parameters_default_and_patterns():
+    from workbench.core.models import load_model
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    names = list(M.prunable_parameters(model))
+    assert len(names) == 2 * 7 and all(".layers." in n for n in names)
+    assert not any("norm" in n or "embed" in n or "lm_head" in n for n in names)
+    only_mlp = M.prunable_parameters(model, exclude=["*self_attn*"])
+    assert len(only_mlp) == 6
+    gpt2, _ = load_model("tiny-gpt2", device="cpu")
+    tr = M.transposed_names(gpt2)
+    assert "transformer.h.0.attn.c_attn.weight" in tr
+    assert set(M.prunable_parameters(gpt2)) <= tr

@@ -1,0 +1,3 @@
+"""Experiment layer: specs, the grid runner, run layout, aggregation, statistics,
+plots and papermill notebooks. The top of the stack: nothing below imports it.
+"""

@@ -1,0 +1,462 @@
+"""Experiment specs: YAML files under ``data/experiments/`` that describe a grid.
+
+A spec names the notebook that runs one cell, the seeds, parameters shared by every
+experiment (``defaults``) and the experiments themselves::
+
+    name: pilot
+    notebook: 04_lottery_run
+    seeds: [0, 1, 2]
+    defaults: {model: smollm2-135m, n_rounds: 5, scope: global}
+    experiments:
+      B2: {purpose: Baseline, steps_per_round: 10000, prune_pct: 0.2}
+      C2: {purpose: Init, init: xavier, steps_per_round: 10000, prune_pct: 0.2}
+
+Keys of an experiment are notebook parameters, except the metadata keys in
+:data:`EXPERIMENT_META_KEYS` (``purpose``, ``tracked``, ``notes``, ``seeds``).
+
+A **profile** (``data/experiments/profiles.yaml`` or a ``profiles:`` section of the spec)
+scales budgets and data sizes without changing the design: ``scale`` multiplies numeric
+parameters (``steps_per_round: {factor: 0.0004, min: 1}``) and ``set`` overrides sizes
+(``batch_size``, ``seq_len``, ...). A profile may not touch the design keys in
+:data:`DESIGN_KEYS`; ``profile=None`` runs the spec as written.
+
+Every problem is reported as a ``ValueError`` naming the key and the allowed values, when
+the spec is loaded, before anything runs. The runs of a spec live in
+``data/runs/<spec hash>/``, where the hash covers the resolved parameters of every
+experiment (after the profile), not the seeds, so adding a seed reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from workbench.core import paths
+SPEC_KEYS = ("name", "description", "notebook", "seeds", "defaults", "experiments",
+             "profiles", "slurm", "notes")
+#: Keys of an experiment that are metadata, not notebook parameters.
+EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label")
+#: Keys of a profile.
+PROFILE_KEYS = ("description", "scale", "set")
+#: Parameters the grid fills in per cell (a spec may not set them).
+RESERVED_KEYS = ("experiment", "seed", "output_dir")
+#: Parameters that define the experimental design: a profile may not change them.
+DESIGN_KEYS = ("init", "rewind_step", "schedule", "prune_pct", "targets", "n_rounds",
+               "scope", "importance_kind", "lr", "lr_schedule", "protect_sw", "control")
+
+#: Allowed values of categorical parameters of the lottery notebook.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "init": ("pretrained", "xavier", "kaiming", "rewind"),
+    "schedule": ("constant", "gradual", "oneshot"),
+    "scope": ("global", "layer"),
+    "lr_schedule": ("constant", "warmup_cosine"),
+    "control": ("none", "positive", "negative"),
+}
+#: Integer parameters and their smallest allowed value.
+INT_MIN: dict[str, int] = {
+    "rewind_step": 0, "n_rounds": 1, "steps_per_round": 0, "warmup_steps": 0,
+    "batch_size": 1, "seq_len": 2, "grad_accum": 1, "n_val_blocks": 1, "val_seq_len": 2,
+}
+
+DEFAULT_PROFILES_FILE = "profiles.yaml"
+
+
+@dataclass
+class Experiment:
+    """One row of the experiment table.
+
+    Attributes:
+        name: Experiment id (``"A1"``); also its folder name under the runs folder.
+        parameters: Notebook parameters (defaults merged in, profile not applied).
+        seeds: Seeds to run.
+        meta: Metadata (``purpose``, ``tracked``, ``notes``, ``label``).
+    """
+
+    name: str
+    parameters: dict[str, Any]
+    seeds: list[int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Spec:
+    """A validated experiment spec (see the module docstring)."""
+
+    name: str
+    notebook: str
+    experiments: dict[str, Experiment]
+    profiles: dict[str, dict[str, Any]]
+    description: str = ""
+    slurm: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def resolve(self, profile: str | None = None) -> dict[str, dict[str, Any]]:
+        """Parameters of every experiment after applying ``profile``.
+
+        Args:
+            profile: A profile name from :attr:`profiles`, or ``None`` for the spec as
+                written (the real budgets).
+
+        Returns:
+            ``{experiment: {parameter: value}}`` (without seed, experiment, output_dir).
+
+        Raises:
+            ValueError: If ``profile`` is unknown.
+        """
+        prof = self.profile(profile)
+        return {name: apply_profile(exp.parameters, prof, where=f"profile {profile!r}")
+                for name, exp in self.experiments.items()}
+
+    def profile(self, profile: str | None) -> dict[str, Any]:
+        """The profile mapping (empty for ``None``); ``ValueError`` when unknown."""
+        if profile is None or profile == "none":
+            return {}
+        if profile not in self.profiles:
+            raise ValueError(f"profile {profile!r} is not defined for spec {self.name!r}; "
+                             f"allowed: {sorted(self.profiles) + ['none']}")
+        return self.profiles[profile]
+
+    def hash(self, profile: str | None = None) -> str:
+        """12-hex-digit hash of the canonical resolved parameters (seeds excluded)."""
+        return spec_hash(self, profile)
+
+    def runs_dir(self, profile: str | None = None, root: str | os.PathLike | None = None) -> Path:
+        """``<root>/<hash>`` with ``root`` defaulting to ``data/runs``."""
+        return Path(root if root is not None else paths.RUNS_DIR) / self.hash(profile)
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    return obj
+
+
+def spec_hash(spec: Spec, profile: str | None = None) -> str:
+    """Hash of a spec's canonical parameters after ``profile`` (seeds and metadata excluded).
+
+    Two specs that run the same notebook with the same parameters per experiment have the
+    same hash, whatever their name, comments, key order or seed list.
+    """
+    payload = {"notebook": Path(spec.notebook).stem, "experiments": spec.resolve(profile)}
+    text = json.dumps(_canonical(payload), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def apply_profile(parameters: Mapping[str, Any], profile: Mapping[str, Any],
+                  *, where: str = "profile") -> dict[str, Any]:
+    """Scale and override ``parameters`` with a profile; the design stays as it is.
+
+    ``scale: {key: factor}`` or ``{key: {factor: f, min: m}}`` replaces a non-zero integer
+    ``v`` with ``max(m, round(v * f))`` (``m`` defaults to 1; halves round up) and a float
+    with ``v * f`` (at least ``m`` when given); zero stays zero. ``set: {key: value}``
+    replaces the value.
+    """
+    out = dict(parameters)
+    for key, rule in (profile.get("scale") or {}).items():
+        if key not in out:
+            continue
+        factor, minimum = _scale_rule(rule, f"{where}: scale.{key}")
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: scale.{key} needs a numeric parameter, got {value!r}")
+        if value == 0:
+            continue  # zero stays zero (no warmup stays no warmup)
+        if isinstance(value, int):
+            m = minimum if minimum is not None else 1
+            out[key] = max(int(m), int(math.floor(value * factor + 0.5)))
+        else:
+            out[key] = max(minimum, value * factor) if minimum is not None else value * factor
+    for key, value in (profile.get("set") or {}).items():
+        out[key] = copy.deepcopy(value)
+    return out
+
+
+def _scale_rule(rule: Any, where: str) -> tuple[float, float | None]:
+    if isinstance(rule, Mapping):
+        unknown = sorted(set(rule) - {"factor", "min"})
+        if unknown or "factor" not in rule:
+            raise ValueError(f"{where} must be a number or {{factor: f, min: m}}; "
+                             f"bad keys {unknown}; allowed: ['factor', 'min']")
+        factor, minimum = rule["factor"], rule.get("min")
+    else:
+        factor, minimum = rule, None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+        raise ValueError(f"{where}: factor must be a positive number, got {factor!r}")
+    if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, (int, float))):
+        raise ValueError(f"{where}: min must be a number, got {minimum!r}")
+    return float(factor), minimum
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_keys(mapping: Any, allowed, where: str) -> None:
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
+    unknown = sorted(set(map(str, mapping)) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
+def _check_seeds(seeds: Any, where: str) -> list[int]:
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        raise ValueError(f"{where} must be a non-empty list of non-negative integers, "
+                         f"got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where} has duplicate seeds: {seeds!r}")
+    return list(seeds)
+
+
+def check_values(params: Mapping[str, Any], where: str,
+                 defaults: Mapping[str, Any] | None = None) -> None:
+    """Check parameter values of one experiment (after any profile).
+
+    Categorical values must be in :data:`CHOICES`, integers respect :data:`INT_MIN`,
+    ``prune_pct`` lies in (0, 1), ``lr`` is positive, ``targets`` is an increasing list in
+    (0, 1) whose length equals ``n_rounds`` when ``schedule`` is ``gradual``. With the
+    notebook's ``defaults``, a value must also have the type of the default.
+
+    Raises:
+        ValueError: Naming ``where``, the key and the allowed values.
+    """
+    for key, value in params.items():
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"{where}: {key}={value!r} is not allowed; "
+                             f"allowed: {list(CHOICES[key])}")
+        if key in INT_MIN and (isinstance(value, bool) or not isinstance(value, int)
+                               or value < INT_MIN[key]):
+            raise ValueError(f"{where}: {key} must be an integer >= {INT_MIN[key]}, "
+                             f"got {value!r}")
+        if defaults is not None and key in defaults:
+            _check_type(key, value, defaults[key], where)
+    pct = params.get("prune_pct")
+    if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float))
+                            or not 0 < pct < 1):
+        raise ValueError(f"{where}: prune_pct must be a fraction in (0, 1), got {pct!r}")
+    lr = params.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise ValueError(f"{where}: lr must be a positive number, got {lr!r}")
+    targets = params.get("targets")
+    if targets is not None:
+        ok = (isinstance(targets, list) and targets
+              and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1
+                      for t in targets)
+              and all(a < b for a, b in zip(targets, targets[1:])))
+        if not ok:
+            raise ValueError(f"{where}: targets must be an increasing list of sparsities in "
+                             f"(0, 1), got {targets!r}")
+    if params.get("schedule") == "gradual":
+        if targets is None:
+            raise ValueError(f"{where}: schedule='gradual' needs targets (cumulative "
+                             "sparsities per round, e.g. [0.05, 0.1, 0.15, 0.2])")
+        if "n_rounds" in params and params["n_rounds"] != len(targets):
+            raise ValueError(f"{where}: n_rounds={params['n_rounds']} but targets has "
+                             f"{len(targets)} entries; they must match for schedule='gradual'")
+
+
+def _check_type(key: str, value: Any, default: Any, where: str) -> None:
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"{where}: {key}={value!r} has type {type(value).__name__}, but the "
+                         f"notebook's default {default!r} is {type(default).__name__}")
+
+
+def _validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
+    if profiles is None:
+        return {}
+    if not isinstance(profiles, Mapping):
+        raise ValueError(f"{where} must be a mapping of profile name -> profile")
+    out = {}
+    for name, prof in profiles.items():
+        w = f"{where}.{name}"
+        _check_keys(prof, PROFILE_KEYS, w)
+        for section in ("scale", "set"):
+            if prof.get(section) is not None and not isinstance(prof[section], Mapping):
+                raise ValueError(f"{w}.{section} must be a mapping of parameter -> value")
+        for section in ("scale", "set"):
+            design = sorted(set(prof.get(section) or {}) & set(DESIGN_KEYS))
+            if design:
+                raise ValueError(f"{w}.{section} changes design key(s) {design}; a profile "
+                                 f"may only scale budgets and sizes, not {list(DESIGN_KEYS)}")
+            reserved = sorted(set(prof.get(section) or {}) & set(RESERVED_KEYS))
+            if reserved:
+                raise ValueError(f"{w}.{section} sets {reserved}, which the grid fills in")
+        for key, rule in (prof.get("scale") or {}).items():
+            _scale_rule(rule, f"{w}.scale.{key}")
+        out[str(name)] = dict(prof)
+    return out
+
+
+def load_profiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Read and validate a profiles file (default ``data/experiments/profiles.yaml``)."""
+    path = Path(path) if path is not None else paths.EXPERIMENTS_DIR / DEFAULT_PROFILES_FILE
+    if not path.is_file():
+        return {}
+    return _validate_profiles(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def spec_path(name: str | os.PathLike) -> Path:
+    """Resolve a spec name (``"pilot"``) or path to the YAML file.
+
+    Raises:
+        FileNotFoundError: Listing the specs under ``data/experiments/``.
+    """
+    p = Path(name)
+    for c in (p, paths.EXPERIMENTS_DIR / p, paths.EXPERIMENTS_DIR / f"{p}.yaml"):
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"spec {str(name)!r} not found; available: {available_specs()}")
+
+
+def available_specs() -> list[str]:
+    """Names of the specs under ``data/experiments/`` (the profiles file excluded)."""
+    return sorted(p.stem for p in paths.EXPERIMENTS_DIR.glob("*.yaml")
+                  if p.name != DEFAULT_PROFILES_FILE)
+
+
+def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
+               profiles: Mapping[str, Any] | None = None,
+               notebook_defaults: Mapping[str, Any] | None = None,
+               path: Path | None = None) -> Spec:
+    """Validate a spec mapping (already read from YAML) and build a :class:`Spec`.
+
+    Args:
+        raw: The spec mapping.
+        where: Name used in error messages (the file).
+        profiles: Profiles shared by all specs; the spec's own ``profiles`` win.
+        notebook_defaults: The notebook's parameters cell (name -> default). When given,
+            every parameter name must be declared there and have the default's type.
+
+    Raises:
+        ValueError: On unknown keys or bad values, naming the key and the allowed values.
+    """
+    _check_keys(raw, SPEC_KEYS, where)
+    for key in ("name", "notebook", "experiments"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    if not isinstance(raw["name"], str) or not raw["name"]:
+        raise ValueError(f"{where}: name must be a non-empty string")
+    if not isinstance(raw["notebook"], str):
+        raise ValueError(f"{where}: notebook must be a notebook name or path (string)")
+    seeds = _check_seeds(raw.get("seeds", [0]), f"{where}: seeds")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise ValueError(f"{where}: defaults must be a mapping of parameter -> value")
+    experiments = raw["experiments"]
+    if not isinstance(experiments, Mapping) or not experiments:
+        raise ValueError(f"{where}: experiments must be a non-empty mapping of id -> parameters")
+    all_profiles = {**dict(profiles or {}),
+                    **_validate_profiles(raw.get("profiles"), f"{where}: profiles")}
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, Mapping):
+        raise ValueError(f"{where}: slurm must be a mapping of submitit parameters")
+
+    allowed_params = None
+    if notebook_defaults is not None:
+        allowed_params = set(notebook_defaults) - set(RESERVED_KEYS)
+    exps: dict[str, Experiment] = {}
+    for name, body in experiments.items():
+        w = f"{where}: experiment {name}"
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{w}: experiment ids must be non-empty strings without '/'")
+        body = body or {}
+        if not isinstance(body, Mapping):
+            raise ValueError(f"{w} must be a mapping of parameter -> value")
+        params = {k: v for k, v in {**defaults, **body}.items() if k not in EXPERIMENT_META_KEYS}
+        reserved = sorted(set(params) & set(RESERVED_KEYS))
+        if reserved:
+            raise ValueError(f"{w}: {reserved} are filled in by the grid; remove them")
+        if allowed_params is not None:
+            _check_keys(params, allowed_params, f"{w} (notebook {raw['notebook']} parameters)")
+        meta = {k: v for k, v in body.items() if k in EXPERIMENT_META_KEYS and k != "seeds"}
+        exp_seeds = _check_seeds(body["seeds"], f"{w}: seeds") if "seeds" in body else seeds
+        check_values(params, w, notebook_defaults)
+        exps[name] = Experiment(name=name, parameters=params, seeds=exp_seeds, meta=meta)
+
+    spec = Spec(name=raw["name"], notebook=raw["notebook"], experiments=exps,
+                profiles=all_profiles, description=str(raw.get("description") or ""),
+                slurm=dict(slurm), path=path)
+    for prof in all_profiles:  # every profile must give valid values
+        for name, params in spec.resolve(prof).items():
+            check_values(params, f"{where}: experiment {name} under profile {prof!r}",
+                         notebook_defaults)
+            if allowed_params is not None:
+                _check_keys(params, allowed_params, f"{where}: profile {prof!r}")
+    return spec
+
+
+def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,
+              profiles_file: str | os.PathLike | None = None) -> Spec:
+    """Read and validate a spec file.
+
+    Args:
+        name: Spec name under ``data/experiments/`` (``"pilot"``), a path, or a
+            :class:`Spec` (returned unchanged).
+        check_notebook: Check parameter names and types against the notebook's
+            parameters cell (the notebook must exist).
+        profiles_file: Shared profiles (default: ``profiles.yaml`` beside the spec, i.e.
+            ``data/experiments/profiles.yaml`` for the real specs; none if missing).
+
+    Returns:
+        The validated :class:`Spec`.
+
+    Raises:
+        FileNotFoundError: If the spec (or, with ``check_notebook``, the notebook) is
+            missing.
+        ValueError: On unknown keys or bad values.
+    """
+    if isinstance(name, Spec):
+        return name
+    path = spec_path(name)
+    raw = yaml.safe_load(path.read_text())
+    if raw is None:
+        raise ValueError(f"{path}: the spec file is empty")
+    shared: dict[str, dict[str, Any]] = {}
+    if profiles_file is None:
+        # profiles.yaml beside the spec (data/experiments/profiles.yaml for the real specs)
+        profiles_file = path.parent / DEFAULT_PROFILES_FILE
+    if Path(profiles_file).is_file():
+        shared = load_profiles(profiles_file)
+    defaults = None
+    if check_notebook:
+        from workbench.experiments.notebooks import notebook_parameters
+
+        nb = raw.get("notebook") if isinstance(raw, Mapping) else None
+        if isinstance(nb, str):
+            defaults = notebook_parameters(_notebook_ref(nb, path))
+    spec = parse_spec(raw, where=str(path), profiles=shared,
+                      notebook_defaults=defaults, path=path)
+    spec.notebook = str(_notebook_ref(spec.notebook, path))
+    return spec
+
+
+def _notebook_ref(notebook: str, spec_file: Path) -> str | Path:
+    """A notebook name, or a path relative to the spec file when it exists there."""
+    rel = spec_file.parent / notebook
+    return rel if rel.is_file() else notebook

@@ -1,0 +1,251 @@
+"""Masked (re)training of a causal LM: the inner loop of iterative magnitude pruning.
+
+One function, :func:`train_masked`: AdamW (the fused kernel, on CUDA and CPU), a
+constant or warmup + cosine learning rate, gradient accumulation, bf16 autocast on CUDA,
+optional ``torch.compile``, a ``tqdm.auto`` bar, and masks enforced so that pruned
+weights are **exactly zero after every optimizer step**: the gradients of pruned entries
+are zeroed before the step (so the Adam moments of pruned entries stay zero) and the
+weights are multiplied by the mask after it (so weight decay and Adam's update cannot
+move them). Both are one fused ``_foreach_mul_`` over all masked tensors, and losses
+stay on the device until the end of training, so a step costs no Python-level loop over
+parameters and no host-device synchronisation.
+
+Batches are drawn from a fixed ``LongTensor[n, seq_len]`` of token blocks with a seeded
+``torch.Generator`` (with replacement), so the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.core.evaluate import causal_lm_loss
+from workbench.core.models import logits_of, model_device
+
+LR_SCHEDULES = ("constant", "warmup_cosine")
+AUTOCAST = ("auto", "bf16", "off")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_masked` did.
+
+    Attributes:
+        losses: Training loss per optimizer step (mean over its micro-batches), nats/token.
+        lrs: Learning rate used at each step.
+        tokens: Input tokens processed (``steps * grad_accum * batch_size * seq_len``).
+        seconds: Wall time of the loop (excluding setup), seconds.
+        tokens_per_s: ``tokens / seconds``.
+        snapshot: CPU copy of the state dict after ``snapshot_step`` steps, if asked.
+    """
+
+    losses: list[float]
+    lrs: list[float]
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    snapshot: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+def lr_lambda(step: int, *, steps: int, schedule: str, warmup_steps: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based optimizer step).
+
+    ``constant``: 1 (after an optional linear warmup). ``warmup_cosine``: linear warmup
+    from ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to 0 at
+    ``steps``.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _check(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    """Whether ``torch.optim.AdamW(fused=True)`` supports these parameters."""
+    return bool(params) and all(
+        p.device.type in ("cuda", "cpu") and p.dtype in (torch.float32, torch.float16,
+                                                         torch.bfloat16, torch.float64)
+        for p in params
+    )
+
+
+def train_masked(
+    model: nn.Module,
+    blocks: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 2,
+    lr: float = 1e-4,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
+    grad_accum: int = 1,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    max_grad_norm: float | None = None,
+    seed: int = 0,
+    autocast: str = "auto",
+    compile: bool = False,
+    snapshot_step: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    callback: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``steps`` AdamW steps, keeping masked weights at zero.
+
+    Args:
+        model: A causal LM (any output :func:`workbench.core.models.logits_of` accepts). All
+            parameters with ``requires_grad`` are trained.
+        blocks: Training tokens ``LongTensor[n, seq_len]``; each micro-batch draws
+            ``batch_size`` rows (seeded, with replacement).
+        steps: Optimizer steps (>= 0).
+        batch_size: Blocks per micro-batch.
+        lr: Peak learning rate.
+        masks: ``{param name: BoolTensor}`` (True = keep). Masked weights are zeroed
+            before the first step and stay exactly zero after every step.
+        lr_schedule: ``"constant"`` or ``"warmup_cosine"``.
+        warmup_steps: Linear warmup steps (both schedules).
+        grad_accum: Micro-batches per optimizer step (the loss is averaged).
+        weight_decay: AdamW decoupled weight decay.
+        betas: AdamW betas.
+        max_grad_norm: Clip the global gradient norm to this value (``None``: no clip).
+        seed: Seed of the batch sampler.
+        autocast: ``"auto"`` (bf16 autocast on CUDA, none on CPU), ``"bf16"`` (force, also
+            on CPU) or ``"off"``.
+        compile: Wrap the model in ``torch.compile`` for the loop (GPU throughput).
+        snapshot_step: Keep a CPU state-dict copy after this many steps (0 = before
+            training), for rewinding to "the weights at step k".
+        progress: Show a ``tqdm.auto`` bar.
+        desc: Bar label.
+        callback: Called as ``callback(step)`` after each optimizer step (after the
+            mask is re-applied), e.g. to inspect weights; ``None`` costs nothing.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: Bad sizes, schedule, autocast mode, or masks not matching the model.
+    """
+    _positive_int("steps", steps, 0)
+    _positive_int("batch_size", batch_size)
+    _positive_int("grad_accum", grad_accum)
+    _positive_int("warmup_steps", warmup_steps, 0)
+    _check("lr_schedule", lr_schedule, LR_SCHEDULES)
+    _check("autocast", autocast, AUTOCAST)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long:
+        raise ValueError("blocks must be a LongTensor of shape [n_blocks, seq_len]")
+    if blocks.shape[0] < 1 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks must have n >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
+    if snapshot_step is not None:
+        _positive_int("snapshot_step", snapshot_step, 0)
+        if snapshot_step > steps:
+            raise ValueError(f"snapshot_step must be in [0, steps={steps}], got {snapshot_step}")
+
+    device = model_device(model)
+    named = dict(model.named_parameters())
+    masks = dict(masks or {})
+    bad = [n for n in masks if n not in named or tuple(masks[n].shape) != tuple(named[n].shape)]
+    if bad:
+        raise ValueError(f"masks do not match the model's parameters (name or shape): {bad[:3]}")
+    m_params = [named[n] for n in masks]
+    m_values = [masks[n].to(device=named[n].device, dtype=named[n].dtype) for n in masks]
+    if m_params:
+        with torch.no_grad():
+            torch._foreach_mul_(m_params, m_values)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    cuda = device.type == "cuda"
+    # The fused kernel (CUDA and CPU) is one pass over the parameters: on CPU it is
+    # ~25x faster than the foreach path for SmolLM2-135M (0.3 s vs 8.6 s a step).
+    opt_kwargs: dict[str, Any] = {"fused": True} if _fused_ok(params) else {"foreach": True}
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                  **opt_kwargs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_lambda(s, steps=steps, schedule=lr_schedule, warmup_steps=warmup_steps),
+    )
+    use_bf16 = autocast == "bf16" or (autocast == "auto" and cuda)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    forward = torch.compile(model) if compile else model
+    call_kwargs = {"use_cache": False} if hasattr(model, "config") else {}
+
+    gen = torch.Generator().manual_seed(int(seed))
+    n_micro = steps * grad_accum
+    batch_idx = torch.randint(0, blocks.shape[0], (n_micro, batch_size), generator=gen)
+    data = blocks.to(device, non_blocking=True) if blocks.numel() < 2**26 else blocks
+
+    losses = torch.zeros(steps, device=device)
+    lrs: list[float] = []
+    snapshot = None
+    if snapshot_step == 0:
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    was_training = model.training
+    model.train()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    every = max(1, steps // 20)
+    t0 = time.perf_counter()
+    try:
+        for step in range(steps):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            for micro in range(grad_accum):
+                ids = data[batch_idx[step * grad_accum + micro].to(data.device)].to(device)
+                with amp:
+                    loss = causal_lm_loss(logits_of(forward(ids, **call_kwargs)), ids)
+                (loss / grad_accum).backward()
+                losses[step] += loss.detach() / grad_accum
+            with torch.no_grad():
+                if m_params:
+                    grads = [p.grad for p in m_params if p.grad is not None]
+                    if len(grads) == len(m_params):
+                        torch._foreach_mul_(grads, m_values)
+                    else:
+                        for p, mk in zip(m_params, m_values):
+                            if p.grad is not None:
+                                p.grad.mul_(mk)
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                if m_params:
+                    torch._foreach_mul_(m_params, m_values)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if callback is not None:
+                callback(step)
+            if snapshot_step is not None and step + 1 == snapshot_step:
+                snapshot = {k: v.detach().to("cpu", copy=True)
+                            for k, v in model.state_dict().items()}
+            bar.update(1)
+            if progress and ((step + 1) % every == 0 or step + 1 == steps):
+                bar.set_postfix(loss=f"{float(losses[step]):.3f}")
+    finally:
+        bar.close()
+        model.train(was_training)
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    tokens = n_micro * batch_size * blocks.shape[1]
+    return TrainResult(
+        losses=losses.cpu().tolist(), lrs=lrs, tokens=tokens, seconds=seconds,
+        tokens_per_s=tokens / max(seconds, 1e-9), snapshot=snapshot,
+    )

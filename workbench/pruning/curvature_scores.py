@@ -1,0 +1,3 @@
+"""Curvature-based importance kinds and pruning methods (OBD with true / empirical
+diagonal Fisher, K-FAC OBS saliency), registered in :mod:`workbench.pruning.registry`.
+"""
