@@ -55,7 +55,7 @@ import pandas as pd
 
 import workbench as wb
 from workbench.core import io
-from workbench.lottery import lottery
+from workbench.lottery import imp as lottery
 from workbench.experiments import plots
 
 SW_DETECT_BLOCKS, SW_DETECT_LEN = 2, 64  # detection input: 2 validation blocks of 64 tokens
