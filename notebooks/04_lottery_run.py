@@ -65,7 +65,7 @@ lm, tokenizer = wb.load_model(model)
 text = wb.load_corpus(corpus)  # fixed document split; `seed` drives batches and inits
 train_blocks = wb.token_blocks(tokenizer, text.train, seq_len)
 val_blocks = wb.token_blocks(tokenizer, text.validation, val_seq_len, n_blocks=n_val_blocks)
-print(f"{model} on {wb.models.model_device(lm)}; {train_blocks.shape[0]} training blocks of "
+print(f"{model} on {next(lm.parameters()).device}; {train_blocks.shape[0]} training blocks of "
       f"{seq_len} tokens, {val_blocks.shape[0]} validation blocks of {val_seq_len}")
 
 # %% [markdown]
