@@ -62,7 +62,7 @@ print(f"{cells} finished runs of {df.experiment.nunique()} experiments "
 
 # %%
 shown = dict.fromkeys(["val_ppl", *metrics, "train_loss"])
-summary = aggregate.summary_table(df, metrics=[m for m in shown if m in df])
+summary = aggregate.summarize(df, metrics=[m for m in shown if m in df], wide=True)
 io.write_text(out / "summary.csv", summary.to_csv(index=False))
 summary
 

@@ -56,7 +56,7 @@ def view(df, metric, experiments, lo, hi):
         print("nothing selected")
         return None, None
     fig, ax = plots.plot_sparsity_curve(sel, metric)
-    table = aggregate.summary_table(sel, metrics=[metric])
+    table = aggregate.summarize(sel, metrics=[metric], wide=True)
     return fig, table
 
 

@@ -43,10 +43,8 @@ _EXPORTS = {
     # experiment grids, statistics, figures (issue 6)
     "load_spec": "experiments.specs",
     "run_grid": "experiments.grid",
-    "grid_status": "experiments.grid",
     "load_runs": "experiments.aggregate",
     "summarize": "experiments.aggregate",
-    "summary_table": "experiments.aggregate",
     "paired_test": "experiments.stats",
     "compare_factor": "experiments.stats",
     "significance_table": "experiments.stats",

@@ -52,7 +52,7 @@ def test_summarize_matches_numpy(runs):
 
 def test_summary_table_is_readable(runs):
     df = aggregate.load_runs(runs)
-    t = aggregate.summary_table(df, metrics=("val_ppl",))
+    t = aggregate.summarize(df, metrics=("val_ppl",), wide=True)
     assert list(t.columns) == ["experiment", "round", "sparsity", "val_ppl", "n"]
     vals = df[(df.experiment == "C2") & (df["round"] == 3)].val_ppl
     cell = t[(t.experiment == "C2") & (t["round"] == 3)].val_ppl.iloc[0]

@@ -37,6 +37,8 @@ def log_counts(log: Path) -> dict:
     lines = log.read_text().split("\n") if log.exists() else []
     counts: dict = {}
     for line in filter(None, lines):
+        if "round" in line:
+            continue
         exp, seed, _ = line.split()
         counts[(exp, int(seed))] = counts.get((exp, int(seed)), 0) + 1
     return counts

@@ -1,29 +1,32 @@
 """Collect the runs of a grid into one tidy DataFrame and summarise it.
 
-:func:`load_runs` reads ``records.parquet`` (one row per pruning round) of every finished
-cell of a spec and adds the design parameters of the cell (``prune_pct``, ``n_rounds``,
-... from ``params.json``) that the notebook did not write itself, so a frame row says
-everything about how it was produced. :func:`summarize` gives mean, standard deviation
+:func:`load_runs` reads one table (default: the records, one row per pruning round) of
+every *finished* run of a spec (the completion rule of :mod:`workbench.experiments.runs`)
+and adds the run's parameters that the table lacks (from its manifest, else from
+``params.json``), so a frame row says everything about how it was produced. Reading runs
+never imports or parses a notebook: an old run is read as it was written.
+:func:`load_summaries` gives one row per run with its robustness summary (winning-ticket
+score, optimal and critical sparsity). :func:`summarize` gives mean, standard deviation
 (ddof=1) and n over seeds.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from workbench.experiments.grid import PARAMS_FILE, RECORDS_FILE, SPEC_FILE
-from workbench.experiments.specs import DESIGN_KEYS, Spec, load_spec
+from workbench.experiments import runs
+from workbench.experiments.specs import Spec, load_spec
 
-#: Columns added from ``params.json`` when the records lack them.
-PARAM_COLUMNS = DESIGN_KEYS + ("steps_per_round", "warmup_steps", "batch_size", "seq_len",
-                               "model", "corpus")
-TABLES = ("records", "losses", "layer_sparsity", "super_weights")
+#: Per-run tables :func:`load_runs` can read.
+TABLES = tuple(runs.TABLES)
+#: Scalars of a run's summary kept by :func:`load_summaries`.
+SUMMARY_SCALARS = ("winning_ticket_score", "is_winning_ticket", "optimal_sparsity",
+                   "critical_sparsity", "dense_val_ppl")
 
 
 def runs_folder(source: str | os.PathLike | Spec, profile: str | None = "cpu",
@@ -34,23 +37,51 @@ def runs_folder(source: str | os.PathLike | Spec, profile: str | None = "cpu",
     return load_spec(source).runs_dir(profile, runs_dir)
 
 
+def run_parameters(directory: str | os.PathLike) -> dict[str, Any]:
+    """Parameters of a run: the manifest's ``parameters`` over ``params.json``.
+
+    A nested ``config`` mapping (notebooks that take one config dict) is flattened into
+    the top level.
+    """
+    out: dict[str, Any] = {}
+    for source in (runs.read_params(directory), runs.read_manifest(directory).get("parameters")):
+        if isinstance(source, dict):
+            config = source.get("config")
+            out.update({k: v for k, v in source.items() if k != "config"})
+            if isinstance(config, dict):
+                out.update(config)
+    return out
+
+
+def _cell_frame(cell: Path, df: pd.DataFrame) -> pd.DataFrame:
+    exp, seed = runs.parse_run_dir(cell)
+    if "experiment" not in df:
+        df.insert(0, "experiment", exp)
+    if "seed" not in df:
+        df.insert(1, "seed", seed)
+    for key, value in run_parameters(cell).items():
+        if key not in df and key not in ("output_dir", "run_dir"):
+            df[key] = str(value) if isinstance(value, (list, dict, tuple)) else value
+    return df
+
+
 def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
               runs_dir: str | os.PathLike | None = None, table: str = "records",
               experiments: Sequence[str] | None = None) -> pd.DataFrame:
-    """One tidy DataFrame over all finished cells of a spec.
+    """One tidy DataFrame over all finished runs of a spec.
 
     Args:
-        source: Spec name/path/:class:`~workbench.experiments.specs.Spec`, or a runs folder holding
-            ``<experiment>/seed<k>/``.
+        source: Spec name/path/:class:`~workbench.experiments.specs.Spec`, or a runs
+            folder holding ``<experiment>/seed<k>/``.
         profile: Profile the spec ran with (ignored for a folder).
         runs_dir: Root of the runs folders (default ``data/runs``).
-        table: Which per-cell parquet to read: one of :data:`TABLES`.
+        table: Which per-run table to read: one of :data:`TABLES`.
         experiments: Keep only these experiments.
 
     Returns:
-        The rows of every finished cell, with ``experiment`` and ``seed`` columns, the
-        cell's design parameters and, for records, ``val_nll = log(val_ppl)``; empty (no columns) when nothing has finished. The
-        folder is in ``df.attrs["runs_dir"]``.
+        The rows of every finished run, with ``experiment`` and ``seed`` columns, the
+        run's parameters and, for records, ``val_nll = log(val_ppl)``; empty (no
+        columns) when nothing has finished. The folder is in ``df.attrs["runs_dir"]``.
 
     Raises:
         ValueError: If ``table`` is unknown.
@@ -59,25 +90,12 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
         raise ValueError(f"table={table!r} is not allowed; allowed: {list(TABLES)}")
     folder = runs_folder(source, profile, runs_dir)
     frames = []
-    for rec in sorted(folder.glob(f"*/seed*/{RECORDS_FILE}")):  # finished cells only
-        cell = rec.parent
-        f = cell / f"{table}.parquet"
-        if not f.is_file():
+    for cell in runs.finished_runs(folder):
+        if experiments is not None and cell.parent.name not in experiments:
             continue
-        df = pd.read_parquet(f)
-        exp, seed = cell.parent.name, int(cell.name.removeprefix("seed"))
-        if experiments is not None and exp not in experiments:
-            continue
-        if "experiment" not in df:
-            df.insert(0, "experiment", exp)
-        if "seed" not in df:
-            df.insert(1, "seed", seed)
-        params = _read_json(cell / PARAMS_FILE)
-        for key in PARAM_COLUMNS:
-            if key in params and key not in df:
-                value = params[key]
-                df[key] = str(value) if isinstance(value, (list, dict)) else value
-        frames.append(df)
+        df = runs.read_table(cell, table)
+        if df is not None:
+            frames.append(_cell_frame(cell, df))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "val_ppl" in out and "val_nll" not in out:
         # log-perplexity = mean NLL per token (nats): perplexities of a collapsing model
@@ -90,30 +108,51 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
     return out
 
 
+def load_summaries(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
+                   runs_dir: str | os.PathLike | None = None,
+                   experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per finished run: ``experiment, seed``, the scalars of its summary
+    (:data:`SUMMARY_SCALARS`; ``critical_sparsity`` NaN when never reached) and its
+    parameters. Empty when nothing has finished."""
+    folder = runs_folder(source, profile, runs_dir)
+    rows = []
+    for cell in runs.finished_runs(folder):
+        if experiments is not None and cell.parent.name not in experiments:
+            continue
+        summary = runs.read_summary(cell)
+        row = {k: summary.get(k) for k in SUMMARY_SCALARS if k in summary}
+        rows.append(_cell_frame(cell, pd.DataFrame([row])))
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    for key in SUMMARY_SCALARS:
+        if key in out and key != "is_winning_ticket":
+            out[key] = pd.to_numeric(out[key], errors="coerce")
+    out.attrs["runs_dir"] = str(folder)
+    return out
+
+
 def run_info(source: str | os.PathLike | Spec, profile: str | None = "cpu",
              runs_dir: str | os.PathLike | None = None) -> dict:
     """The ``spec.json`` the grid wrote into the runs folder (empty if missing)."""
-    return _read_json(runs_folder(source, profile, runs_dir) / SPEC_FILE)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return runs._read_json(runs_folder(source, profile, runs_dir) / runs.SPEC_COPY)
 
 
 def summarize(df: pd.DataFrame, metrics: Sequence[str] = ("val_ppl", "sw_survival"),
-              by: Sequence[str] = ("experiment", "round")) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1) and n over seeds, in long (tidy) form.
+              by: Sequence[str] = ("experiment", "round"), *, wide: bool = False,
+              digits: int = 3) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1) and n over seeds.
 
     Args:
-        df: Output of :func:`load_runs`.
+        df: Output of :func:`load_runs` (or :func:`load_summaries` with
+            ``by=("experiment",)``).
         metrics: Numeric columns to summarise.
         by: Grouping columns; ``sparsity``'s mean is added when present.
+        wide: Return the readable wide form: one ``"mean ± sd"`` text column per metric,
+            plus ``sparsity`` and ``n``.
+        digits: Significant digits of the means in the wide form.
 
     Returns:
-        Columns ``*by, [sparsity], metric, mean, std, n`` (std is NaN for n = 1).
+        Long form: columns ``*by, [sparsity], metric, mean, std, n`` (std is NaN for
+        n = 1; n counts non-missing values). Wide form: see ``wide``.
 
     Raises:
         ValueError: Naming a missing column and the available ones.
@@ -130,16 +169,14 @@ def summarize(df: pd.DataFrame, metrics: Sequence[str] = ("val_ppl", "sw_surviva
         if "sparsity" in df and "sparsity" not in by:
             s.insert(0, "sparsity", g["sparsity"].mean())
         rows.append(s.reset_index())
-    return pd.concat(rows, ignore_index=True)
+    long = pd.concat(rows, ignore_index=True)
+    return _wide(long, by, digits) if wide else long
 
 
-def summary_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_ppl", "sw_survival"),
-                  by: Sequence[str] = ("experiment", "round"), digits: int = 3) -> pd.DataFrame:
-    """Wide, readable summary: one ``mean ± std`` column per metric, plus sparsity and n."""
-    s = summarize(df, metrics, by)
+def _wide(s: pd.DataFrame, by: list[str], digits: int) -> pd.DataFrame:
     out = None
     for metric, part in s.groupby("metric", sort=False):
-        col = part.set_index(list(by))
+        col = part.set_index(by)
         text = [f"{m:.{digits}g} ± {sd:.2g}" if pd.notna(sd) else f"{m:.{digits}g}"
                 for m, sd in zip(col["mean"], col["std"])]
         frame = pd.DataFrame({metric: text}, index=col.index)

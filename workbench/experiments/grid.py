@@ -1,14 +1,23 @@
 """Run an experiment grid: every (experiment, seed) of a spec through papermill.
 
-Each cell runs the spec's notebook into ``data/runs/<spec hash>/<experiment>/seed<k>/``:
-``notebook.ipynb`` (the executed copy), ``params.json`` (what was injected),
-``status.json`` (running / done / failed, with the error and the notebook path) and
-whatever the notebook writes; the notebook writes ``records.parquet`` last.
+Each cell runs the spec's notebook into ``data/runs/<spec hash>/<experiment>/seed<k>/``;
+every file name there comes from :mod:`workbench.experiments.runs` (``notebook.ipynb``,
+``params.json``, ``status.json``, ``checkpoints/``, the tables, ``manifest.json`` and
+``records.parquet``, written last by :func:`workbench.experiments.runs.write_run`).
 
-**A cell is finished if and only if its ``records.parquet`` exists.** A re-run skips
-finished cells and re-runs failed or incomplete ones after emptying their folder, so a
-killed grid loses at most the cells in flight. A cell whose notebook raises is recorded
-as failed and the grid goes on.
+**A cell is finished if and only if** :func:`workbench.experiments.runs.is_complete`
+(records exist, parse, are non-empty and match the manifest). A re-run skips finished
+cells. An unfinished cell is **resumed, not emptied**: its ``checkpoints/`` folder is kept
+so the notebook (``run_imp``) continues after the last finished round; only temporary
+leftovers of the killed attempt (``.*.tmp`` folders of atomic writes, papermill's
+converted source, the Jupyter kernel files of the dead kernel) and a stale records file
+are removed. A cell recorded as *failed* restarts from round 0 (its checkpoints are
+removed: a failure may come from the checkpoint itself). A cell whose notebook raises is
+recorded as failed and the grid goes on.
+
+Liveness: ``status.json`` records the host, pid and process start time of the process
+running the cell. On the next :func:`status` or :func:`run_grid` a "running" cell whose
+process is gone (same host) becomes ``interrupted``, with the time it was found so.
 
 Executors: ``"local"`` (``jobs`` worker processes; with ``jobs > 1`` each kernel gets
 ``cpu_count // jobs`` torch threads), ``"slurm"`` (submitit on a SLURM cluster, at most
@@ -31,20 +40,15 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from workbench.core import io
-
-from workbench.experiments import notebooks
-
-from workbench.core import paths
+from workbench.core import io, paths
+from workbench.experiments import notebooks, runs
 from workbench.experiments.specs import Spec, load_spec
 
-RECORDS_FILE = "records.parquet"
-STATUS_FILE = "status.json"
-PARAMS_FILE = "params.json"
-NOTEBOOK_FILE = "notebook.ipynb"
-SPEC_FILE = "spec.json"
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
-STATES = ("done", "failed", "incomplete", "pending")
+#: Cell states (see :func:`cell_state`).
+STATES = ("done", "running", "interrupted", "failed", "incomplete", "pending")
+#: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
+KERNEL_RUNTIME_DIR = ".jupyter-runtime"
 
 
 @dataclass
@@ -73,27 +77,104 @@ class Cell:
 
 
 def cell_state(directory: str | os.PathLike) -> str:
-    """State of a cell folder.
+    """State of a cell folder (pure: reads, never writes; see :func:`refresh_state`).
 
-    ``done`` iff ``records.parquet`` exists; ``failed`` if ``status.json`` records a
-    failure; ``incomplete`` if the folder exists otherwise (killed in flight); ``pending``
-    if there is no folder.
+    ``done`` iff :func:`workbench.experiments.runs.is_complete`; otherwise from
+    ``status.json``: ``failed`` (the notebook raised), ``interrupted`` (marked so after
+    its process died), ``running`` (its process is alive, or on another host and cannot
+    be checked); a "running" record whose process is gone reads as ``interrupted``;
+    ``incomplete`` for any other existing folder; ``pending`` if there is no folder.
     """
     d = Path(directory)
-    if (d / RECORDS_FILE).is_file():
+    if runs.is_complete(d):
         return "done"
     if not d.is_dir():
         return "pending"
-    status = read_status(d)
-    return "failed" if status.get("status") == "failed" else "incomplete"
+    st = runs.read_status(d)
+    state = st.get("status")
+    if state == "running":
+        return "running" if _owner_alive(st) is not False else "interrupted"
+    if state in ("failed", "interrupted"):
+        return state
+    return "incomplete"
+
+
+def refresh_state(directory: str | os.PathLike) -> str:
+    """:func:`cell_state`, and a stale "running" ``status.json`` rewritten as interrupted.
+
+    The record keeps its fields and gains ``status="interrupted"`` and
+    ``interrupted_found`` (UTC time of this check).
+    """
+    state = cell_state(directory)
+    st = runs.read_status(directory)
+    if state == "interrupted" and st.get("status") == "running":
+        io.write_json(Path(directory) / runs.STATUS,
+                      {**st, "status": "interrupted", "interrupted_found": _now()})
+    return state
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22 of proc(5)
+
+
+def _owner_alive(status: Mapping[str, Any]) -> bool | None:
+    """Is the process named in a status record alive? ``None`` when it cannot be told
+    (another host, no pid recorded). A recycled pid is told apart by its start time."""
+    pid, host = status.get("pid"), status.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = status.get("pid_start")
+    return started is None or _process_start(pid) in (None, started)
 
 
 def read_status(directory: str | os.PathLike) -> dict[str, Any]:
     """The cell's ``status.json`` as a dict (empty when missing or unreadable)."""
-    try:
-        return json.loads((Path(directory) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return runs.read_status(directory)
+
+
+def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[Path]:
+    """Remove what a killed attempt left in a cell folder, keeping its checkpoints.
+
+    Removed: temporary files of atomic writes and papermill
+    (:func:`workbench.experiments.runs.temporary_files`), the folder of Jupyter kernel
+    connection files, and a records file that does not satisfy the completion rule.
+    With ``restart`` (a failed cell) the ``checkpoints/`` folder goes too, so the cell
+    starts again from round 0.
+
+    Returns:
+        The paths removed.
+    """
+    d = Path(directory)
+    gone = runs.temporary_files(d) + [d / KERNEL_RUNTIME_DIR]
+    if not runs.is_complete(d):
+        gone.append(d / runs.RECORDS)
+    if restart:
+        gone.append(d / runs.CHECKPOINTS)
+    removed = []
+    for p in gone:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
+    return removed
 
 
 def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
@@ -118,24 +199,36 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
 
 def status(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
            runs_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per cell: experiment, seed, state, seconds, error, notebook, directory."""
+    """One row per cell: experiment, seed, state, seconds, error, notebook, directory,
+    resumed_from_checkpoint, interrupted_found.
+
+    A "running" cell whose process is gone is marked ``interrupted`` in its
+    ``status.json`` (see :func:`refresh_state`).
+    """
     rows = []
     for c in plan(spec, profile, runs_dir):
+        state = refresh_state(c.directory)
         st = read_status(c.directory)
-        rows.append({"experiment": c.experiment, "seed": c.seed, "state": c.state,
+        rows.append({"experiment": c.experiment, "seed": c.seed, "state": state,
                      "seconds": st.get("seconds"), "error": st.get("error"),
-                     "notebook": st.get("notebook"), "directory": str(c.directory)})
+                     "notebook": st.get("notebook"), "directory": str(c.directory),
+                     "resumed": st.get("resumed"),
+                     "interrupted_found": st.get("interrupted_found")})
     return pd.DataFrame(rows, columns=["experiment", "seed", "state", "seconds", "error",
-                                       "notebook", "directory"])
+                                       "notebook", "directory", "resumed",
+                                       "interrupted_found"])
 
 
 def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int | None = None,
              timeout: int | None = None) -> dict[str, Any]:
     """Run one cell in this process (the kernel is a child process); never raises.
 
-    An unfinished folder is emptied first. ``status.json`` says ``running`` while the
-    notebook runs and ``done`` or ``failed`` (with error, traceback and notebook path)
-    afterwards.
+    An unfinished folder is cleaned (:func:`clean_cell`), not emptied: its checkpoints
+    stay and the notebook resumes after the last finished round; a failed cell restarts
+    from round 0. ``status.json`` says ``running`` (with host, pid and the process start
+    time) while the notebook runs and ``done`` or ``failed`` (with error, traceback and
+    notebook path) afterwards. The kernel's connection files live in the cell's
+    ``.jupyter-runtime/`` folder, removed when the cell ends or on the next attempt.
 
     Args:
         cell: The cell.
@@ -147,34 +240,47 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
         The final status record.
     """
     d = Path(cell.directory)
-    if cell_state(d) == "done":
+    state = refresh_state(d)
+    if state == "done":
         return {**read_status(d), "status": "done", "skipped": True}
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
+    clean_cell(d, restart=state == "failed")
+    d.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(threads)
-    nb_path = d / NOTEBOOK_FILE
+    nb_path = d / runs.NOTEBOOK
+    ckdir = d / runs.CHECKPOINTS
     record: dict[str, Any] = {
         "experiment": cell.experiment, "seed": cell.seed, "notebook": str(nb_path),
         "source": str(cell.notebook), "host": socket.gethostname(), "pid": os.getpid(),
-        "threads": threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid_start": _process_start(os.getpid()), "threads": threads, "started": _now(),
+        "resumed": ckdir.is_dir() and any(ckdir.iterdir()),
     }
-    io.write_json(d / PARAMS_FILE, cell.parameters)
-    io.write_json(d / STATUS_FILE, {**record, "status": "running"})
+    io.write_json(d / runs.PARAMS, cell.parameters)
+    io.write_json(d / runs.STATUS, {**record, "status": "running"})
+    runtime = d / KERNEL_RUNTIME_DIR
+    previous = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
     t0 = time.perf_counter()
     try:
         notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
                                kernel_name=kernel_name, timeout=timeout)
-        if not (d / RECORDS_FILE).is_file():
-            raise RuntimeError(f"the notebook finished without writing {RECORDS_FILE}")
+        problem = runs.completion_problem(d)
+        if problem is not None:
+            raise RuntimeError(f"the notebook finished but the run is not complete: {problem}")
         record.update(status="done", error=None)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {_short(exc)}",
                       traceback=traceback.format_exc(limit=5))
+    finally:
+        if previous is None:
+            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        else:
+            os.environ["JUPYTER_RUNTIME_DIR"] = previous
+        shutil.rmtree(runtime, ignore_errors=True)
     record["seconds"] = round(time.perf_counter() - t0, 2)
-    io.write_json(d / STATUS_FILE, record)
+    record["finished"] = _now()
+    io.write_json(d / runs.STATUS, record)
     return record
 
 
@@ -245,13 +351,16 @@ def run_grid(
     logger = _mlflow_logger(mlflow, spec.name) if mlflow else None
 
     root = spec.runs_dir(profile, runs_dir)
-    io.write_json(root / SPEC_FILE, {"name": spec.name, "profile": profile,
+    for leftover in root.glob(".*.tmp"):  # atomic writes of a killed driver
+        shutil.rmtree(leftover, ignore_errors=True)
+    io.write_json(root / runs.SPEC_COPY, {"name": spec.name, "profile": profile,
                                      "hash": spec.hash(profile), "notebook": spec.notebook,
                                      "experiments": spec.resolve(profile),
                                      "seeds": {k: e.seeds for k, e in spec.experiments.items()},
                                      "meta": {k: e.meta for k, e in spec.experiments.items()}})
-    skip = {"done"} if rerun_failed else {"done", "failed"}
-    todo = [c for c in cells if c.state not in skip]
+    skip = {"done", "running"} if rerun_failed else {"done", "running", "failed"}
+    states = {c.directory: refresh_state(c.directory) for c in cells}
+    todo = [c for c in cells if states[c.directory] not in skip]
 
     bar = None
     if progress:
@@ -285,7 +394,7 @@ def run_grid(
             _run_pool(todo, jobs, finished, threads=_threads_per_job(jobs), **kwargs)
         else:
             params = {**spec.slurm, **dict(slurm or {})} if executor == "slurm" else {}
-            _run_submitit(todo, jobs, finished, executor, root / "_submitit", params,
+            _run_submitit(todo, jobs, finished, executor, root / runs.SUBMITIT_DIR, params,
                           timeout=timeout, kernel_name=kernel_name)
     finally:
         if bar is not None:
@@ -314,9 +423,9 @@ def _run_pool(todo, jobs, finished, **kwargs) -> None:
 def _record_failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
     record = {**read_status(cell.directory), "status": "failed",
               "error": f"{type(exc).__name__}: {exc}", "experiment": cell.experiment,
-              "seed": cell.seed, "notebook": str(Path(cell.directory) / NOTEBOOK_FILE)}
+              "seed": cell.seed, "notebook": str(Path(cell.directory) / runs.NOTEBOOK)}
     if Path(cell.directory).is_dir():
-        io.write_json(Path(cell.directory) / STATUS_FILE, record)
+        io.write_json(Path(cell.directory) / runs.STATUS, record)
     return record
 
 
@@ -365,7 +474,7 @@ def _mlflow_logger(mlflow_opt: bool | str, experiment_name: str):
     mlflow.set_experiment(experiment_name)
 
     def log(cell: Cell) -> None:
-        records = pd.read_parquet(Path(cell.directory) / RECORDS_FILE)
+        records = pd.read_parquet(Path(cell.directory) / runs.RECORDS)
         with mlflow.start_run(run_name=f"{cell.experiment}/seed{cell.seed}"):
             mlflow.log_params({k: str(v)[:250] for k, v in cell.parameters.items()})
             numeric = records.select_dtypes("number")
@@ -373,9 +482,7 @@ def _mlflow_logger(mlflow_opt: bool | str, experiment_name: str):
                 step = int(row["round"]) if "round" in row else None
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "round"},
                                    step=step)
-            mlflow.log_artifact(str(Path(cell.directory) / NOTEBOOK_FILE))
+            mlflow.log_artifact(str(Path(cell.directory) / runs.NOTEBOOK))
 
     return log
 
-
-grid_status = status  # exported as workbench.grid_status
