@@ -22,18 +22,15 @@ seq_len = 256
 n_blocks = 16
 batch_size = 4
 seed = 0
-output_dir = "data/runs/quickstart"
+output_dir = "data/runs/quickstart"  # relative paths are read against the project root
 
 # %%
 import time
-from pathlib import Path
 
 import pandas as pd
 
 import workbench as wb
-from workbench.core import evaluate
-from workbench.core import io
-from workbench.core import models
+from workbench.core import evaluate, io, models, paths
 
 wb.seed_everything(seed)
 t0 = time.perf_counter()
@@ -52,10 +49,10 @@ for line in text.validation[0].splitlines()[:3]:
 # %%
 rows = []
 for split in ("validation", "test"):
-    blocks = wb.token_blocks(tokenizer, text.split(split), seq_len, n_blocks=n_blocks, seed=seed)
-    res = evaluate.evaluate_perplexity(lm, blocks, batch_size=batch_size)
+    tokens = wb.token_blocks(tokenizer, text.split(split), seq_len, n_blocks=n_blocks, seed=seed)
+    res = evaluate.evaluate_perplexity(lm, tokens, batch_size=batch_size)
     rows.append({"model": model, "corpus": corpus, "split": split, "seq_len": seq_len,
-                 "n_blocks": blocks.shape[0], "perplexity": res.perplexity, "nll": res.nll,
+                 "n_blocks": tokens.shape[0], "perplexity": res.perplexity, "nll": res.nll,
                  "tokens": res.n_tokens, "tokens_per_s": res.tokens_per_s})
 results = pd.DataFrame(rows)
 results
@@ -64,7 +61,7 @@ results
 # Results and a manifest (versions, device, git commit, parameters) go to `output_dir`.
 
 # %%
-out = Path(output_dir)
+out = paths.resolve(output_dir)
 io.write_parquet(out / "results.parquet", results)
 params = dict(model=model, corpus=corpus, seq_len=seq_len, n_blocks=n_blocks,
               batch_size=batch_size, seed=seed)

@@ -20,3 +20,17 @@ def test_quickstart_runs_under_papermill(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parameters"]["model"] == "tiny-llama"
     assert "torch" in manifest["environment"]
+
+
+def test_relative_output_dir_resolves_against_the_project_root(tmp_path, monkeypatch):
+    """Run as JupyterLab does (kernel working directory ``notebooks/``): a relative
+    ``output_dir`` lands under the project root (here ``WORKBENCH_HOME``), not the CWD."""
+    from workbench.core import paths
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    params = dict(model="tiny-llama", corpus="lee", seq_len=32, n_blocks=1, batch_size=1,
+                  output_dir="data/runs/quickstart-rel")
+    run_notebook("00_quickstart", tmp_path / "00.ipynb", params, cwd=paths.NOTEBOOKS_DIR)
+    assert (home / "data/runs/quickstart-rel/results.parquet").is_file()
+    assert not (paths.NOTEBOOKS_DIR / "data/runs/quickstart-rel").exists()

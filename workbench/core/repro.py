@@ -14,9 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from workbench.core import io
-
-from workbench.core import paths
+from workbench.core import io, paths
+from workbench.core.checks import check_range
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -27,11 +26,14 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         deterministic: Also ask PyTorch for deterministic kernels (slower on CUDA).
 
     Raises:
-        ValueError: If ``seed`` is not a non-negative integer.
+        TypeError: ``seed`` not an integer (bools refused), ``deterministic`` not a bool.
+        ValueError: ``seed`` negative.
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
+    if isinstance(seed, np.integer):
+        seed = int(seed)
+    check_range("seed", seed, 0, integer=True)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -90,7 +92,17 @@ def write_manifest(
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: ``target`` not a path, ``parameters`` not a mapping.
     """
+    if not isinstance(target, (str, os.PathLike)):
+        raise TypeError(f"target must be a file path, got {type(target).__name__}")
+    if seed is not None:
+        check_range("seed", int(seed) if isinstance(seed, np.integer) else seed, 0,
+                    integer=True)
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise TypeError(f"parameters must be a mapping (dict), got {type(parameters).__name__}")
     record = {
         "environment": environment_record(),
         "seed": seed,
