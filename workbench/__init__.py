@@ -2,6 +2,8 @@
 
 The top-level names are imported lazily, so ``import workbench`` is cheap and a
 notebook can write ``workbench.load_model(...)``, ``workbench.perplexity(...)``, ...
+Each concept has one public name; ``docs/GLOSSARY.md`` lists the names (token-id tensors
+are ``tokens``, Fisher types ``empirical``/``true``, score kinds vs pruning methods, ...).
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # foundation
     "load_model": "core.models",
-    "logits_of": "core.models",
     "forward_logits": "core.models",
     "load_corpus": "core.data",
     "token_blocks": "core.data",
     "calibration_windows": "core.data",
     "perplexity": "core.evaluate",
-    "evaluate_perplexity": "core.evaluate",
     "seed_everything": "core.repro",
     "write_manifest": "core.repro",
     "environment_record": "core.repro",
