@@ -7,7 +7,8 @@ import torch
 
 from workbench.pruning.masks import prunable_modules
 from workbench.core.models import forward_logits, load_model, transformer_blocks
-from workbench.pruning.methods import PruneResult, capture_block_inputs, prune, sweep
+from workbench.pruning.methods import PruneResult, prune, sweep
+from workbench.pruning.sequential import capture_block_inputs
 
 
 def _data(n=4, seq=24, seed=0):
@@ -70,17 +71,12 @@ def test_sequential_and_all_at_once_agree_on_first_block_only():
     assert any(not torch.equal(ra.masks[n], rb.masks[n]) for n in later)
 
 
-def test_correction_off_is_plain_wanda_and_on_changes_weights():
+def test_wanda_obs_keeps_wanda_masks_in_block0_and_changes_kept_weights():
     data = _data()
-    models = [load_model("tiny-llama", device="cpu")[0] for _ in range(4)]
+    models = [load_model("tiny-llama", device="cpu")[0] for _ in range(3)]
     plain = prune(models[0], "wanda", 0.5, calibration=data)
-    off = prune(models[1], "sparsegpt", 0.5, calibration=data, correction=None)
-    obs = prune(models[2], "sparsegpt", 0.5, calibration=data)
-    prac = prune(models[3], "wanda", 0.5, calibration=data, correction="prac", max_samples=16)
-    p0, p1 = dict(models[0].named_parameters()), dict(models[1].named_parameters())
-    for n in plain.masks:
-        assert torch.equal(plain.masks[n], off.masks[n]) and torch.equal(p0[n], p1[n])
-    assert obs.info["correction"] == "obs" and prac.info["correction"] == "prac"
+    obs = prune(models[2], "wanda_obs", 0.5, calibration=data)
+    p0 = dict(models[0].named_parameters())
     p2 = dict(models[2].named_parameters())
     for n in plain.masks:
         if ".layers.0." in n:  # same inputs -> same masks; corrected kept weights
@@ -92,7 +88,7 @@ def test_correction_off_is_plain_wanda_and_on_changes_weights():
 @pytest.mark.parametrize("spec", ["tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("method,kw", [("magnitude", {"scope": "global"}),
                                        ("wanda", {"scope": "2:4"}),
-                                       ("sparsegpt", {}), ("taylor", {})])
+                                       ("wanda_obs", {}), ("taylor", {})])
 def test_methods_hit_exact_sparsity(spec, method, kw):
     model, _ = load_model(spec, device="cpu")
     res = prune(model, method, 0.5, calibration=_data(2, 16), **kw)
@@ -125,8 +121,16 @@ def test_errors():
         prune(model, "wanda", 0.5)
     with pytest.raises(ValueError, match="divisible"):
         prune(torch.nn.Sequential(torch.nn.Linear(6, 4)), "magnitude", 0.5, scope="2:4")
-    with pytest.raises(ValueError, match="correction must be one of"):
-        prune(model, "wanda", 0.5, calibration=data, correction="lsq")
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['scop'\]"):
+        prune(model, "magnitude", 0.5, scop="row")
+    with pytest.raises(TypeError, match="corection"):
+        prune(model, "wanda", 0.5, calibration=data, corection="obs")
+    with pytest.raises(TypeError, match="max_samples"):  # a PRAC option, not Wanda's
+        prune(model, "wanda", 0.5, calibration=data, max_samples=3)
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        prune(model, "magnitude", 0.5, allocation="owl2")
+    with pytest.raises(ValueError, match="scope='global' is not supported"):
+        prune(model, "wanda_obs", 0.5, calibration=data, scope="global")
 
 
 def test_sweep_reuses_and_restores():
@@ -188,7 +192,7 @@ def test_correction_lowers_each_first_block_layer_reconstruction_error():
     W = {n: p.detach().clone() for n, p in dense.named_parameters()}
     plain_m, obs_m = (load_model("tiny-llama", device="cpu")[0] for _ in range(2))
     prune(plain_m, "wanda", 0.5, calibration=data)
-    prune(obs_m, "sparsegpt", 0.5, calibration=data, correction="obs")
+    prune(obs_m, "wanda_obs", 0.5, calibration=data)
     plain, obs = dict(plain_m.named_parameters()), dict(obs_m.named_parameters())
     for n, x in X.items():
         err_plain = torch.linalg.norm(x @ (W[n] - plain[n].detach()).t())
@@ -200,11 +204,9 @@ def test_prac_with_all_samples_equals_full_hessian_and_norms_use_all_tokens():
     data = _data()
     n_tokens = data.numel()
     models = [load_model("tiny-llama", device="cpu")[0] for _ in range(3)]
-    obs = prune(models[0], "sparsegpt", 0.5, calibration=data, correction="obs")
-    prac_all = prune(models[1], "sparsegpt", 0.5, calibration=data, correction="prac",
-                     max_samples=n_tokens)
-    prac_few = prune(models[2], "sparsegpt", 0.5, calibration=data, correction="prac",
-                     max_samples=8)
+    obs = prune(models[0], "wanda_obs", 0.5, calibration=data)
+    prac_all = prune(models[1], "wanda_prac", 0.5, calibration=data, max_samples=n_tokens)
+    prac_few = prune(models[2], "wanda_prac", 0.5, calibration=data, max_samples=8)
     p0, p1 = dict(models[0].named_parameters()), dict(models[1].named_parameters())
     for n in obs.masks:
         assert (obs.masks[n] == prac_all.masks[n]).float().mean() > 0.999, n

@@ -93,9 +93,9 @@ def test_gradient_kinds_brute_force(llama, data):
                                    rtol=1e-4, atol=1e-8)
 
 
-def test_fisher_is_obd_saliency_of_per_example_fisher(llama, data):
+def test_obd_empirical_is_obd_saliency_of_per_example_fisher(llama, data):
     small = data[:2, :12]
-    f = importance(llama, "fisher", data=small, batch_size=2)
+    f = importance(llama, "obd_empirical", data=small, batch_size=2)
     params = dict(llama.named_parameters())
     names = list(f)[:3]
     # brute force: squared gradients of each example's summed token loss / #tokens
@@ -130,3 +130,22 @@ def test_errors(llama):
         importance(llama, "wanda")
     with pytest.raises(ValueError, match="weights keys"):
         importance(llama, "hybrid", weights={"bogus": 1.0})
+    with pytest.raises(TypeError, match="weights"):  # a hybrid option given to magnitude
+        importance(llama, "magnitude", weights={"magnitude": 1.0})
+    with pytest.raises(TypeError, match="n_sampels"):
+        importance(llama, "obd_true", data=torch.zeros(1, 4, dtype=torch.long), n_sampels=2)
+    with pytest.raises(ValueError, match="fisher"):  # old name: an error, not Taylor scores
+        importance(llama, "fisher", data=torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_every_registered_kind_dispatches_to_its_own_function(llama, data, monkeypatch):
+    """No fall-through: each kind's entry function is the one that runs."""
+    from workbench.pruning.registry import SCORE_KINDS
+
+    for entry in SCORE_KINDS:
+        called = []
+        monkeypatch.setitem(SCORE_KINDS._entries, entry.name, type(entry)(
+            entry.name, lambda model, *, tokens, include, exclude, batch_size, n=entry.name:
+            called.append(n) or {}, entry.props))
+        importance(llama, entry.name, data=data)
+        assert called == [entry.name]

@@ -1,32 +1,37 @@
 """One-shot pruning: ``prune(model, method, sparsity, calibration=...)`` and ``sweep``.
 
-Methods:
+Every method is registered once, below, in :data:`workbench.pruning.registry.METHODS`
+with its properties as data (needs calibration, default scope, reusable scores, the
+layer-sparsity allocations it supports, display label and colour, description).
+:func:`prune`, :func:`sweep`, :func:`default_scope` and :data:`PRESETS` read those
+properties; nothing else names a method.
 
-* ``magnitude``: ``|w|`` (default scope ``layer``).
-* ``wanda``: ``|W_ij| * ||X_j||`` (default scope ``row``), calibrated **sequentially**
-  by default: the inputs of block 0 are captured once (a hook on block 0 records its
-  hidden states and every other argument it receives, e.g. transformers 5.x Llama's
-  ``position_embeddings`` / ``attention_mask``, then stops the forward); block ``i`` is
-  then run on the outputs of the already pruned block ``i - 1``, its linear layers'
-  input statistics are streamed (float32 squared sums over all tokens), the block is
-  pruned, and its outputs become the next block's inputs. Only one block needs to sit on
-  ``device``, so a 7B model fits one GPU. ``sequential=False`` collects all statistics
-  from one forward of the dense model (all-at-once; needed for ``scope="global"``).
-* ``sparsegpt``: Wanda's masks plus the SparseGPT-style correction of the kept weights
-  (``correction="obs"``: full ``X^T X``; ``correction="prac"``: PRAC, ``max_samples``
-  stored input rows per layer). ``wanda`` accepts the same ``correction`` option;
-  ``correction=None`` gives exactly Wanda.
-* ``gradient_norm``, ``taylor``, ``fisher``, ``hybrid``: :func:`workbench.importance`
-  scores (default scope ``layer``).
-* ``gradprobe``: :func:`workbench.pruning.gradient_probe.gradprobe`.
+**Adding a method = one function + one ``METHODS.register(...)`` + one test.** The
+function takes a :class:`PruneRequest` and the method's own options as keyword-only
+parameters (``prune`` rejects any other keyword, naming it), prunes ``request.model`` in
+place and returns ``(masks, info)``. A method that only ranks weights by an importance
+kind is ``score_method(kind)``.
 
-Statistics that do not change between blocks are computed once (seed 001's layerwise
-caching): magnitude and gradient scores are scored once for the whole model; in the
-sequential path each block is run exactly twice (statistics, then outputs).
+Methods registered here:
+
+* ``magnitude``, ``gradient_norm``, ``taylor``, ``obd_empirical``, ``obd_true``,
+  ``hybrid``: rank by the :func:`workbench.importance` kind of the same name (default
+  scope ``layer``); the scores do not depend on the sparsity, so ``sweep`` computes them
+  once.
+* ``wanda``, ``wanda_obs`` (Wanda's mask + OBS update), ``wanda_prac`` (same from a
+  limited sample): :mod:`workbench.pruning.layerwise`, calibrated sequentially by
+  default (default scope ``row``).
+* ``sparsegpt``: :mod:`workbench.pruning.sparsegpt` (Frantar & Alistarh 2023).
+* ``gradprobe``: :func:`workbench.pruning.gradient_probe.gradprobe` (scope ``global``).
+
+Layer-sparsity allocation: ``allocation="uniform"`` (every layer at the target) or
+``"owl"`` (:mod:`workbench.pruning.allocation`, Yin et al. 2024), for the methods whose
+``allocations`` property lists it.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping, Sequence
@@ -34,12 +39,10 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from workbench.pruning.calibration import batches_of, input_statistics
-from workbench.pruning.correction import obs_correct, prac_correct
+from workbench.core.checks import check_choice, check_kwargs
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
-    is_transposed_module,
     parse_scope,
     prunable_modules,
     restore,
@@ -47,13 +50,53 @@ from workbench.pruning.masks import (
     sparsity_report,
     transposed_names,
 )
-from workbench.core.models import _is_hf
-from workbench.pruning.scores import KINDS, importance, wanda_score
+from workbench.pruning import layerwise
+from workbench.pruning.registry import METHODS
+from workbench.pruning.scores import accepted_options, importance
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "gradprobe") + tuple(
-    k for k in KINDS if k not in ("magnitude", "wanda"))
-CORRECTIONS = (None, "obs", "prac")
-_CALIBRATED = ("wanda", "sparsegpt", "gradprobe", "gradient_norm", "taylor", "fisher", "hybrid")
+#: Colourblind-safe palette (Okabe & Ito 2008, then Paul Tol's "muted" scheme).
+PALETTE = ("#0072B2", "#D55E00", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000",
+           "#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#DDCC77", "#117733")
+
+
+@dataclass
+class PruneRequest:
+    """What a method needs to prune (built by :func:`prune`).
+
+    Attributes:
+        model: The model, pruned in place.
+        sparsity: Target fraction in ``[0, 1)``.
+        scope: The scope as given (``"row"``, ``"2:4"``, ...); ``scope_name``, ``n``,
+            ``m`` are its parsed form (:func:`workbench.pruning.masks.parse_scope`).
+        modules: ``{param name: module}`` to prune (from ``include`` / ``exclude``).
+        calibration: Token ids ``LongTensor[n, seq]`` or ``None``.
+        batch_size: Calibration sequences per forward.
+        device: Device each block runs on in sequential calibration (``None``: its own).
+        scores: Precomputed scores (score methods skip scoring; used by :func:`sweep`).
+        layer_sparsity: ``{param name: sparsity}`` from a non-uniform allocation, or
+            ``None`` (every layer at ``sparsity``).
+    """
+
+    model: nn.Module
+    sparsity: float
+    scope: str
+    scope_name: str
+    n: int | None
+    m: int | None
+    modules: dict
+    include: Collection[str] | None = None
+    exclude: Collection[str] | None = None
+    calibration: Any = None
+    batch_size: int = 8
+    device: Any = None
+    scores: Mapping[str, torch.Tensor] | None = None
+    layer_sparsity: dict | None = None
+
+    def sparsity_for(self, name: str) -> float:
+        """The target sparsity of parameter ``name``."""
+        if self.layer_sparsity is None:
+            return self.sparsity
+        return self.layer_sparsity[name]
 
 
 @dataclass
@@ -63,7 +106,8 @@ class PruneResult:
     Attributes:
         masks: ``{param name: BoolTensor}`` (True = keep), applied in place.
         report: :func:`workbench.pruning.masks.sparsity_report` of the masks (per tensor + total).
-        info: Method, scope, mode, target and achieved sparsity, seconds, ...
+        info: Method, scope, mode, allocation, target and achieved sparsity, seconds, the
+            per-layer targets under a non-uniform allocation (``layer_sparsity``), ...
     """
 
     masks: dict
@@ -72,201 +116,109 @@ class PruneResult:
 
 
 def default_scope(method: str) -> str:
-    """``row`` for Wanda-type methods, ``global`` for gradprobe, ``layer`` otherwise."""
-    if method in ("wanda", "sparsegpt"):
-        return "row"
-    return "global" if method == "gradprobe" else "layer"
+    """The registered default scope of ``method``."""
+    return METHODS.get(method).props["default_scope"]
 
 
 def check_method(method: str) -> None:
-    """Raise ``ValueError`` for an unknown method, listing the methods."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    """Raise ``ValueError`` for an unknown method, listing the registered methods."""
+    METHODS.check(method)
 
 
-# ----------------------------------------------------------------------------- capture
-class _Stop(Exception):
-    pass
+def select_by_scores(req, scores: Mapping[str, torch.Tensor]) -> dict:
+    """Masks from ``scores`` at the request's scope and (per-layer) sparsity, applied."""
+    transposed = transposed_names(req.model) & set(scores)
+    if req.layer_sparsity is None:
+        masks = select_masks(scores, req.sparsity, scope=req.scope_name, n=req.n, m=req.m,
+                             transposed=transposed)
+    elif req.scope_name == "global":
+        raise ValueError("scope='global' has one threshold: it cannot be combined with a "
+                         "per-layer allocation")
+    else:
+        masks = {}
+        for name, score in scores.items():
+            masks.update(select_masks({name: score}, req.sparsity_for(name),
+                                      scope=req.scope_name, n=req.n, m=req.m,
+                                      transposed=transposed & {name}))
+    apply_masks(req.model, masks)
+    return masks
 
 
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
+def score_method(kind: str):
+    """A method that prunes the lowest scores of importance ``kind``.
 
-
-def _detach(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_detach(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _detach(v) for k, v in obj.items()}
-    return obj
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, batches: Sequence[torch.Tensor], *,
-                         store_device: str | torch.device | None = None) -> list[tuple]:
-    """Inputs of the first transformer block for every batch, without running the rest.
-
-    A forward pre-hook on block 0 records ``(hidden_states, other positional args,
-    keyword args)`` (attention mask, position ids, rotary ``position_embeddings``, ...)
-    and raises to stop the forward.
-
-    Returns:
-        ``[(hidden, args, kwargs), ...]``, one per batch.
+    The returned function takes the kind's own options (checked by
+    :func:`workbench.importance`).
     """
-    from workbench.core.models import model_device, transformer_blocks
+    def run(req, **options):
+        scores = req.scores
+        if scores is None:
+            scores = importance(req.model, kind, data=req.calibration, include=req.include,
+                                exclude=req.exclude, batch_size=req.batch_size, **options)
+        elif options:
+            raise TypeError(f"options {sorted(options)} have no effect with precomputed scores")
+        return select_by_scores(req, scores), {"mode": "scores"}
 
-    block0 = transformer_blocks(model)[0]
-    device = model_device(model)
-    captured: list[tuple] = []
-
-    def hook(_mod, args, kwargs):
-        kwargs = dict(kwargs)
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        kwargs.pop("past_key_values", None)
-        kwargs.pop("past_key_value", None)
-        kwargs["use_cache"] = False if "use_cache" in kwargs else kwargs.get("use_cache")
-        if kwargs["use_cache"] is None:
-            kwargs.pop("use_cache")
-        item = (_detach(hidden), _detach(rest), _detach(kwargs))
-        captured.append(_to(item, store_device) if store_device is not None else item)
-        raise _Stop
-
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                model(batch.to(device), use_cache=False) if _is_hf(model) else model(batch.to(device))
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    if len(captured) != len(batches):
-        raise RuntimeError("block 0 was not reached for every calibration batch")
-    return captured
+    run.__name__ = f"{kind}_method"
+    run.__doc__ = f"Prune the lowest {kind!r} importance scores."
+    return run
 
 
-def _block_forward(block: nn.Module, item: tuple, device) -> torch.Tensor:
-    hidden, rest, kwargs = _to(item, device)
-    out = block(hidden, *rest, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+def _gradprobe(req, **options):
+    """:func:`workbench.pruning.gradient_probe.gradprobe` at the request's target."""
+    from workbench.pruning.gradient_probe import gradprobe
+
+    given = {"calibration", "scope", "include", "exclude", "batch_size", "apply"}
+    check_kwargs("prune(method='gradprobe')", options, accepted_options(gradprobe) - given)
+    res = gradprobe(req.model, req.sparsity, calibration=req.calibration, scope=req.scope,
+                    include=req.include, exclude=req.exclude, batch_size=req.batch_size,
+                    **options)
+    return res.masks, {**res.info, "mode": "gradprobe"}
 
 
-@torch.no_grad()
-def sequential_calibration(
-    model: nn.Module,
-    calibration,
-    prune_block,
-    *,
-    modules: Mapping[str, nn.Module],
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    stats_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Calibrate and prune block by block (Wanda / SparseGPT protocol).
+# ----------------------------------------------------------------------------- registry
+def _kind_label(kind: str) -> str:
+    from workbench.pruning.registry import SCORE_KINDS
 
-    Args:
-        model: The causal LM (its blocks from :func:`workbench.core.models.transformer_blocks`).
-        calibration: Token ids ``[n, seq]``.
-        prune_block: ``f(index, {name: module}, {name: InputStats})`` pruning one block in
-            place from the statistics of its (already pruned-upstream) inputs.
-        modules: All prunable modules (``{param name: module}``); split per block.
-        batch_size: Sequences per batch.
-        device: Where each block runs (moved there and back); default its own device.
-        stats_options: Passed to :func:`workbench.pruning.calibration.input_statistics`.
-    """
-    from workbench.core.models import transformer_blocks
-
-    blocks = transformer_blocks(model)
-    batches = batches_of(calibration, batch_size)
-    items = capture_block_inputs(model, batches)
-    by_block: list[dict] = [{} for _ in blocks]
-    owner = {id(m): i for i, b in enumerate(blocks) for m in b.modules()}
-    for name, module in modules.items():
-        if id(module) in owner:
-            by_block[owner[id(module)]][name] = module
-    for i, block in enumerate(blocks):
-        home = next(block.parameters()).device
-        run_on = torch.device(device) if device is not None else home
-        if run_on != home:
-            block.to(run_on)
-        if by_block[i]:
-            with input_statistics(by_block[i], **(stats_options or {})) as stats:
-                for item in items:
-                    _block_forward(block, item, run_on)
-            prune_block(i, by_block[i], stats)
-        outs = [_block_forward(block, item, run_on).to(item[0].device) for item in items]
-        items = [(o, rest, kw) for o, (_, rest, kw) in zip(outs, items)]
-        if run_on != home:
-            block.to(home)
+    return SCORE_KINDS.get(kind).props["label"]
 
 
-# ----------------------------------------------------------------------------- wanda
-def _prune_layer_wanda(name, module, stats, sparsity, scope, n, m, correction, damp,
-                       block_size):
-    """Wanda mask for one layer, optionally corrected; writes the weight in place."""
-    tr = is_transposed_module(module)
-    W = module.weight
-    score = wanda_score(W, stats.norms(), tr)
-    mask = select_masks({name: score}, sparsity, scope=scope, n=n, m=m,
-                        transposed={name} if tr else set())[name]
-    with torch.no_grad():
-        if correction is None:
-            W.mul_(mask.to(W.dtype))
-        else:
-            W_rows = W.t() if tr else W
-            keep_rows = mask.t() if tr else mask
-            if correction == "obs":
-                new = obs_correct(W_rows, keep_rows, stats.hessian, damp=damp,
-                                  block_size=block_size)
-            else:
-                new = prac_correct(W_rows, keep_rows, stats.sample_matrix(), damp=damp,
-                                   block_size=block_size)
-            W.copy_((new.t() if tr else new).to(W.dtype))
-    return mask
+_SCORES = dict(reusable_scores=True, default_scope="layer")
+_CALIBRATED = dict(needs_calibration=True, default_scope="row")
+_OWL = ("uniform", "owl")
 
-
-def _wanda(model, sparsity, scope, n, m, calibration, modules, *, sequential, correction,
-           batch_size, damp, block_size, max_samples, device):
-    masks: dict = {}
-    stats_options = dict(hessian=correction == "obs", max_samples=max_samples
-                         if correction == "prac" else 0)
-
-    def prune_block(_i, block_modules, stats):
-        for name, module in block_modules.items():
-            masks[name] = _prune_layer_wanda(name, module, stats[name], sparsity, scope, n, m,
-                                             correction, damp, block_size)
-
-    if sequential:
-        sequential_calibration(model, calibration, prune_block, modules=modules,
-                               batch_size=batch_size, device=device, stats_options=stats_options)
-        return {name: masks[name] for name in modules if name in masks}
-    from workbench.pruning.calibration import collect_input_statistics
-
-    stats = collect_input_statistics(model, modules, calibration, batch_size=batch_size,
-                                     **stats_options)
-    if scope == "global":
-        if correction is not None:
-            raise ValueError("correction needs a per-layer scope (row, layer or N:M), not global")
-        scores = {nm: wanda_score(mod.weight, stats[nm].norms(), is_transposed_module(mod))
-                  for nm, mod in modules.items()}
-        masks = select_masks(scores, sparsity, scope="global")
-        apply_masks(model, masks)
-        return masks
-    prune_block(0, modules, stats)
-    return {name: masks[name] for name in modules}
+METHODS.register("magnitude", score_method("magnitude"), score_kind="magnitude",
+                 allocations=_OWL, label="Magnitude", color=PALETTE[0],
+                 description="lowest |w| (per layer by default)", **_SCORES)
+METHODS.register("gradient_norm", score_method("gradient_norm"), score_kind="gradient_norm",
+                 needs_calibration=True, label=_kind_label("gradient_norm"), color=PALETTE[4],
+                 description="lowest RMS per-batch gradient", **_SCORES)
+METHODS.register("taylor", score_method("taylor"), score_kind="taylor",
+                 needs_calibration=True, label=_kind_label("taylor"), color=PALETTE[3],
+                 description="lowest |w * g| (first-order Taylor)", **_SCORES)
+METHODS.register("obd_empirical", score_method("obd_empirical"), score_kind="obd_empirical",
+                 needs_calibration=True, label=_kind_label("obd_empirical"), color=PALETTE[7],
+                 description="lowest OBD saliency, empirical diagonal Fisher", **_SCORES)
+METHODS.register("obd_true", score_method("obd_true"), score_kind="obd_true",
+                 needs_calibration=True, label=_kind_label("obd_true"), color=PALETTE[8],
+                 description="lowest OBD saliency, true diagonal Fisher", **_SCORES)
+METHODS.register("hybrid", score_method("hybrid"), score_kind="hybrid",
+                 needs_calibration=True, label=_kind_label("hybrid"), color=PALETTE[6],
+                 description="lowest weighted sum of normalised kinds", **_SCORES)
+METHODS.register("wanda", layerwise.wanda, allocations=_OWL, label="Wanda",
+                 color=PALETTE[1], description="lowest |W_ij| ||X_j|| per row (Sun et al. "
+                 "2024), sequential calibration", **_CALIBRATED)
+METHODS.register("wanda_obs", layerwise.wanda_obs, allocations=_OWL,
+                 label="Wanda + OBS update", color=PALETTE[2],
+                 description="Wanda's mask, kept weights updated by OBS (full X^T X)",
+                 **_CALIBRATED)
+METHODS.register("wanda_prac", layerwise.wanda_prac, label="Wanda + PRAC update",
+                 color=PALETTE[9],
+                 description="Wanda's mask, OBS update from max_samples stored rows",
+                 **_CALIBRATED)
+METHODS.register("gradprobe", _gradprobe, needs_calibration=True, default_scope="global",
+                 label="Gradient probe", color=PALETTE[5],
+                 description="base candidates kept where the loss gradient reacts")
 
 
 # ----------------------------------------------------------------------------- prune
@@ -279,11 +231,8 @@ def prune(
     calibration=None,
     include: Collection[str] | None = None,
     exclude: Collection[str] | None = None,
-    sequential: bool = True,
-    correction: str | None = "default",
-    damp: float = 0.01,
-    block_size: int = 128,
-    max_samples: int = 2048,
+    allocation: str = "uniform",
+    allocation_options: Mapping[str, Any] | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
@@ -293,76 +242,68 @@ def prune(
 
     Args:
         model: A causal LM (or any module with linear layers for score-only methods).
-        method: One of :data:`METHODS`.
-        sparsity: Fraction of the scored weights to prune, in ``[0, 1)``.
-        scope: ``global``, ``layer``, ``row``, ``n:m`` or ``"2:4"``-style; default
-            :func:`default_scope`.
-        calibration: Token ids ``LongTensor[n, seq]``; required by every method but
-            magnitude.
+        method: A registered method (``workbench.pruning.registry.METHODS.names()``).
+        sparsity: Fraction of the selected weights to prune, in ``[0, 1)``.
+        scope: ``global``, ``layer``, ``row`` or ``"2:4"``-style N:M; default the
+            method's registered ``default_scope``.
+        calibration: Token ids ``LongTensor[n, seq]``; required by the methods
+            registered with ``needs_calibration=True``.
         include, exclude: Name patterns selecting the pruned weights (default: the blocks'
             linear layers).
-        sequential: Wanda/SparseGPT: block-by-block calibration (default) or all at once.
-        correction: Wanda/SparseGPT: ``None``, ``"obs"`` (SparseGPT, full ``X^T X``) or
-            ``"prac"`` (``max_samples`` stored rows); default ``None`` for wanda and
-            ``"obs"`` for sparsegpt.
-        damp: Dampening fraction for the correction.
-        block_size: Columns per correction block.
-        max_samples: Stored input rows per layer for PRAC.
+        allocation: ``"uniform"`` or ``"owl"`` (methods whose ``allocations`` lists it).
+        allocation_options: Options of the allocation (OWL: ``threshold_m``,
+            ``lam``; see :func:`workbench.pruning.allocation.owl_sparsities`).
         batch_size: Calibration sequences per forward.
         device: Device each block runs on during sequential calibration.
-        scores: Precomputed scores (score-based methods: skip scoring; used by
-            :func:`sweep`).
-        **options: Passed to :func:`workbench.importance` or
-            :func:`workbench.pruning.gradient_probe.gradprobe`.
+        scores: Precomputed scores (score methods skip scoring; used by :func:`sweep`).
+        **options: The method's own options (e.g. ``sequential``, ``damp``,
+            ``block_size`` for the calibrated methods, ``weights`` for ``hybrid``,
+            ``exact_sparsity`` for ``gradprobe``). Unknown names are an error.
 
     Returns:
         A :class:`PruneResult`.
 
     Raises:
-        ValueError: Bad sparsity / scope / method / correction, or missing calibration.
+        ValueError: Bad sparsity / scope / method / allocation, or missing calibration.
+        TypeError: An option the method does not take.
     """
-    check_method(method)
+    entry = METHODS.get(method)
     s = check_sparsity(sparsity)
-    scope = default_scope(method) if scope is None else scope
-    scope_name, n, m = parse_scope(scope, options.pop("n", None), options.pop("m", None))
-    if correction == "default":
-        correction = "obs" if method == "sparsegpt" else None
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-    if correction is not None and method not in ("wanda", "sparsegpt"):
-        raise ValueError(f"correction applies to methods wanda/sparsegpt, not {method!r}")
-    if method in _CALIBRATED and calibration is None and scores is None:
-        raise ValueError(f"method {method!r} needs calibration data (calibration=LongTensor[n, seq])")
+    scope = entry.props["default_scope"] if scope is None else scope
+    scope_name, n, m = parse_scope(scope)
+    check_choice("allocation", allocation, entry.props["allocations"])
+    allowed = accepted_options(entry.fn)
+    if allowed is not None:
+        check_kwargs(f"prune(method={method!r})", options, allowed)
+    if entry.props["needs_calibration"] and calibration is None and scores is None:
+        raise ValueError(f"method {method!r} needs calibration data "
+                         "(calibration=LongTensor[n, seq])")
     t0 = time.perf_counter()
     modules = prunable_modules(model, include, exclude)
-    info: dict = dict(method=method, scope=scope, target_sparsity=s, correction=correction)
-    if method in ("wanda", "sparsegpt") and scores is None:
-        seq = sequential and scope_name != "global"
-        info["mode"] = "sequential" if seq else "all-at-once"
-        masks = _wanda(model, s, scope_name, n, m, calibration, modules, sequential=seq,
-                       correction=correction, batch_size=batch_size, damp=damp,
-                       block_size=block_size, max_samples=max_samples, device=device)
-    elif method == "gradprobe":
-        from workbench.pruning.gradient_probe import gradprobe
+    req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,
+                       modules=modules, include=include, exclude=exclude,
+                       calibration=calibration, batch_size=batch_size, device=device,
+                       scores=scores)
+    info: dict = dict(method=method, scope=scope, allocation=allocation, target_sparsity=s)
+    if allocation != "uniform":
+        from workbench.pruning.allocation import allocate
 
-        res = gradprobe(model, s, calibration=calibration, scope=scope, include=include,
-                        exclude=exclude, batch_size=batch_size, **options)
-        masks = res.masks
-        info.update(res.info)
-        info["mode"] = "gradprobe"
-    else:
-        if scores is None:
-            kind = method if method in KINDS else "magnitude"
-            scores = importance(model, kind, data=calibration, include=include,
-                                exclude=exclude, batch_size=batch_size, **options)
-        info["mode"] = "scores"
-        masks = select_masks(scores, s, scope=scope_name, n=n, m=m,
-                             transposed=transposed_names(model) & set(scores))
-        apply_masks(model, masks)
+        req.layer_sparsity, alloc_info = allocate(allocation, req, **(allocation_options or {}))
+        info.update(alloc_info)
+    elif allocation_options:
+        raise ValueError("allocation_options are only used with allocation='owl', "
+                         f"got {dict(allocation_options)}")
+    masks, extra = entry.fn(req, **options)
+    info.update(extra)
     report = sparsity_report(masks)
     info["achieved_sparsity"] = float(report.iloc[-1]["sparsity"])
     info["seconds"] = time.perf_counter() - t0
     return PruneResult(masks=masks, report=report, info=info)
+
+
+def _prune_keywords() -> set[str]:
+    params = inspect.signature(prune).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def sweep(
@@ -376,10 +317,10 @@ def sweep(
 ):
     """Prune at each sparsity (from the same dense weights) and evaluate.
 
-    Scores that do not depend on the sparsity (magnitude, gradient kinds, all-at-once
-    Wanda without correction) are computed once and reused; sequential Wanda/SparseGPT
-    recalibrate per level because later blocks see the pruned earlier blocks. The model
-    is restored to its dense weights at the end.
+    Methods registered with ``reusable_scores=True`` (scores independent of the
+    sparsity) are scored once; the calibrated methods recalibrate per level because
+    later blocks see the pruned earlier blocks. The model is restored to its dense
+    weights at the end.
 
     Args:
         evaluate: ``f(model) -> float`` (e.g. validation perplexity) or ``None``.
@@ -390,20 +331,17 @@ def sweep(
     """
     import pandas as pd
 
-    check_method(method)
-    modules = prunable_modules(model, options.get("include"), options.get("exclude"))
+    entry = METHODS.get(method)
+    include, exclude = options.get("include"), options.get("exclude")
+    modules = prunable_modules(model, include, exclude)
     originals = {n: mod.weight.detach().clone() for n, mod in modules.items()}
     scores = None
-    reusable = method in KINDS and method != "wanda" or (
-        method == "wanda" and not options.get("sequential", True)
-        and options.get("correction") in (None, "default"))
-    if reusable and method in KINDS:
-        scores = importance(model, method, data=calibration,
-                            include=options.get("include"), exclude=options.get("exclude"),
-                            batch_size=options.get("batch_size", 8),
-                            **{k: v for k, v in options.items()
-                               if k not in ("include", "exclude", "batch_size", "scope",
-                                            "sequential", "correction")})
+    if entry.props["reusable_scores"] and options.get("allocation", "uniform") == "uniform":
+        kind_options = {k: v for k, v in options.items() if k not in _prune_keywords()}
+        scores = importance(model, entry.props["score_kind"], data=calibration,
+                            include=include, exclude=exclude,
+                            batch_size=options.get("batch_size", 8), **kind_options)
+        options = {k: v for k, v in options.items() if k in _prune_keywords()}
     rows = []
     try:
         for s in sparsities:
@@ -418,16 +356,26 @@ def sweep(
     return pd.DataFrame(rows)
 
 
-#: Named method presets used by the notebooks: key -> (method, prune options).
-PRESETS: dict[str, tuple[str, dict]] = {
-    "magnitude-layer": ("magnitude", {"scope": "layer"}),
-    "magnitude-global": ("magnitude", {"scope": "global"}),
-    "wanda": ("wanda", {}),
-    "wanda+correction": ("sparsegpt", {"correction": "obs"}),
-    "wanda+prac": ("sparsegpt", {"correction": "prac"}),
-    "gradprobe": ("gradprobe", {}),
-    "gradprobe-exact": ("gradprobe", {"exact_sparsity": True}),
-}
+def _presets() -> dict[str, tuple[str, dict]]:
+    presets = {name: (name, {}) for name in METHODS.names()}
+    presets.update({
+        "magnitude-layer": ("magnitude", {"scope": "layer"}),
+        "magnitude-global": ("magnitude", {"scope": "global"}),
+        "gradprobe-exact": ("gradprobe", {"exact_sparsity": True}),
+        # names used by earlier notebook runs (data keys of saved tables)
+        "wanda+correction": ("wanda_obs", {}),
+        "wanda+prac": ("wanda_prac", {}),
+    })
+    return presets
+
+
+def __getattr__(name: str):
+    # PRESETS: named method presets used by the notebooks, key -> (method, prune
+    # options): every registered method under its own name (methods registered by other
+    # modules included, hence computed on access), plus scope / option variants.
+    if name == "PRESETS":
+        return _presets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compare_methods(
@@ -459,6 +407,7 @@ def compare_methods(
 
     from workbench.core.evaluate import perplexity
 
+    PRESETS = _presets()
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise ValueError(f"presets must be among {sorted(PRESETS)}, got {unknown}")

@@ -4,8 +4,31 @@ Each kind / method is registered exactly once, next to its implementation, with 
 properties as data. Unknown names fail with the list of registered names.
 
 * :data:`SCORE_KINDS`: ``fn(model, *, tokens, include, exclude, batch_size, **opts)
-  -> {param name: float32 score}`` (higher = more important).
-* :data:`METHODS`: one-shot pruning methods used by :func:`workbench.prune`.
+  -> {param name: float32 score}`` (higher = more important). ``tokens`` is the
+  calibration ``LongTensor[n, seq]`` (or ``None`` for kinds that need none). Declare
+  kind-specific options as keyword-only parameters: :func:`workbench.importance` checks
+  the options a user passes against the function's signature.
+* :data:`METHODS`: one-shot pruning methods used by :func:`workbench.prune`:
+  ``fn(request: workbench.pruning.methods.PruneRequest, **opts) -> (masks, info)``, the
+  function prunes ``request.model`` in place and returns the keep-masks and a dict of
+  extra information. Methods that only rank weights by a score kind are made with
+  :func:`workbench.pruning.methods.score_method` (``METHODS.register("x",
+  score_method("x"), score_kind="x", ...)``).
+
+Properties (data, read by ``prune``, ``sweep``, the presets and the plots):
+
+========================  ==================================================================
+``needs_calibration``     calibration token ids are required
+``label``                 display name (figures, tables)
+``description``           one line: what it computes
+``default_scope``         methods: scope used when ``scope=None``
+``reusable_scores``       methods: scores do not depend on the sparsity, so ``sweep``
+                          computes them once (needs ``score_kind``)
+``score_kind``            methods: the :data:`SCORE_KINDS` name it ranks by, if any
+``allocations``           methods: layer-sparsity allocations supported
+                          (``"uniform"``, ``"owl"``)
+``color``                 methods: hex colour from a colourblind-safe palette
+========================  ==================================================================
 
 Providers (modules whose import registers entries) are imported on first lookup.
 """
@@ -28,5 +51,6 @@ METHODS = Registry(
     argument="method",
     providers=("workbench.pruning.methods", "workbench.pruning.curvature_scores"),
     defaults=dict(needs_calibration=False, default_scope="layer", reusable_scores=False,
-                  label=None, color=None, description=""),
+                  score_kind=None, allocations=("uniform",), label=None, color=None,
+                  description=""),
 )

@@ -4,17 +4,23 @@ Every score has the weight's shape and dtype float32; higher = more important. B
 only the weight matrices of the transformer blocks' linear layers are scored (see
 :func:`workbench.pruning.masks.prunable_modules`; ``include`` / ``exclude`` patterns change that).
 
-Kinds (``g_b`` is the gradient of the mean next-token cross-entropy of calibration batch
-``b``, ``B`` the number of batches, ``g = mean_b g_b``):
+Each kind is one function registered in :data:`workbench.pruning.registry.SCORE_KINDS`
+right next to it (adding a kind = one function + one ``SCORE_KINDS.register(...)`` + one
+test); :func:`importance` only dispatches, an unknown kind is an error listing the
+registered kinds. Kinds defined here (``g_b`` is the gradient of the mean next-token
+cross-entropy of calibration batch ``b``, ``B`` the number of batches,
+``g = mean_b g_b``):
 
 * ``magnitude``: ``|w|``.
 * ``gradient_norm``: ``sqrt(mean_b g_b^2)``, the RMS over batches of the per-batch
   gradient (elementwise).
 * ``taylor``: ``|w * g|``, first-order Taylor estimate of the loss change when ``w`` is
   zeroed.
-* ``fisher``: OBD saliency ``0.5 * w^2 * F`` with ``F`` the diagonal Fisher from
-  :func:`workbench.curvature.diagonal_fisher` (``fisher_kind="empirical"`` default, or
-  ``"true"``), squared per-sequence gradients (not the squared batch gradient).
+* ``obd_empirical`` / ``obd_true``: Optimal Brain Damage saliency (LeCun et al. 1990)
+  ``0.5 * w^2 * F_jj`` with ``F`` the diagonal Fisher from
+  :func:`workbench.curvature.diagonal.diagonal_fisher` of Fisher type ``empirical`` (data
+  labels) or ``true`` (labels sampled from the model), squared per-sequence gradients
+  (not the squared batch gradient). Formerly the kind ``"fisher"``.
 * ``wanda``: ``|W_ij| * ||X_j||_2``, input-feature norms over **all** calibration tokens,
   streamed in float32 (no stored activations). For GPT-2 ``Conv1D`` (``[in, out]``) the
   norms multiply the rows, so ``j`` is always the input feature.
@@ -25,23 +31,42 @@ Kinds (``g_b`` is the gradient of the mean next-token cross-entropy of calibrati
 
 from __future__ import annotations
 
+import inspect
 from typing import Collection, Mapping
 
 import torch
 from torch import nn
 
+from workbench.core.checks import check_choice, check_kwargs
 from workbench.pruning.calibration import batches_of, collect_input_statistics
 from workbench.pruning.masks import is_transposed_module, prunable_modules
+from workbench.pruning.registry import SCORE_KINDS
 
-KINDS = ("magnitude", "gradient_norm", "taylor", "fisher", "wanda", "hybrid")
-NEEDS_DATA = ("gradient_norm", "taylor", "fisher", "wanda")
 HYBRID_DEFAULT_WEIGHTS = {"magnitude": 0.5, "wanda": 0.5}
+FISHER_TYPES = ("empirical", "true")
+
+
+def __getattr__(name: str):
+    # ``KINDS`` / ``NEEDS_DATA`` are views of the registry (kinds registered by other
+    # modules included), computed on access.
+    if name == "KINDS":
+        return SCORE_KINDS.names()
+    if name == "NEEDS_DATA":
+        return SCORE_KINDS.names(needs_calibration=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_kind(kind: str) -> None:
-    """Raise ``ValueError`` for an unknown kind, listing the kinds."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    """Raise ``ValueError`` for an unknown kind, listing the registered kinds."""
+    SCORE_KINDS.check(kind)
+
+
+def accepted_options(fn) -> set[str] | None:
+    """Keyword-only option names of a registered function (``None``: it takes ``**kw``)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -96,6 +121,117 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
     return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
 
 
+def _weights(model, include, exclude) -> dict[str, nn.Parameter]:
+    return {n: m.weight for n, m in prunable_modules(model, include, exclude).items()}
+
+
+@SCORE_KINDS.register("magnitude", label="Magnitude", needs_calibration=False,
+                      description="|w|")
+def magnitude_scores(model, *, tokens=None, include=None, exclude=None, batch_size=8):
+    """``|w|`` (``tokens`` unused)."""
+    return {n: p.detach().float().abs() for n, p in _weights(model, include, exclude).items()}
+
+
+@SCORE_KINDS.register("gradient_norm", label="Gradient norm", needs_calibration=True,
+                      description="sqrt(mean_b g_b^2), RMS of per-batch gradients")
+def gradient_norm_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
+    """``sqrt(mean_b g_b^2)`` over the calibration batches."""
+    params = _weights(model, include, exclude)
+    _, g_sq, n_b = gradient_moments(model, params, tokens, batch_size=batch_size)
+    return {n: (g_sq[n] / n_b).sqrt() for n in params}
+
+
+@SCORE_KINDS.register("taylor", label="Taylor |w g|", needs_calibration=True,
+                      description="|w * mean_b g_b|, first-order loss change")
+def taylor_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
+    """``|w * g|`` with ``g`` the mean batch gradient."""
+    params = _weights(model, include, exclude)
+    g_sum, _, n_b = gradient_moments(model, params, tokens, batch_size=batch_size)
+    return {n: (p.detach().float() * g_sum[n] / n_b).abs() for n, p in params.items()}
+
+
+def _fisher_option_names() -> set[str]:
+    from workbench.curvature.diagonal import diagonal_fisher
+
+    skip = {"model", "batches", "kind", "fisher_type", "params"}
+    return set(inspect.signature(diagonal_fisher).parameters) - skip
+
+
+def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch_size=8,
+                **fisher_options):
+    """OBD saliency ``0.5 w^2 F_jj`` with the diagonal Fisher of ``fisher_type``.
+
+    ``fisher_options`` go to :func:`workbench.curvature.diagonal.diagonal_fisher`
+    (``n_samples``, ``seed``, ``chunk_size``, ``normalize``, ``granularity``, ...);
+    unknown names are an error.
+    """
+    from workbench.curvature.diagonal import diagonal_fisher
+
+    check_choice("fisher_type", fisher_type, FISHER_TYPES)
+    check_kwargs(f"importance(kind='obd_{fisher_type}')", fisher_options,
+                 _fisher_option_names())
+    params = _weights(model, include, exclude)
+    diag = diagonal_fisher(model, batches_of(tokens, batch_size), kind=fisher_type,
+                           params=params, **fisher_options)
+    return {n: 0.5 * p.detach().float() ** 2 * diag[n].float().to(p.device)
+            for n, p in params.items()}
+
+
+def obd_empirical_scores(model, *, tokens, include=None, exclude=None, batch_size=8,
+                         **fisher_options):
+    """OBD saliency with the **empirical** diagonal Fisher (data labels)."""
+    return _obd_scores("empirical", model, tokens=tokens, include=include, exclude=exclude,
+                       batch_size=batch_size, **fisher_options)
+
+
+def obd_true_scores(model, *, tokens, include=None, exclude=None, batch_size=8,
+                    **fisher_options):
+    """OBD saliency with the **true** diagonal Fisher (labels sampled from the model)."""
+    return _obd_scores("true", model, tokens=tokens, include=include, exclude=exclude,
+                       batch_size=batch_size, **fisher_options)
+
+
+SCORE_KINDS.register("obd_empirical", obd_empirical_scores, needs_calibration=True,
+                     label="OBD (empirical Fisher)",
+                     description="0.5 w^2 F_jj, diagonal empirical Fisher")
+SCORE_KINDS.register("obd_true", obd_true_scores, needs_calibration=True,
+                     label="OBD (true Fisher)",
+                     description="0.5 w^2 F_jj, diagonal true Fisher")
+
+
+@SCORE_KINDS.register("wanda", label="Wanda", needs_calibration=True,
+                      description="|W_ij| * ||X_j||_2 over all calibration tokens")
+def wanda_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
+    """Wanda scores from one all-at-once forward of the (dense) model."""
+    modules = prunable_modules(model, include, exclude)
+    stats = collect_input_statistics(model, modules, tokens, batch_size=batch_size)
+    return {n: wanda_score(m.weight, stats[n].norms(), is_transposed_module(m))
+            for n, m in modules.items()}
+
+
+@SCORE_KINDS.register("hybrid", label="Hybrid", needs_calibration=False,
+                      description="weighted sum of min-max normalised kinds")
+def hybrid_scores(model, *, tokens=None, include=None, exclude=None, batch_size=8,
+                  weights: Mapping[str, float] | None = None):
+    """``sum_k a_k * normalise(score_k)`` over ``weights = {kind: a_k}``.
+
+    Needs calibration when one of its kinds does (the default mixes ``wanda``).
+    """
+    weights = dict(HYBRID_DEFAULT_WEIGHTS if weights is None else weights)
+    allowed = tuple(k for k in SCORE_KINDS.names() if k != "hybrid")
+    bad = [k for k in weights if k not in allowed]
+    if bad or not weights:
+        raise ValueError(f"weights keys must be among {allowed}, got {list(weights)}")
+    out = {n: torch.zeros_like(p, dtype=torch.float32)
+           for n, p in _weights(model, include, exclude).items()}
+    for k, a in weights.items():
+        part = importance(model, k, data=tokens, include=include, exclude=exclude,
+                          batch_size=batch_size)
+        for n in out:
+            out[n] += float(a) * _normalise(part[n])
+    return out
+
+
 def importance(
     model: nn.Module,
     kind: str,
@@ -104,67 +240,37 @@ def importance(
     include: Collection[str] | None = None,
     exclude: Collection[str] | None = None,
     batch_size: int = 8,
-    weights: Mapping[str, float] | None = None,
-    fisher_kind: str = "empirical",
     **options,
 ) -> dict[str, torch.Tensor]:
-    """Score the prunable weights of ``model``.
+    """Score the prunable weights of ``model`` with a registered kind.
 
     Args:
         model: A causal LM (or any module with linear layers; then all are scored).
-        kind: One of :data:`KINDS`.
+        kind: A name in :data:`workbench.pruning.registry.SCORE_KINDS`
+            (``SCORE_KINDS.names()``).
         data: Calibration token ids ``LongTensor[n, seq]`` (or a list of batches); needed
-            by gradient_norm, taylor, fisher, wanda (and hybrid when it mixes them).
+            by the kinds registered with ``needs_calibration=True`` (and by ``hybrid``
+            when it mixes them).
         include, exclude: Name patterns (glob or regex) selecting the scored weights.
         batch_size: Sequences per forward/backward pass.
-        weights: Hybrid only: ``{kind: weight}``.
-        fisher_kind: Fisher only: ``"empirical"`` or ``"true"``.
-        **options: Passed to ``diagonal_fisher`` for ``fisher``.
+        **options: Options of that kind, e.g. ``weights={kind: a}`` for ``hybrid`` or
+            ``n_samples`` for ``obd_true``; an option the kind does not take is an error.
 
     Returns:
         ``{parameter name: float32 score tensor of the weight's shape}``.
 
     Raises:
         ValueError: Unknown kind (lists the kinds), missing data, bad hybrid weights.
+        TypeError: An option the kind does not accept (names the accepted ones).
     """
-    check_kind(kind)
-    modules = prunable_modules(model, include, exclude)
-    params = {n: m.weight for n, m in modules.items()}
-    if kind in NEEDS_DATA and data is None:
+    entry = SCORE_KINDS.get(kind)
+    allowed = accepted_options(entry.fn)
+    if allowed is not None:
+        check_kwargs(f"importance(kind={kind!r})", options, allowed - {"tokens"})
+    if entry.props["needs_calibration"] and data is None:
         raise ValueError(f"importance kind {kind!r} needs calibration data (data=...)")
-    if kind == "magnitude":
-        return {n: p.detach().float().abs() for n, p in params.items()}
-    if kind == "wanda":
-        stats = collect_input_statistics(model, modules, data, batch_size=batch_size)
-        return {n: wanda_score(m.weight, stats[n].norms(), is_transposed_module(m))
-                for n, m in modules.items()}
-    if kind == "hybrid":
-        weights = dict(HYBRID_DEFAULT_WEIGHTS if weights is None else weights)
-        bad = [k for k in weights if k not in KINDS or k == "hybrid"]
-        if bad or not weights:
-            raise ValueError(f"weights keys must be among {KINDS[:-1]}, got {list(weights)}")
-        out = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-        for k, a in weights.items():
-            part = importance(model, k, data=data, include=include, exclude=exclude,
-                              batch_size=batch_size, fisher_kind=fisher_kind, **options)
-            for n in out:
-                out[n] += float(a) * _normalise(part[n])
-        return out
-    if kind == "fisher":
-        diag = _diagonal_fisher(model, params, data, batch_size, fisher_kind, options)
-        return {n: 0.5 * p.detach().float() ** 2 * diag[n].float().to(p.device)
-                for n, p in params.items()}
-    g_sum, g_sq, n_b = gradient_moments(model, params, data, batch_size=batch_size)
-    if kind == "gradient_norm":
-        return {n: (g_sq[n] / n_b).sqrt() for n in params}
-    return {n: (p.detach().float() * g_sum[n] / n_b).abs() for n, p in params.items()}
-
-
-def _diagonal_fisher(model, params, data, batch_size, fisher_kind, options):
-    from workbench.curvature.diagonal import diagonal_fisher
-
-    batches = batches_of(data, batch_size)
-    return diagonal_fisher(model, batches, kind=fisher_kind, params=params, **options)
+    return entry.fn(model, tokens=data, include=include, exclude=exclude,
+                    batch_size=batch_size, **options)
 
 
 def _ranks(t: torch.Tensor) -> torch.Tensor:
