@@ -151,3 +151,51 @@ def test_submitit_local_executor(tmp_path):
     assert len(list((root / "_submitit").glob("*/*_result.pkl"))) == 2
     rec = pd.read_parquet(root / "X" / "seed1" / "records.parquet")
     assert (rec.seed == 1).all() and (rec.experiment == "X").all()
+
+
+def test_killed_cell_resumes_from_its_last_finished_round(tmp_path):
+    """SIGKILL a cell after round 1 is checkpointed: it reads as interrupted, its
+    leftovers go, and the re-run computes only the missing rounds, giving the records of
+    an uninterrupted run."""
+    log = tmp_path / "log.txt"
+    spec = write_spec(tmp_path, {"X": {"log_file": str(log), "round_sleep": 2.0}}, seeds=(0,))
+    runs_dir = tmp_path / "runs"
+    (cell,) = grid.plan(spec, None, runs_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "grid", "run", str(spec), "--profile", "none",
+         "--runs-dir", str(runs_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (cell.directory / "checkpoints" / "round_001.json").is_file():
+            if proc.poll() is not None:
+                pytest.fail(f"the grid process exited early with code {proc.returncode}")
+            if time.time() > deadline:
+                pytest.fail("round 1 was not checkpointed within 120 s")
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1.5)  # the orphaned kernel notices its parent is gone and exits
+    assert json.loads((cell.directory / "status.json").read_text())["status"] == "running"
+    table = grid.status(spec, None, runs_dir)
+    assert list(table.state) == ["interrupted"]
+    st = json.loads((cell.directory / "status.json").read_text())
+    assert st["status"] == "interrupted" and st["interrupted_found"]
+    leftover = cell.directory / ".losses.parquet.abc.tmp"  # a killed atomic write
+    leftover.mkdir()
+    (cell.directory / "records.parquet").write_bytes(b"")  # an empty records file is not done
+    assert cell.state == "interrupted"
+
+    table = grid.run_grid(spec, None, runs_dir=runs_dir, progress=False)
+    assert list(table.state) == ["done"] and bool(table.resumed.iloc[0])
+    assert not leftover.exists() and not (cell.directory / ".jupyter-runtime").exists()
+    computed = [line.split()[-1] for line in log.read_text().split("\n") if "round" in line]
+    assert sorted(computed) == ["0", "1", "2", "3"]  # every round exactly once
+    (tmp_path / "ref").mkdir()
+    ref_spec = write_spec(tmp_path / "ref", {"X": {}}, seeds=(0,))
+    ref = grid.run_grid(ref_spec, None, runs_dir=tmp_path / "ref_runs", progress=False)
+    drop = ["omp_threads", "experiment"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(cell.directory / "records.parquet").drop(columns=drop),
+        pd.read_parquet(Path(ref.directory.iloc[0]) / "records.parquet").drop(columns=drop))
