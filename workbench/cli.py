@@ -4,11 +4,17 @@
 ``workbench grid run SPEC``      run (or resume) an experiment grid
 ``workbench grid status SPEC``   show the state of every cell of a grid
 ``workbench pilot``              the main job: the pilot grid, then its analysis notebook
+
+A user error (a bad argument, a missing file, a malformed spec, a notebook parameter the
+notebook rejects) prints one line ``workbench: error: ...`` on stderr and exits with
+status 2; ``--debug`` (or ``WORKBENCH_DEBUG=1``) shows the full traceback instead.
+Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -17,13 +23,34 @@ from workbench.experiments import notebooks
 from workbench.core import paths
 
 
-def _notebook(args: argparse.Namespace) -> int:
-    params = {}
-    for key, value in args.param or []:
-        import yaml
+#: Exceptions that mean "the user asked for something wrong", not "the workbench broke".
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
+#: Exception names inside an executed notebook that count as user errors.
+_USER_ERROR_NAMES = {"ValueError", "TypeError", "KeyError", "LookupError", "FileNotFoundError",
+                     "IsADirectoryError", "NotADirectoryError", "PermissionError"}
 
-        params[key] = yaml.safe_load(value)
-    out = args.output or paths.RUNS_DIR / "notebooks" / f"{args.name}.ipynb"
+
+class UserError(Exception):
+    """A user error found by the command line itself (exit status 2)."""
+
+
+def _parse_params(pairs) -> dict:
+    import yaml
+
+    params = {}
+    for key, value in pairs or []:
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise UserError(f"-p {key}: value {value!r} is not valid YAML ({first})") from err
+    return params
+
+
+def _notebook(args: argparse.Namespace) -> int:
+    params = _parse_params(args.param)
+    out = paths.resolve(args.output) if args.output else (
+        paths.RUNS_DIR / "notebooks" / f"{args.name}.ipynb")
     t0 = time.perf_counter()
     notebooks.run_notebook(args.name, out, params, progress=True)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
@@ -96,12 +123,32 @@ def _pilot(args: argparse.Namespace) -> int:
     return 0 if (table["state"] == "done").all() else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``workbench`` command."""
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (status 2), like the others."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"workbench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``workbench`` command."""
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    parser = _Parser(prog="workbench", description=__doc__, parents=[debug],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    nb = sub.add_parser("notebook", help="run one notebook through papermill")
+    nb = sub.add_parser("notebook", help="run one notebook through papermill", parents=[debug])
     nb.add_argument("name")
     nb.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "YAML_VALUE"))
     nb.add_argument("-o", "--output")
@@ -112,30 +159,83 @@ def main(argv: list[str] | None = None) -> int:
                        help="profile from data/experiments/profiles.yaml, or 'none'")
         p.add_argument("--runs-dir", default=None, help="root of the runs (default data/runs)")
         if run:
-            p.add_argument("--jobs", type=int, default=1, help="cells at the same time")
+            p.add_argument("--jobs", type=_positive_int, default=1,
+                           help="cells at the same time")
             p.add_argument("--executor", default="local",
                            choices=["local", "slurm", "submitit-local", "debug"])
 
-    g = sub.add_parser("grid", help="experiment grids from data/experiments/*.yaml")
+    g = sub.add_parser("grid", help="experiment grids from data/experiments/*.yaml",
+                       parents=[debug])
     gsub = g.add_subparsers(dest="grid_command", required=True)
-    run = gsub.add_parser("run", help="run or resume every unfinished cell of a spec")
+    run = gsub.add_parser("run", help="run or resume every unfinished cell of a spec",
+                          parents=[debug])
     run.add_argument("spec", help="spec name (data/experiments/NAME.yaml) or path")
     grid_options(run, True)
     run.add_argument("--keep-failed", action="store_true", help="do not re-run failed cells")
-    run.add_argument("--timeout", type=int, default=None, help="per notebook cell, seconds")
+    run.add_argument("--timeout", type=_positive_int, default=None,
+                     help="per notebook cell, seconds")
     run.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="TRACKING_URI",
                      help="log finished cells to MLflow (needs mlflow installed)")
     run.set_defaults(func=_grid_run)
-    st = gsub.add_parser("status", help="state of every cell of a spec")
+    st = gsub.add_parser("status", help="state of every cell of a spec", parents=[debug])
     st.add_argument("spec")
     grid_options(st, False)
     st.set_defaults(func=_grid_status)
 
-    pilot = sub.add_parser("pilot", help="the main job: pilot grid + analysis")
+    pilot = sub.add_parser("pilot", help="the main job: pilot grid + analysis", parents=[debug])
     grid_options(pilot, True)
     pilot.set_defaults(func=_pilot)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: the message, or the type name when there is none."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"unknown key {exc.args[0]!r}"
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text or type(exc).__name__
+
+
+def _notebook_error(exc: BaseException) -> tuple[str, int] | None:
+    """Message and exit status for a failure inside a notebook run by papermill."""
+    try:
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(exc, PapermillExecutionError):
+        return None
+    message = " ".join(str(exc.evalue).split())
+    status = 2 if exc.ename in _USER_ERROR_NAMES else 1
+    return (f"notebook cell {exc.exec_count} raised {exc.ename}: {message}", status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``workbench`` command (returns the exit status)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
+    debug = getattr(args, "debug", False) or os.environ.get("WORKBENCH_DEBUG") == "1"
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        failed = _notebook_error(exc)
+        if failed is not None:
+            message, status = failed
+        elif isinstance(exc, (UserError, *USER_ERRORS)):
+            message, status = _one_line(exc), 2
+        else:
+            raise
+        print(f"workbench: error: {message} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":
