@@ -19,7 +19,7 @@
 # %% tags=["parameters"]
 model = "smollm2-135m"
 corpus = "wiki-excerpt"
-kinds = ["magnitude", "gradient_norm", "taylor", "fisher", "wanda", "hybrid"]
+kinds = ["magnitude", "gradient_norm", "taylor", "obd_empirical", "wanda", "hybrid"]
 cal_windows = 8
 cal_seq_len = 64
 batch_size = 4
@@ -30,16 +30,15 @@ output_dir = "data/runs/02_importance"
 figure_name = "02_importance_overlap"
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import seaborn as sns
 
 import workbench as wb
-from workbench.core import io
+from workbench.core import io, paths
+from workbench.pruning.mask_report import overlap_matrix
+from workbench.pruning.registry import SCORE_KINDS
 from workbench.pruning.scores import score_correlations
-from workbench.pruning.masks import overlap_matrix
-from workbench.experiments.plots import label, save_figure
+from workbench.experiments.plots import save_figure
 
 wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")
@@ -65,13 +64,13 @@ overlap
 # %%
 fig, ax = plt.subplots(figsize=(5.2, 4.2))
 sns.heatmap(overlap.astype(float), annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis",
-            xticklabels=[label(k) for k in overlap.columns],
-            yticklabels=[label(k) for k in overlap.index], ax=ax)
+            xticklabels=[SCORE_KINDS.get(k).label for k in overlap.columns],
+            yticklabels=[SCORE_KINDS.get(k).label for k in overlap.index], ax=ax)
 ax.set_title(f"Jaccard of pruned sets, {sparsity:.0%} {scope} sparsity")
 paths = save_figure(fig, figure_name)
 
 # %%
-out = Path(output_dir)
+out = paths.resolve(output_dir)
 io.write_parquet(out / "correlations.parquet", corr)
 io.write_parquet(out / "overlap.parquet", overlap.reset_index(names="kind"))
 wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(

@@ -159,3 +159,68 @@ def test_prunable_parameters_default_and_patterns():
     tr = M.transposed_names(gpt2)
     assert "transformer.h.0.attn.c_attn.weight" in tr
     assert set(M.prunable_parameters(gpt2)) <= tr
+
+
+def test_patterns_that_match_nothing_are_errors():
+    from workbench.core.models import load_model
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    with pytest.raises(ValueError, match=r"include pattern\(s\) \['\*mpl\*'\] match no"):
+        M.prunable_parameters(model, include=["*mpl*"])
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['\*self_atn\*'\]"):
+        M.prunable_parameters(model, exclude=["*self_atn*"])
+    with pytest.raises(ValueError, match="no prunable weights selected"):
+        M.prunable_parameters(model, exclude=["*"])
+    with pytest.raises(TypeError, match="list of patterns"):
+        M.prunable_parameters(model, include="*mlp*")
+    # one matching and one typo: still an error (the typo names what was meant)
+    with pytest.raises(ValueError, match="mlp.dwn"):
+        M.prunable_parameters(model, include=["*mlp.up*", "*mlp.dwn*"])
+
+
+def test_select_masks_rejects_empty_and_non_tensor_scores():
+    with pytest.raises(ValueError, match="scores is empty"):
+        M.select_masks({}, 0.5)
+    with pytest.raises(TypeError, match="scores must be a dict"):
+        M.select_masks([torch.ones(3)], 0.5)
+    with pytest.raises(TypeError, match=r"scores\['a'\] must be a tensor"):
+        M.select_masks({"a": [1.0, 2.0]}, 0.5)
+
+
+def test_saved_masks_carry_a_checksum_and_a_flipped_byte_is_detected(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    masks = {"b.weight": torch.rand(5, 7, generator=g) > 0.5,
+             "a.weight": torch.rand(3, 4, generator=g) > 0.5}
+    path = M.save_masks(masks, tmp_path / "m.safetensors", metadata={"note": "x"})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    blob = path.read_bytes()
+    header_len = int.from_bytes(blob[:8], "little")
+    import hashlib
+
+    assert meta["__sha256__"] == hashlib.sha256(blob[8 + header_len:]).hexdigest()
+    assert meta["note"] == "x"
+    loaded = M.load_masks(path)
+    assert list(loaded) == ["b.weight", "a.weight"]  # saved order, not sorted
+    # flip one byte of the tensor data (a kept entry becomes pruned or vice versa)
+    bad = bytearray(blob)
+    bad[-1] ^= 1
+    (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match=r"bad\.safetensors is corrupted"):
+        M.load_masks(tmp_path / "bad.safetensors")
+    # a damaged header
+    (tmp_path / "hdr.safetensors").write_bytes(blob[:8] + b"X" + blob[9:])
+    with pytest.raises(ValueError, match=r"hdr\.safetensors is damaged"):
+        M.load_masks(tmp_path / "hdr.safetensors")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        M.load_masks(tmp_path / "nothere.safetensors")
+
+
+def test_masks_written_without_checksum_load_with_a_warning(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2, 2, dtype=torch.bool)}, str(tmp_path / "old.safetensors"))
+    with pytest.warns(UserWarning, match="no checksum"):
+        assert M.load_masks(tmp_path / "old.safetensors")["w"].all()

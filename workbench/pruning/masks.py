@@ -1,4 +1,10 @@
-"""Pruning masks: selection from scores, apply / restore, reports, overlap, save / load.
+"""Pruning masks: selection from scores (global, per layer, per row, N:M).
+
+Operations on a model (apply / restore / noise / gradient masking) live in
+:mod:`workbench.pruning.mask_ops`, reports and overlap in
+:mod:`workbench.pruning.mask_report`, save / load in :mod:`workbench.pruning.mask_io`,
+the choice of prunable weights in :mod:`workbench.pruning.params`; all of their public
+names are importable from here as well.
 
 A mask set is a plain ``dict[str, torch.BoolTensor]`` keyed by parameter name, each mask
 with the parameter's shape; ``True`` means *keep*.
@@ -21,15 +27,12 @@ both follow the layer's meaning rather than its storage.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 import warnings
-from pathlib import Path
-from typing import Collection, Iterable, Mapping
+from typing import Collection, Mapping
 
 import torch
-from torch import nn
 
 from workbench.pruning.threshold import Source, exact_kth, global_threshold
 
@@ -37,88 +40,12 @@ SCOPES = ("global", "layer", "row", "n:m")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
-# ----------------------------------------------------------------------------- parameters
-def _linear_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Linear]
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        types.append(Conv1D)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
-
-
-def is_transposed_module(module: nn.Module) -> bool:
-    """True for modules whose weight is stored ``[in, out]`` (GPT-2 ``Conv1D``)."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(module, Conv1D)
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    for p in patterns:
-        if fnmatch.fnmatchcase(name, p):
-            return True
-        try:
-            if re.search(p, name):
-                return True
-        except re.error:
-            pass
-    return False
-
-
-def prunable_modules(
-    model: nn.Module,
-    include: Collection[str] | None = None,
-    exclude: Collection[str] | None = None,
-) -> dict[str, nn.Module]:
-    """Modules whose ``weight`` is scored/pruned, keyed by the *parameter* name.
-
-    Default: the linear layers (``nn.Linear`` and GPT-2 ``Conv1D``) inside the
-    transformer blocks, so biases, norms, embeddings and the LM head are excluded.
-    ``include`` (glob or regex patterns on parameter names such as
-    ``"model.layers.0.mlp.*"``) replaces the default with every linear/Conv1D weight
-    whose name matches; ``exclude`` then removes matches.
-
-    Returns:
-        ``{"<module name>.weight": module}`` in model order.
-    """
-    linear = _linear_types()
-    if include is None:
-        try:
-            from workbench.core.models import transformer_blocks
-
-            blocks = transformer_blocks(model)
-            block_ids = {id(m) for b in blocks for m in b.modules()}
-        except ValueError:
-            block_ids = None  # not a transformer: every linear layer
-    out: dict[str, nn.Module] = {}
-    for mname, module in model.named_modules():
-        if not isinstance(module, linear):
-            continue
-        pname = f"{mname}.weight" if mname else "weight"
-        if include is None:
-            if block_ids is not None and id(module) not in block_ids:
-                continue
-        elif not _matches(pname, include):
-            continue
-        if exclude and _matches(pname, exclude):
-            continue
-        out[pname] = module
-    return out
-
-
-def prunable_parameters(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Parameter]:
-    """``{name: weight parameter}`` for :func:`prunable_modules`."""
-    return {n: m.weight for n, m in prunable_modules(model, include, exclude).items()}
-
-
-def transposed_names(model: nn.Module) -> set[str]:
-    """Names of weight parameters stored ``[in, out]`` (GPT-2 ``Conv1D``)."""
-    return {f"{n}.weight" for n, m in model.named_modules() if is_transposed_module(m)}
+from workbench.pruning.params import (  # noqa: F401  (re-exported)
+    is_transposed_module,
+    prunable_modules,
+    prunable_parameters,
+    transposed_names,
+)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -219,13 +146,21 @@ def select_masks(
 
     Raises:
         ValueError: Bad sparsity, unknown scope, N:M with a width not divisible by M or a
-            sparsity other than ``1 - N/M``, or NaN scores.
+            sparsity other than ``1 - N/M``, NaN scores, or empty ``scores``.
+        TypeError: ``scores`` not a dict of tensors.
     """
     s = check_sparsity(sparsity)
     scope, n, m = parse_scope(scope, n, m)
     transposed = set(transposed)
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a dict {{param name: score tensor}}, "
+                        f"got {type(scores).__name__}")
     if not scores:
-        return {}
+        raise ValueError("scores is empty ({}): there is nothing to select masks from")
+    bad = [k for k, v in scores.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"scores[{bad[0]!r}] must be a tensor, "
+                        f"got {type(scores[bad[0]]).__name__}")
     if scope == "global":
         return _select_global(scores, s, threshold_method)
     masks = {}
@@ -292,214 +227,20 @@ def _select_global(scores: Mapping[str, torch.Tensor], s: float, method: str) ->
     return masks
 
 
-# ----------------------------------------------------------------------------- apply
-def _param_dict(model_or_params) -> dict[str, torch.Tensor]:
-    if isinstance(model_or_params, nn.Module):
-        return dict(model_or_params.named_parameters())
-    return dict(model_or_params)
-
-
-def _check_names(params: Mapping, masks: Mapping) -> None:
-    missing = [n for n in masks if n not in params]
-    if missing:
-        raise ValueError(f"masks name parameters the model does not have: {missing[:5]}")
-    for name, mask in masks.items():
-        if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(
-                f"mask {name!r} has shape {tuple(mask.shape)}, parameter has "
-                f"{tuple(params[name].shape)}"
-            )
-
-
-@torch.no_grad()
-def apply_masks(model_or_params, masks: Mapping[str, torch.Tensor], *,
-                keep_original: bool = False) -> dict[str, torch.Tensor] | None:
-    """Zero the pruned weights in place.
-
-    Args:
-        model_or_params: An ``nn.Module`` or a mapping ``name -> Parameter/Tensor``.
-        masks: Keep-masks as from :func:`select_masks`.
-        keep_original: Return CPU copies of the touched tensors (for :func:`restore`).
-
-    Returns:
-        ``{name: original tensor}`` when ``keep_original``, else ``None``.
-
-    Raises:
-        ValueError: Names or shapes that do not match.
-    """
-    params = _param_dict(model_or_params)
-    _check_names(params, masks)
-    originals = {} if keep_original else None
-    for name, mask in masks.items():
-        p = params[name]
-        if originals is not None:
-            originals[name] = p.detach().to("cpu", copy=True)
-        p.mul_(mask.to(device=p.device, dtype=p.dtype))
-    return originals
-
-
-@torch.no_grad()
-def restore(model_or_params, originals: Mapping[str, torch.Tensor]) -> None:
-    """Write the saved originals back (undo :func:`apply_masks`)."""
-    params = _param_dict(model_or_params)
-    _check_names(params, originals)
-    for name, orig in originals.items():
-        params[name].copy_(orig.to(params[name].device))
-
-
-remove_masks = restore
-
-
-@torch.no_grad()
-def remove_with_noise(model_or_params, originals: Mapping[str, torch.Tensor],
-                      masks: Mapping[str, torch.Tensor], *, noise: float = 0.01,
-                      seed: int = 0) -> None:
-    """Restore the pruned weights with Gaussian noise (seed 000's ``remove_mask_with_noise``).
-
-    Kept weights are untouched; every pruned weight becomes
-    ``original + noise * std(original tensor) * N(0, 1)`` (relative noise scale,
-    seeded; ``noise=0`` is :func:`restore`).
-    """
-    params = _param_dict(model_or_params)
-    _check_names(params, masks)
-    gen = torch.Generator().manual_seed(seed)
-    for name, mask in masks.items():
-        p, orig = params[name], originals[name].float()
-        eps = torch.randn(orig.shape, generator=gen) * (noise * float(orig.std()))
-        value = torch.where(mask.cpu(), p.detach().float().cpu(), orig + eps)
-        p.copy_(value.to(device=p.device, dtype=p.dtype))
-
-
-def mask_gradients(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list:
-    """Register hooks that zero gradients of pruned weights; returns the hook handles."""
-    params = _param_dict(model)
-    _check_names(params, masks)
-    handles = []
-    for name, mask in masks.items():
-        mk = mask.to(params[name].device)
-        handles.append(params[name].register_hook(lambda g, mk=mk: g * mk.to(g.dtype)))
-    return handles
-
-
-# ----------------------------------------------------------------------------- reports
-def sparsity_report(masks_or_model, *, include=None, exclude=None):
-    """Per-tensor and total sparsity as a DataFrame.
-
-    Args:
-        masks_or_model: A mask dict (counts ``False``) or a model (counts zero weights of
-            :func:`prunable_parameters`).
-
-    Returns:
-        Columns ``name, numel, kept, pruned, sparsity``; the last row is ``name="total"``.
-    """
-    import pandas as pd
-
-    if isinstance(masks_or_model, nn.Module):
-        tensors = {n: p.detach() != 0 for n, p in
-                   prunable_parameters(masks_or_model, include, exclude).items()}
-    else:
-        tensors = dict(masks_or_model)
-    rows = []
-    for name, keep in tensors.items():
-        kept = int(torch.count_nonzero(keep))
-        rows.append(dict(name=name, numel=keep.numel(), kept=kept, pruned=keep.numel() - kept))
-    numel = sum(r["numel"] for r in rows)
-    kept = sum(r["kept"] for r in rows)
-    rows.append(dict(name="total", numel=numel, kept=kept, pruned=numel - kept))
-    frame = pd.DataFrame(rows)
-    frame["sparsity"] = frame["pruned"] / frame["numel"].clip(lower=1)
-    return frame
-
-
-def mask_overlap(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], *,
-                 per_layer: bool = False):
-    """Agreement of two mask sets over their common names.
-
-    Returns:
-        ``dict(jaccard_pruned, jaccard_kept, hamming, hamming_fraction, numel)``: Jaccard
-        index of the pruned sets and of the kept sets, the number (and fraction) of entries
-        on which they differ. With ``per_layer=True`` a DataFrame with one row per name and
-        a final ``"total"`` row.
-    """
-    import pandas as pd
-
-    common = [n for n in a if n in b]
-    if not common:
-        raise ValueError("a and b have no parameter names in common")
-    rows = []
-    for name in common:
-        x, y = a[name].bool().cpu(), b[name].to(a[name].device).bool().cpu()
-        if x.shape != y.shape:
-            raise ValueError(f"mask {name!r} shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-        rows.append(dict(name=name, numel=x.numel(),
-                         both_pruned=int((~x & ~y).sum()), any_pruned=int((~x | ~y).sum()),
-                         both_kept=int((x & y).sum()), any_kept=int((x | y).sum()),
-                         hamming=int((x ^ y).sum())))
-    total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "name"}
-    rows.append(dict(name="total", **total))
-
-    def finish(r):
-        return dict(name=r["name"], numel=r["numel"],
-                    jaccard_pruned=r["both_pruned"] / r["any_pruned"] if r["any_pruned"] else 1.0,
-                    jaccard_kept=r["both_kept"] / r["any_kept"] if r["any_kept"] else 1.0,
-                    hamming=r["hamming"], hamming_fraction=r["hamming"] / max(r["numel"], 1))
-
-    if per_layer:
-        return pd.DataFrame([finish(r) for r in rows])
-    out = finish(rows[-1])
-    out.pop("name")
-    return out
-
-
-def overlap_matrix(masks_by_key: Mapping[str, Mapping[str, torch.Tensor]], *,
-                   measure: str = "jaccard_pruned"):
-    """Square DataFrame of :func:`mask_overlap` ``measure`` between every pair of mask sets."""
-    import pandas as pd
-
-    keys = list(masks_by_key)
-    out = pd.DataFrame(index=keys, columns=keys, dtype=float)
-    for a in keys:
-        for b in keys:
-            out.loc[a, b] = mask_overlap(masks_by_key[a], masks_by_key[b])[measure]
-    return out
-
-
-# ----------------------------------------------------------------------------- save / load
-def save_masks(masks: Mapping[str, torch.Tensor], path, *, metadata: dict | None = None) -> Path:
-    """Write masks to a safetensors file (atomically); ``metadata`` values become strings."""
-    from safetensors.torch import save_file
-
-    from workbench.core.io import atomic_path
-
-    path = Path(path)
-    import json
-
-    tensors = {n: mk.detach().bool().contiguous().cpu() for n, mk in masks.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    meta["__order__"] = json.dumps(list(tensors))
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
-
-
-def load_masks(path, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read masks written by :func:`save_masks` (in the saved order)."""
-    from safetensors import safe_open
-
-    import json
-
-    out = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
-        meta = fh.metadata() or {}
-        order = json.loads(meta["__order__"]) if "__order__" in meta else list(fh.keys())
-        for name in order:
-            out[name] = fh.get_tensor(name).bool()
-    return out
-
+# ----------------------------------------------------------------------------- re-exports
+# Operations, reports and I/O live in their own modules; importable from here too.
+from workbench.pruning.mask_io import load_masks, save_masks  # noqa: E402
+from workbench.pruning.mask_ops import (  # noqa: E402
+    apply_masks,
+    mask_gradients,
+    remove_with_noise,
+    restore,
+)
+from workbench.pruning.mask_report import mask_overlap, overlap_matrix, sparsity_report  # noqa: E402
 
 __all__ = [
-    "SCOPES", "select_masks", "apply_masks", "restore", "remove_masks", "remove_with_noise",
-    "mask_gradients", "sparsity_report", "mask_overlap", "save_masks", "load_masks",
-    "prunable_modules", "prunable_parameters", "transposed_names", "parse_scope",
-    "check_sparsity", "Source",
+    "SCOPES", "select_masks", "apply_masks", "restore", "remove_with_noise",
+    "mask_gradients", "sparsity_report", "mask_overlap", "overlap_matrix", "save_masks",
+    "load_masks", "prunable_modules", "prunable_parameters", "transposed_names",
+    "is_transposed_module", "parse_scope", "check_sparsity", "Source",
 ]
