@@ -43,8 +43,23 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str,
     (["no_such_command"], ["no_such_command", "notebook"]),
     ([], ["command"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and isinstance(v[0], str) else None)
-def test_user_errors_are_one_line_and_exit_2(args, needles):
-    assert_one_line_error(run_cli(*args), *needles)
+def test_user_errors_are_one_line_and_exit_2(args, needles, capsys):
+    """In process (fast): ``main`` returns 2 or argparse exits 2, stderr is one line."""
+    from workbench import cli
+
+    try:
+        status = cli.main(args)
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    proc = subprocess.CompletedProcess(args, status, "", err)
+    assert_one_line_error(proc, *needles)
+
+
+def test_user_error_as_a_subprocess():
+    """The same through the real entry point (``python -m workbench.cli``)."""
+    assert_one_line_error(run_cli("grid", "run", "no_such_spec"), "no_such_spec")
+    assert_one_line_error(run_cli("grid", "run", "pilot", "--jobs", "0"), "--jobs")
 
 
 def test_debug_shows_the_traceback():
@@ -65,10 +80,3 @@ def test_error_inside_a_notebook_is_one_line(tmp_path):
                    "-o", str(tmp_path / "00.ipynb"))
     assert_one_line_error(proc, "ValueError", "seq_len", progress=True)
 
-
-def test_main_returns_2_in_process(capsys):
-    from workbench import cli
-
-    assert cli.main(["grid", "status", "no_such_spec"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("workbench: error: ") and "no_such_spec" in err
