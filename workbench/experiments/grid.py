@@ -395,7 +395,7 @@ def run_grid(
         else:
             params = {**spec.slurm, **dict(slurm or {})} if executor == "slurm" else {}
             _run_submitit(todo, jobs, finished, executor, root / runs.SUBMITIT_DIR, params,
-                          timeout=timeout, kernel_name=kernel_name)
+                          timeout=timeout, kernel_name=kernel_name, cells=cells)
     finally:
         if bar is not None:
             bar.close()
@@ -430,14 +430,16 @@ def _record_failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
 
 
 def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
-                  kernel_name) -> None:
+                  kernel_name, cells=()) -> None:
     import submitit
 
     folder = Path(folder)
-    if executor == "slurm":
-        ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-        params = {"timeout_min": 24 * 60, "name": "workbench-grid", **params}
-    elif executor == "submitit-local":
+    if executor == "slurm":  # leases, adoption, threads: workbench.experiments.slurm
+        from workbench.experiments import slurm
+
+        return slurm.drive(todo, jobs, finished, folder, params, cells=cells,
+                           kernel_name=kernel_name, timeout=timeout)
+    if executor == "submitit-local":
         ex = submitit.LocalExecutor(folder=folder / "%j")
         params = {"timeout_min": 24 * 60, **params}
     else:
@@ -459,7 +461,7 @@ def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
                 record = _record_failure(cell, exc)
             finished(cell, record)
         if running:
-            time.sleep(0.5 if executor != "slurm" else 15)
+            time.sleep(0.5)
 
 
 def _mlflow_logger(mlflow_opt: bool | str, experiment_name: str):

@@ -1,0 +1,510 @@
+"""SLURM cells exactly once: leases, scheduler queries and per-job thread counts.
+
+The grid (:mod:`workbench.experiments.grid`, ``executor="slurm"``) submits each cell as
+one submitit job. This module makes that safe to interrupt and re-run:
+
+**Lease.** A cell handed to SLURM carries ``lease.json`` (:data:`LEASE`) in its folder:
+the job id, the job name, the submitit folder, the submitting host and process and the
+submit time; the job adds its execution host, pid and start time when it starts. Every
+read-modify-write of the lease happens under an exclusive ``fcntl.flock`` on the cell's
+``.lease.lock`` (:data:`LOCK`), shared by the drivers and the jobs.
+
+**Driver** (:func:`acquire`, called for every unfinished cell before it is submitted):
+
+* a lease whose job the scheduler reports as active (:data:`ACTIVE_STATES`: pending,
+  running, completing, requeued, suspended, ...) is **adopted**: the driver waits for
+  that job instead of submitting another;
+* a lease whose job is dead (``COMPLETED`` without a finished cell, ``FAILED``,
+  ``CANCELLED``, ``TIMEOUT``, ``NODE_FAIL``, ``OUT_OF_MEMORY``, ``PREEMPTED``,
+  ``BOOT_FAIL``, ``DEADLINE``) or that the scheduler no longer knows (``UNKNOWN``) is
+  **released** (the file is removed) and the cell is submitted once more;
+* a cell without a lease is also checked by its job name (:func:`job_name`, unique per
+  cell folder): a job submitted by a driver killed before it wrote the lease is adopted
+  too; otherwise the cell is submitted and the lease written while the lock is held.
+
+**Job** (:func:`run_leased_cell`, what the driver submits): before it touches the folder
+it claims the lease under the lock. If the lease names another job that is still active,
+this job is a duplicate: it returns ``{"status": "duplicate", ...}`` and leaves the folder
+alone (it never cleans or writes anything there). Otherwise it writes its own id, host
+and start time into the lease, runs :func:`workbench.experiments.grid.run_cell` and
+removes the lease when the cell ends (done or failed; both recorded in ``status.json``).
+
+**Threads.** A job limits torch/OpenMP/MKL threads to its CPU allocation
+(:func:`allocated_cpus`): ``SLURM_CPUS_PER_TASK``, else the job's CPUs on the node over
+its tasks, never more than the CPUs the process may run on (``os.sched_getaffinity``).
+On a node without CPU binding (``TaskPlugin=task/none``) the affinity is the whole node,
+and without this limit two jobs oversubscribe it (about 5x slower in the report of
+issue 13).
+
+Scheduler states are read with ``squeue`` (active jobs; needs only ``slurmctld``) and then
+``sacct`` (finished jobs; needs ``slurmdbd`` accounting, see ``scripts/slurm_up.sh``). A
+scheduler that cannot be asked raises :class:`SchedulerError`: a lease is never released
+on a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+from workbench.core import io
+from workbench.experiments import runs
+
+#: Lease file inside a cell folder.
+LEASE = "lease.json"
+#: Lock file inside a cell folder (``flock``; never removed while cells may run).
+LOCK = ".lease.lock"
+#: SLURM job states of a job that is queued or still holds its allocation.
+ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+    "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED",
+})
+#: Environment variables that cap the threads of the kernel a job starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class SchedulerError(RuntimeError):
+    """The scheduler could not be asked (command missing, controller not answering)."""
+
+
+class Scheduler(Protocol):
+    """What the lease logic needs from a scheduler (a fake one in the tests)."""
+
+    def state(self, job_id: str) -> str:
+        """Upper-case SLURM state of a job (``"UNKNOWN"`` when the scheduler has no record)."""
+
+    def active_jobs(self, name: str) -> list[str]:
+        """Ids of the active jobs named ``name``, oldest first."""
+
+
+# ----------------------------------------------------------------------------- scheduler
+class SlurmScheduler:
+    """Job states from ``squeue`` (active jobs) and ``sacct`` (finished jobs).
+
+    Args:
+        run: ``subprocess.run`` (replaceable in tests).
+        timeout: Seconds allowed to each command.
+    """
+
+    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                 timeout: float = 60.0) -> None:
+        self._run = run
+        self._timeout = timeout
+
+    def _call(self, args: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return self._run(args, capture_output=True, text=True, timeout=self._timeout)
+        except FileNotFoundError as exc:
+            raise SchedulerError(f"{args[0]} is not installed: cannot ask SLURM about jobs") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SchedulerError(f"{' '.join(args)} did not answer in {self._timeout} s") from exc
+
+    def state(self, job_id: str) -> str:
+        """State of ``job_id``: ``squeue`` first, then ``sacct``; ``"UNKNOWN"`` if neither
+        knows it.
+
+        Raises:
+            SchedulerError: If ``squeue`` fails for another reason than an unknown job id
+                (controller down), or ``sacct`` fails (no accounting).
+        """
+        job_id = str(job_id)
+        q = self._call(["squeue", "-h", "-j", job_id, "-o", "%T"])
+        if q.returncode == 0 and q.stdout.strip():
+            return _first_state(q.stdout)
+        if q.returncode != 0 and "invalid job id" not in (q.stderr or "").lower():
+            raise SchedulerError(f"squeue -j {job_id} failed: {(q.stderr or '').strip()}")
+        a = self._call(["sacct", "-j", job_id, "-n", "-X", "-P", "-o", "State"])
+        if a.returncode != 0:
+            raise SchedulerError(f"sacct -j {job_id} failed: {(a.stderr or '').strip()} "
+                                 "(is slurmdbd accounting set up? see scripts/slurm_up.sh)")
+        return _first_state(a.stdout) if a.stdout.strip() else "UNKNOWN"
+
+    def active_jobs(self, name: str) -> list[str]:
+        """Ids of pending/running jobs named ``name`` (``squeue -n``), oldest first."""
+        q = self._call(["squeue", "-h", "-n", name, "-o", "%i"])
+        if q.returncode != 0:
+            raise SchedulerError(f"squeue -n {name} failed: {(q.stderr or '').strip()}")
+        return sorted(q.stdout.split(), key=_job_sort_key)
+
+
+def _first_state(text: str) -> str:
+    """``"CANCELLED by 0"`` -> ``"CANCELLED"``; first line of the output."""
+    line = text.strip().splitlines()[0].strip()
+    return (line.split()[0] if line else "UNKNOWN").upper().rstrip("+")
+
+
+def _job_sort_key(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_")[0]
+    return (int(head) if head.isdigit() else sys.maxsize, job_id)
+
+
+def is_active(state: str) -> bool:
+    """Is a job in this state queued or running (see :data:`ACTIVE_STATES`)?"""
+    return state.upper() in ACTIVE_STATES
+
+
+# ----------------------------------------------------------------------------- lease
+def job_name(directory: str | os.PathLike) -> str:
+    """SLURM job name of a cell: ``wb-<experiment>-<seed folder>-<10 hex digits>``.
+
+    The digits hash the absolute cell folder, so the name is unique per cell (two grids,
+    two profiles or two runs folders never share one) and ``squeue -n`` finds the jobs of
+    a cell even when its lease was never written.
+    """
+    d = Path(directory).resolve()
+    digest = hashlib.sha1(str(d).encode()).hexdigest()[:10]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d.parent.name}-{d.name}")[:60]
+    return f"wb-{label}-{digest}"
+
+
+def read_lease(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The cell's lease (``None`` when there is none or it does not parse)."""
+    import json
+
+    try:
+        lease = json.loads((Path(directory) / LEASE).read_text())
+    except (OSError, ValueError):
+        return None
+    return lease if isinstance(lease, dict) else None
+
+
+def _write_lease(directory: Path, lease: Mapping[str, Any]) -> None:
+    io.write_json(directory / LEASE, dict(lease))
+
+
+def _drop_lease(directory: Path) -> None:
+    (directory / LEASE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def cell_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Exclusive ``flock`` on the cell's :data:`LOCK` (creates the folder if needed)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def acquire(directory: str | os.PathLike, submit: Callable[[str], Any],
+            scheduler: Scheduler, *, folder: str | os.PathLike | None = None
+            ) -> tuple[str, Any, dict[str, Any] | None]:
+    """Adopt the cell's job in flight, or submit one and write its lease.
+
+    Runs under :func:`cell_lock`. See the module docstring for the rules.
+
+    Args:
+        directory: The cell folder.
+        submit: ``submit(job_name) -> job``; the job must have a ``job_id`` attribute.
+            Called only when no job of this cell is active.
+        scheduler: Where job states come from (:class:`SlurmScheduler`).
+        folder: The submitit folder (recorded in the lease, so another driver can read
+            the job's result).
+
+    Returns:
+        ``(action, value, released)``: ``("adopted", job_id, released)`` for a job in
+        flight, ``("submitted", job, released)`` for a new job; ``released`` is the
+        stale lease that was released, or ``None``.
+
+    Raises:
+        SchedulerError: If the scheduler cannot be asked (nothing is released then).
+    """
+    d = Path(directory)
+    name = job_name(d)
+    released = None
+    with cell_lock(d):
+        lease = read_lease(d)
+        if lease is not None and lease.get("job_id"):
+            state = scheduler.state(str(lease["job_id"]))
+            if is_active(state):
+                return "adopted", str(lease["job_id"]), None
+            released = {**lease, "state": state, "released": _now()}
+            _drop_lease(d)
+        elif lease is not None:  # unreadable job id: a lease without a job is no lease
+            released = {**lease, "state": "UNKNOWN", "released": _now()}
+            _drop_lease(d)
+        if runs.is_complete(d):  # its job finished since the grid looked
+            return "done", None, released
+        in_flight = scheduler.active_jobs(name)
+        if in_flight:  # submitted by a driver that died before writing the lease
+            job_id = in_flight[0]
+            _write_lease(d, {"job_id": job_id, "job_name": name, "folder": _str(folder),
+                             "submit_host": None, "submitted": None, "found": _now()})
+            return "adopted", job_id, released
+        job = submit(name)
+        _write_lease(d, {"job_id": str(job.job_id), "job_name": name, "folder": _str(folder),
+                         "submit_host": socket.gethostname(), "submit_pid": os.getpid(),
+                         "submitted": _now()})
+        return "submitted", job, released
+
+
+def _str(p: str | os.PathLike | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def claim(directory: str | os.PathLike, job_id: str, scheduler: Scheduler) -> dict[str, Any] | None:
+    """Claim the cell for job ``job_id`` (inside the job, before touching the folder).
+
+    Returns:
+        The lease now held (with ``host``, ``pid`` and ``started`` of this job), or
+        ``None`` when the lease names another job that is still active: this job is a
+        duplicate and must leave the folder alone.
+    """
+    d = Path(directory)
+    job_id = str(job_id)
+    with cell_lock(d):
+        lease = read_lease(d) or {}
+        other = str(lease.get("job_id") or "")
+        if other and other != job_id and is_active(scheduler.state(other)):
+            return None
+        base = lease if other == job_id else {"job_name": job_name(d), "taken_over": other or None}
+        held = {**base, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "started": _now()}
+        _write_lease(d, held)
+        return held
+
+
+def release(directory: str | os.PathLike, job_id: str) -> bool:
+    """Remove the lease if it is held by ``job_id`` (the job's last step); True if removed."""
+    d = Path(directory)
+    with cell_lock(d):
+        lease = read_lease(d)
+        if lease is not None and str(lease.get("job_id")) == str(job_id):
+            _drop_lease(d)
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- threads
+def allocated_cpus(environ: Mapping[str, str] | None = None,
+                   affinity: int | None = None) -> int:
+    """CPUs this job may use (>= 1).
+
+    ``SLURM_CPUS_PER_TASK`` when set; else the job's CPUs on this node
+    (``SLURM_JOB_CPUS_PER_NODE``, first entry of e.g. ``"4(x2)"``) divided by its tasks
+    on the node (``SLURM_NTASKS_PER_NODE``, else ``SLURM_NTASKS``); never more than the
+    CPUs in ``os.sched_getaffinity(0)``. Outside SLURM: the affinity.
+
+    Args:
+        environ: Environment (default ``os.environ``).
+        affinity: CPUs the process may run on (default ``len(os.sched_getaffinity(0))``).
+    """
+    env = os.environ if environ is None else environ
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            affinity = os.cpu_count() or 1
+    cpus = _leading_int(env.get("SLURM_CPUS_PER_TASK"))
+    if cpus is None:
+        node = _leading_int(env.get("SLURM_JOB_CPUS_PER_NODE"))
+        tasks = (_leading_int(env.get("SLURM_NTASKS_PER_NODE"))
+                 or _leading_int(env.get("SLURM_NTASKS")) or 1)
+        cpus = None if node is None else node // tasks
+    return max(1, min(cpus or affinity, affinity))
+
+
+def _leading_int(value: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def limit_threads(threads: int) -> None:
+    """Cap this process's threads and those of kernels it starts to ``threads``.
+
+    Sets :data:`THREAD_VARIABLES` (read by torch, OpenMP and MKL when a kernel starts)
+    and, when torch is already imported here, ``torch.set_num_threads``.
+    """
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- job
+def current_job_id() -> str | None:
+    """The SLURM job id of this process (array jobs: ``<array id>_<task>``), else None."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: Any
+                    ) -> dict[str, Any]:
+    """What a SLURM job runs: claim the lease, cap threads, run the cell, release.
+
+    Args:
+        cell: A :class:`workbench.experiments.grid.Cell`.
+        scheduler: Default :class:`SlurmScheduler`.
+        **kwargs: Passed to :func:`workbench.experiments.grid.run_cell` (``kernel_name``,
+            ``timeout``); ``threads`` is set from :func:`allocated_cpus`.
+
+    Returns:
+        The record of ``run_cell`` (with ``slurm_job_id``), or ``{"status": "duplicate",
+        "job_id": <the job in flight>, ...}`` when another job holds the cell.
+    """
+    from workbench.experiments import grid  # grid imports this module
+
+    scheduler = scheduler or SlurmScheduler()
+    job_id = current_job_id() or f"local-{socket.gethostname()}-{os.getpid()}"
+    d = Path(cell.directory)
+    held = claim(d, job_id, scheduler)
+    if held is None:
+        lease = read_lease(d) or {}
+        return {"status": "duplicate", "experiment": cell.experiment, "seed": cell.seed,
+                "job_id": lease.get("job_id"), "duplicate_job_id": job_id}
+    threads = allocated_cpus()
+    limit_threads(threads)
+    try:
+        record = grid.run_cell(cell, threads=threads, **kwargs)
+    finally:
+        release(d, job_id)
+    return {**record, "slurm_job_id": job_id}
+
+
+# ----------------------------------------------------------------------------- driver
+def adopt(directory: str | os.PathLike, scheduler: Scheduler
+          ) -> tuple[str | None, dict[str, Any] | None]:
+    """Look at a cell's lease only: ``(job_id, None)`` if its job is active, else
+    ``(None, released_lease)`` (the stale lease removed) or ``(None, None)`` (no lease).
+
+    Raises:
+        SchedulerError: If the scheduler cannot be asked (nothing is released then).
+    """
+    d = Path(directory)
+    if not (d / LEASE).exists():
+        return None, None
+    with cell_lock(d):
+        lease = read_lease(d)
+        if lease is None:
+            _drop_lease(d)
+            return None, None
+        state = scheduler.state(str(lease["job_id"])) if lease.get("job_id") else "UNKNOWN"
+        if is_active(state):
+            return str(lease["job_id"]), None
+        _drop_lease(d)
+        return None, {**lease, "state": state, "released": _now()}
+
+
+def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], None],
+          folder: str | os.PathLike, params: Mapping[str, Any], *, cells: list = (),
+          kernel_name: str, timeout: int | None, scheduler: Scheduler | None = None,
+          executor: Any = None, job_class: Any = None, poll: float = 1.0) -> None:
+    """Run cells as SLURM jobs, exactly once (the ``executor="slurm"`` path of the grid).
+
+    First every cell with a lease is looked at (:func:`adopt`): jobs in flight are
+    adopted and waited for, stale leases released. Then the remaining cells are submitted
+    through :func:`acquire` (which adopts a job found by name and never submits a second
+    job for a cell), at most ``jobs`` of them queued or running at once. A job that turns
+    out to be a duplicate hands over to the job holding the lease, which is then waited
+    for.
+
+    Args:
+        todo: Unfinished :class:`~workbench.experiments.grid.Cell` objects to run.
+        jobs: Jobs queued or running at once (adopted jobs count).
+        finished: ``finished(cell, record)``, called once per cell when its job ends.
+        folder: The submitit folder (``<grid>/_submitit``); each job in ``<folder>/<id>``.
+        params: submitit parameters (``timeout_min`` defaults to 24 h); the job name is
+            set per cell (:func:`job_name`).
+        cells: Every cell of the grid: those not in ``todo`` that carry a lease (a job of
+            an earlier driver may still run them) are adopted or released too.
+        kernel_name, timeout: Passed to :func:`workbench.experiments.grid.run_cell`.
+        scheduler: Default :class:`SlurmScheduler`.
+        executor: A submitit executor (default ``submitit.AutoExecutor(cluster="slurm")``).
+        job_class: Builds a job handle from ``(folder=..., job_id=...)`` for adopted jobs
+            (default ``submitit.SlurmJob``).
+        poll: Seconds between checks of the result files (submitit rate-limits its own
+            ``sacct`` calls).
+    """
+    import logging
+
+    from workbench.experiments import grid
+
+    log = logging.getLogger(__name__)
+    scheduler = scheduler or SlurmScheduler()
+    pattern = Path(folder) / "%j"
+    if executor is None or job_class is None:
+        import submitit
+
+        if executor is None:
+            executor = submitit.AutoExecutor(folder=pattern, cluster="slurm")
+            executor.update_parameters(**{"timeout_min": 24 * 60, **dict(params)})
+        job_class = job_class or submitit.SlurmJob
+    in_todo = {id(c) for c in todo}
+    leased = [c for c in cells if id(c) not in in_todo and (Path(c.directory) / LEASE).exists()]
+    running: dict[str, tuple[Any, Any]] = {}  # job id -> (job handle, cell)
+    queue = []
+
+    def handle(job_id: str, lease_folder: str | None):
+        return job_class(folder=lease_folder or pattern, job_id=job_id)
+
+    for cell in list(todo) + leased:
+        job_id, released = adopt(cell.directory, scheduler)
+        if job_id is not None:
+            log.info("adopting job %s of %s/seed%s", job_id, cell.experiment, cell.seed)
+            running[job_id] = (handle(job_id, (read_lease(cell.directory) or {}).get("folder")),
+                               cell)
+            continue
+        if released is not None:
+            log.warning("released the stale lease of %s/seed%s: job %s is %s",
+                        cell.experiment, cell.seed, released.get("job_id"), released["state"])
+        queue.append(cell)
+
+    def submitter(cell):
+        def submit(name: str):
+            executor.update_parameters(name=name)
+            return executor.submit(run_leased_cell, cell, kernel_name=kernel_name,
+                                   timeout=timeout)
+        return submit
+
+    while queue or running:
+        while queue and len(running) < jobs:
+            cell = queue.pop(0)
+            action, value, released = acquire(cell.directory, submitter(cell), scheduler,
+                                              folder=pattern)
+            if released is not None:
+                log.warning("released the stale lease of %s/seed%s: job %s is %s",
+                            cell.experiment, cell.seed, released.get("job_id"),
+                            released["state"])
+            if action == "done":
+                finished(cell, {**grid.read_status(cell.directory), "status": "done"})
+            elif action == "adopted":
+                running[value] = (handle(value, None), cell)
+            else:
+                running[str(value.job_id)] = (value, cell)
+        for job_id in [j for j, (job, _) in running.items() if job.done()]:
+            job, cell = running.pop(job_id)
+            try:
+                record = job.result()
+            except Exception as exc:  # noqa: BLE001 - a lost job is a failed cell
+                record = grid._record_failure(cell, exc)
+            if record.get("status") == "duplicate":
+                holder = record.get("job_id")
+                if holder and holder not in running and is_active(scheduler.state(holder)):
+                    log.info("job %s was a duplicate; waiting for job %s", job_id, holder)
+                    lease_folder = (read_lease(cell.directory) or {}).get("folder")
+                    running[str(holder)] = (handle(str(holder), lease_folder), cell)
+                elif not holder or holder not in running:
+                    queue.append(cell)  # the holder ended meanwhile: acquire decides
+                continue
+            finished(cell, record)
+        if running:
+            time.sleep(poll)
