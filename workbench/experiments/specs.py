@@ -41,9 +41,11 @@ import yaml
 
 from workbench.core import paths
 SPEC_KEYS = ("name", "description", "notebook", "seeds", "defaults", "experiments",
-             "profiles", "slurm", "notes")
-#: Keys of an experiment that are metadata, not notebook parameters.
-EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label")
+             "profiles", "slurm", "notes", "questions")
+#: Keys of an experiment that are metadata, not notebook parameters (``label`` and
+#: ``color`` are its display name and colour in figures; ``reference`` marks a control
+#: drawn as a reference line).
+EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label", "color", "reference")
 #: Keys of a profile.
 PROFILE_KEYS = ("description", "scale", "set")
 #: Parameters the grid fills in per cell (a spec may not set them).
@@ -97,6 +99,16 @@ class Spec:
     description: str = ""
     slurm: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    questions: dict[str, Any] = field(default_factory=dict)
+
+    def label(self, experiment: str) -> str:
+        """Display label of an experiment: its ``label:`` key, else its id."""
+        exp = self.experiments.get(experiment)
+        return str(exp.meta.get("label") or experiment) if exp else str(experiment)
+
+    def references(self) -> list[str]:
+        """Experiments marked ``reference: true`` (controls drawn as reference lines)."""
+        return [n for n, e in self.experiments.items() if e.meta.get("reference")]
 
     def resolve(self, profile: str | None = None) -> dict[str, dict[str, Any]]:
         """Parameters of every experiment after applying ``profile``.
@@ -267,6 +279,16 @@ def check_values(params: Mapping[str, Any], where: str,
                              f"{len(targets)} entries; they must match for schedule='gradual'")
 
 
+def known_metrics() -> tuple[str, ...]:
+    """Metric names a question may use: the lottery records' columns
+    (:data:`workbench.lottery.imp.RECORD_COLUMNS`), ``val_nll`` (log perplexity, added
+    when runs are loaded) and the per-run summary scalars."""
+    from workbench.experiments.contrasts import RUN_METRICS
+    from workbench.lottery.imp import RECORD_COLUMNS
+
+    return tuple(dict.fromkeys((*RECORD_COLUMNS, "val_nll", *RUN_METRICS)))
+
+
 def _check_type(key: str, value: Any, default: Any, where: str) -> None:
     if default is None or value is None:
         return
@@ -399,9 +421,15 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
         check_values(params, w, notebook_defaults)
         exps[name] = Experiment(name=name, parameters=params, seeds=exp_seeds, meta=meta)
 
+    from workbench.experiments.contrasts import parse_questions
+
+    questions = parse_questions(raw.get("questions"),
+                                {n: e.parameters for n, e in exps.items()},
+                                where=f"{where}: questions",
+                                metrics=known_metrics() if raw.get("questions") else None)
     spec = Spec(name=raw["name"], notebook=raw["notebook"], experiments=exps,
                 profiles=all_profiles, description=str(raw.get("description") or ""),
-                slurm=dict(slurm), path=path)
+                slurm=dict(slurm), path=path, questions=questions)
     for prof in all_profiles:  # every profile must give valid values
         for name, params in spec.resolve(prof).items():
             check_values(params, f"{where}: experiment {name} under profile {prof!r}",
