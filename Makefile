@@ -7,7 +7,7 @@ STAMP := $(VENV)/.workbench-installed
 PROFILE ?= cpu
 JOBS ?= 1
 
-.PHONY: venv pilot test quickstart bench lab clean-runs
+.PHONY: venv pilot test quickstart bench lab lab-check clean-runs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,5 +37,13 @@ quickstart: venv
 bench: venv
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
+## JupyterLab with the repository's config (jupyter-config/): a double click opens a .py
+## notebook as a notebook; the server's root is the repository, the browser starts in notebooks/.
+LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))"
+
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks/
+	$(LAB_ENV) $(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+
+## The browser check of `make lab` (needs Debian's chromium; skipped in CI).
+lab-check: venv
+	$(PY) tests/browser/check_lab.py --out build/browser
