@@ -52,6 +52,7 @@ from workbench.pruning.masks import (
 )
 from workbench.pruning import layerwise
 from workbench.pruning.registry import METHODS
+from workbench.pruning.sparsegpt import sparsegpt
 from workbench.pruning.scores import accepted_options, importance
 
 #: Colourblind-safe palette (Okabe & Ito 2008, then Paul Tol's "muted" scheme).
@@ -216,6 +217,10 @@ METHODS.register("wanda_prac", layerwise.wanda_prac, label="Wanda + PRAC update"
                  color=PALETTE[9],
                  description="Wanda's mask, OBS update from max_samples stored rows",
                  **_CALIBRATED)
+METHODS.register("sparsegpt", sparsegpt, allocations=_OWL, label="SparseGPT",
+                 color=PALETTE[10], needs_calibration=True, default_scope="layer",
+                 description="mask chosen per column block by w^2/[H^-1]_jj^2 with OBS "
+                 "updates (Frantar & Alistarh 2023)")
 METHODS.register("gradprobe", _gradprobe, needs_calibration=True, default_scope="global",
                  label="Gradient probe", color=PALETTE[5],
                  description="base candidates kept where the loss gradient reacts")
