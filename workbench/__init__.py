@@ -22,6 +22,7 @@ _EXPORTS = {
     "token_blocks": "core.data",
     "calibration_windows": "core.data",
     "perplexity": "core.evaluate",
+    "evaluate_zeroshot": "core.zeroshot",
     "seed_everything": "core.repro",
     "write_manifest": "core.repro",
     "environment_record": "core.repro",

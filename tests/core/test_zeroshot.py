@@ -1,0 +1,153 @@
+"""Zero-shot accuracy through lm-eval equals a brute-force greedy check; local files only."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.core import zeroshot
+from workbench.core.models import ByteTokenizer, forward_logits, model_max_length
+from workbench.core.zeroshot import (
+    build_lastword_task,
+    evaluate_zeroshot,
+    hf_tokenizer,
+    lastword_examples,
+    load_task_config,
+)
+
+TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{target}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def brute_force(model, tokenizer, examples, *, space=False):
+    """acc by definition: every continuation token is the argmax given what precedes it.
+
+    Continuation tokens = encode(context + continuation)[len(encode(context)):]; inputs
+    longer than max_length + 1 keep their last max_length + 1 tokens.
+    """
+    tok = hf_tokenizer(tokenizer)
+    max_length = model_max_length(model)
+    hits = []
+    with torch.no_grad():
+        for ex in examples:
+            cont = (" " if space else "") + ex["target"]
+            whole = tok.encode(ex["context"] + cont)
+            target = whole[len(tok.encode(ex["context"])):]
+            ids = whole[-(max_length + 1):][:-1]
+            logits = forward_logits(model, torch.tensor([ids]))[0]
+            hits.append(logits[-len(target):].argmax(-1).tolist() == target)
+    return hits
+
+
+def write_task(folder, name, examples):
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    path = folder / f"{name}.yaml"
+    path.write_text(TASK_YAML.format(name=name, data=f"{name}.jsonl"))  # relative path
+    return path
+
+
+def test_byte_tokenizer_fast_has_the_same_ids():
+    text = "Pruning 50 % — naïve 日本 text\n\n  spaces"
+    fast = hf_tokenizer(ByteTokenizer())
+    assert fast.encode(text) == ByteTokenizer().encode(text)
+    assert fast.decode(fast.encode(text)) == text
+    assert fast.pad_token_id == ByteTokenizer.pad_token_id
+
+
+def test_accuracy_equals_brute_force_greedy(tiny_llama, tmp_path, one_thread):
+    model, tok = tiny_llama
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "home"]
+    examples = []
+    with torch.no_grad():
+        while len(examples) < 8:
+            context = " ".join(rng.choice(words, size=int(rng.integers(3, 9))))
+            ids = tok.encode(context)
+            greedy = []
+            for _ in range(2):  # the model's own 2-byte greedy continuation
+                greedy.append(int(forward_logits(model, torch.tensor([ids + greedy]))[0, -1]
+                                  .argmax()))
+            printable = all(32 <= g < 127 for g in greedy)
+            if len(examples) % 2 == 0 and printable:  # a hit by construction
+                examples.append(dict(context=context, target=bytes(greedy).decode()))
+            elif len(examples) % 2 == 1:  # almost surely a miss
+                examples.append(dict(context=context, target=" " + str(rng.choice(words))))
+    path = write_task(tmp_path, "tiny_greedy", examples)
+    res = evaluate_zeroshot(model, tok, path, batch_size=3, samples=True)
+    expected = brute_force(model, tok, examples)
+    got = [bool(s["acc"]) for s in sorted(res.samples, key=lambda s: s["doc_id"])]
+    assert got == expected
+    assert res.n == len(examples) and res.task == "tiny_greedy"
+    assert res.accuracy == pytest.approx(np.mean(expected))
+    assert 0 < res.accuracy < 1  # hits and misses both present: the check can fail
+    assert evaluate_zeroshot(model, tok, path, limit=2).n == 2
+
+
+def test_missing_files_and_hub_tasks_are_clear_errors(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        evaluate_zeroshot(model, tok, missing)
+    with pytest.raises(FileNotFoundError, match="no_such_task.yaml.*shipped tasks"):
+        load_task_config("no_such_task")
+    path = write_task(tmp_path, "t", [dict(context="a b", target="c")])
+    (tmp_path / "t.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "t.jsonl")):
+        load_task_config(path)
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("task: hub\ndataset_path: EleutherAI/lambada_openai\noutput_type: "
+                   "loglikelihood\ntest_split: test\n")
+    with pytest.raises(ValueError, match="local files only"):
+        load_task_config(hub)
+    with pytest.raises(ValueError, match="limit"):
+        evaluate_zeroshot(model, tok, path, limit=0)
+
+
+def test_lastword_examples_follow_the_lambada_rule():
+    doc = ("Alice met Bob at the market on a cold morning in the old town square. They talked "
+           "for an hour about the weather and the harvest and then Alice went home to see Bob. "
+           "The next day it rained on the market. It rained.")
+    ex = lastword_examples([doc], max_context_words=40, min_context_words=5)
+    # "square" does not occur before it; "Bob", "market" and "rained" do.
+    assert [e["target"] for e in ex] == ["Bob", "market", "rained"]
+    assert ex[0]["context"].endswith("went home to see")
+    assert ex[0]["context"].startswith("Alice met Bob")
+    # the rule applies to the cut context: within 10 words only "rained" was seen before
+    short = lastword_examples([doc], max_context_words=10, min_context_words=5)
+    assert [e["target"] for e in short] == ["rained"]
+    assert len(short[0]["context"].split(" ")) == 10
+
+
+def test_build_is_deterministic(tmp_path):
+    a = build_lastword_task("lee", split="validation", n_examples=20, folder=tmp_path / "a")
+    b = build_lastword_task("lee", split="validation", n_examples=20, folder=tmp_path / "b")
+    assert a.with_suffix(".jsonl").read_bytes() == b.with_suffix(".jsonl").read_bytes()
+    rows = [json.loads(x) for x in a.with_suffix(".jsonl").read_text().splitlines()]
+    assert 0 < len(rows) <= 20
+    cfg = load_task_config(a)
+    assert cfg["dataset_kwargs"]["data_files"]["test"] == str(a.with_suffix(".jsonl"))
+
+
+@pytest.mark.slow
+def test_shipped_task_matches_its_builder_and_brute_force(tmp_path, smollm2):
+    built = build_lastword_task(folder=tmp_path)
+    shipped = zeroshot.task_path(zeroshot.DEFAULT_TASK)
+    assert built.with_suffix(".jsonl").read_bytes() == shipped.with_suffix(".jsonl").read_bytes()
+    model, tok = smollm2
+    examples = [json.loads(x) for x in shipped.with_suffix(".jsonl").read_text().splitlines()]
+    res = evaluate_zeroshot(model, tok, limit=12, samples=True)
+    got = [bool(s["acc"]) for s in sorted(res.samples, key=lambda s: s["doc_id"])]
+    assert got == brute_force(model, tok, examples[:12], space=True)
