@@ -224,6 +224,24 @@ def _parse_contrast(name: str, qid: str, c: Any, experiments, qmetrics, known,
     return contrast
 
 
+def questions_to_raw(questions: Mapping[str, Question]) -> dict[str, Any]:
+    """The spec-file form of parsed questions (inverse of :func:`parse_questions`)."""
+    out: dict[str, Any] = {}
+    for q in questions.values():
+        body: dict[str, Any] = {"question": q.text}
+        for key in ("metrics", "describe", "auto"):
+            if getattr(q, key):
+                body[key] = list(getattr(q, key))
+        if q.contrasts:
+            body["contrasts"] = {
+                c.name: {"a": c.a, "b": c.b, "at": c.at, "metrics": list(c.metrics),
+                         "take": c.take, "expect": c.expect,
+                         **({"levels": list(c.levels)} if c.levels is not None else {})}
+                for c in q.contrasts}
+        out[q.name] = body
+    return out
+
+
 # ----------------------------------------------------------------------------- procedures
 def round_targets(params: Mapping[str, Any]) -> list[float]:
     """Cumulative target sparsity of rounds 1..R of a run with these parameters, from

@@ -353,11 +353,7 @@ def run_grid(
     root = spec.runs_dir(profile, runs_dir)
     for leftover in root.glob(".*.tmp"):  # atomic writes of a killed driver
         shutil.rmtree(leftover, ignore_errors=True)
-    io.write_json(root / runs.SPEC_COPY, {"name": spec.name, "profile": profile,
-                                     "hash": spec.hash(profile), "notebook": spec.notebook,
-                                     "experiments": spec.resolve(profile),
-                                     "seeds": {k: e.seeds for k, e in spec.experiments.items()},
-                                     "meta": {k: e.meta for k, e in spec.experiments.items()}})
+    io.write_json(root / runs.SPEC_COPY, spec.to_record(profile))
     skip = {"done", "running"} if rerun_failed else {"done", "running", "failed"}
     states = {c.directory: refresh_state(c.directory) for c in cells}
     todo = [c for c in cells if states[c.directory] not in skip]

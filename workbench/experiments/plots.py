@@ -1,15 +1,19 @@
-"""Figures: one style, one method/experiment -> colour map, one save helper.
+"""Figures: one style, colours from the registries and the spec, one save helper.
 
 Every figure of the workbench goes through :func:`save_figure`, which writes a PDF with
 embedded TrueType (Type 42) fonts and a 300-dpi PNG to ``figures/``. Colours and labels
-come from :data:`STYLE` (Okabe-Ito colour-blind-safe palette), so a method keeps its
-colour across notebooks and papers; unknown keys get a stable colour from the same
-palette by hashing the name.
+are not restated here:
+
+* pruning methods and score kinds: their ``color`` / ``label`` properties in
+  :data:`workbench.pruning.registry.METHODS` (:func:`method_style`);
+* experiments: the spec's ``label:`` and ``color:`` keys, else the Okabe-Ito
+  colour-blind-safe :data:`PALETTE` by the experiment's order in the spec
+  (:func:`experiment_styles`); controls (``reference: true``) are drawn as grey
+  reference lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -46,65 +50,68 @@ PALETTE = (
     "#000000",  # black
 )
 
-#: Fixed key -> (colour, label). Keys are data keys (stable); labels are for display.
-STYLE: dict[str, tuple[str, str]] = {
-    # importance kinds / pruning methods
-    "magnitude": ("#0072B2", "Magnitude"),
-    "magnitude-global": ("#0072B2", "Magnitude (global)"),
-    "magnitude-layer": ("#56B4E9", "Magnitude (layer)"),
-    "wanda": ("#D55E00", "Wanda"),
-    "wanda+correction": ("#E69F00", "Wanda + correction"),
-    "sparsegpt": ("#E69F00", "SparseGPT"),
-    "gradprobe": ("#009E73", "Gradient probe"),
-    "gradient_norm": ("#CC79A7", "Gradient norm"),
-    "taylor": ("#009E73", "Taylor"),
-    "fisher": ("#CC79A7", "Fisher (OBD)"),
-    "hybrid": ("#000000", "Hybrid"),
-    "dense": ("#000000", "Dense"),
-    # curvature
-    "true_fisher": ("#0072B2", "True Fisher"),
-    "empirical_fisher": ("#D55E00", "Empirical Fisher"),
-    "ggn": ("#009E73", "GGN"),
-    "hessian": ("#CC79A7", "Hessian"),
-    "kfac": ("#E69F00", "K-FAC"),
-    # lottery-ticket experiments (seed 002 table)
-    "A1": ("#56B4E9", "A1 pre-trained 3k 10%"),
-    "A2": ("#0072B2", "A2 pre-trained 3k 20%"),
-    "B1": ("#009E73", "B1 pre-trained 10k 10%"),
-    "B2": ("#006D4F", "B2 pre-trained 10k 20%"),
-    "C1": ("#E69F00", "C1 Xavier 10k 10%"),
-    "C2": ("#B07800", "C2 Xavier 10k 20%"),
-    "D1": ("#D55E00", "D1 gradual global"),
-    "D2": ("#A04500", "D2 gradual layerwise"),
-    "E1": ("#CC79A7", "E1 Kaiming 10k 10%"),
-    "E2": ("#9E4F80", "E2 Kaiming 10k 20%"),
-    "F1": ("#F0E442", "F1 Xavier 20k 20%"),
-    "G1": ("#555555", "G1 pre-trained 10k 15%"),
-    "H1": ("#000000", "H1 Xavier + LR warmup/decay"),
-    "I1": ("#882255", "I1 one-shot 20%"),
-    "control-positive": ("#999999", "Positive control (no pruning)"),
-    "control-negative": ("#333333", "Negative control (aggressive)"),
-    # metrics (axis labels)
-    "val_ppl": ("#000000", "validation perplexity"),
-    "train_loss": ("#000000", "training loss"),
-    "sw_survival": ("#000000", "super-weight survival rate"),
-    "sw_value_drift": ("#000000", "super-weight value drift"),
-    "mask_jaccard_prev": ("#000000", "mask Jaccard vs previous round"),
-    "sparsity": ("#000000", "sparsity"),
+#: Axis labels of known metrics (display only; any other column shows its name).
+METRIC_LABELS: dict[str, str] = {
+    "val_ppl": "validation perplexity",
+    "val_nll": "validation NLL (nats/token, log perplexity)",
+    "train_loss": "training loss",
+    "sw_survival": "super-weight survival rate",
+    "sw_value_drift": "super-weight value drift",
+    "mask_jaccard_prev": "mask Jaccard vs previous round",
+    "sparsity": "sparsity (fraction of weights pruned)",
 }
+#: Colour of reference (control) experiments.
+REFERENCE_COLOR = "#777777"
+
+Style = tuple[str, str]  # (colour, label)
 
 
-def color(key: str) -> str:
-    """Colour of ``key``; unknown keys get a stable palette colour from a hash."""
-    if key in STYLE:
-        return STYLE[key][0]
-    digest = int(hashlib.md5(str(key).encode()).hexdigest(), 16)
-    return PALETTE[digest % len(PALETTE)]
+def method_style(name: str) -> Style:
+    """``(colour, label)`` of a pruning method or score kind from the pruning registries.
+
+    Raises:
+        ValueError: For an unregistered name (listing the registered ones).
+    """
+    from workbench.pruning.registry import METHODS, SCORE_KINDS
+
+    registry = METHODS if name in METHODS or name not in SCORE_KINDS else SCORE_KINDS
+    entry = registry.get(name)
+    props = entry.props
+    return (props.get("color") or _palette_color(0), props.get("label") or name)
 
 
-def label(key: str) -> str:
-    """Display label of ``key`` (the key itself when unknown)."""
-    return STYLE[key][1] if key in STYLE else str(key)
+def _palette_color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def experiment_styles(keys, spec=None) -> dict[str, Style]:
+    """``{key: (colour, label)}`` for the curves of a figure.
+
+    Args:
+        keys: The hue values (experiment ids) in display order.
+        spec: A :class:`~workbench.experiments.specs.Spec` (or ``None``): an
+            experiment's ``color:``/``label:`` keys win; otherwise colours follow
+            :data:`PALETTE` by the experiment's position in the spec (then in ``keys``),
+            so an experiment keeps its colour across figures of one spec.
+
+    Returns:
+        The style of every key (controls marked ``reference: true`` are grey).
+    """
+    order = list(spec.experiments) if spec is not None else []
+    order += [str(k) for k in keys if str(k) not in order]
+    refs = set(spec.references()) if spec is not None else set()
+    palette_order = [k for k in order if k not in refs]
+    out = {}
+    for key in map(str, keys):
+        meta = spec.experiments[key].meta if spec is not None and key in spec.experiments else {}
+        default = REFERENCE_COLOR if key in refs else _palette_color(palette_order.index(key))
+        out[key] = (meta.get("color") or default, str(meta.get("label") or key))
+    return out
+
+
+def metric_label(metric: str) -> str:
+    """Axis label of a metric (the column name when unknown)."""
+    return METRIC_LABELS.get(metric, metric)
 
 
 def save_figure(fig, name: str, *, folder: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -146,7 +153,9 @@ def _check_columns(df, columns, what: str) -> None:
 
 def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
                         hue: str = "experiment", ax=None, logy: bool | None = None,
-                        seeds: bool = True, ylabel: str | None = None):
+                        seeds: bool = True, ylabel: str | None = None, spec=None,
+                        styles: dict[str, Style] | None = None,
+                        references=None, title: str | None = None):
     """Metric vs sparsity: mean ± sd over seeds per round, individual seeds overlaid.
 
     On a log axis (perplexities) the centre is the geometric mean and the bar spans the
@@ -157,11 +166,18 @@ def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
             :func:`workbench.experiments.aggregate.load_runs`.
         metric: Column on the y axis (``"val_ppl"``, ``"sw_survival"``, ...).
         x: Column on the x axis (fraction of weights pruned).
-        hue: Column that separates the curves; colours/labels from :data:`STYLE`.
+        hue: Column that separates the curves.
         ax: Axes to draw into (a new figure when ``None``).
         logy: Log y axis (default: on for perplexities).
         seeds: Overlay each seed as a faint line.
-        ylabel: Axis label (default: the metric).
+        ylabel: Axis label (default: :func:`metric_label`).
+        spec: The spec the runs belong to (labels, colours, controls).
+        styles: Explicit ``{key: (colour, label)}`` (default :func:`experiment_styles`).
+        references: Experiments drawn as reference lines instead of curves (default:
+            the spec's ``reference: true`` experiments). One that never leaves sparsity 0
+            (a positive control) is a horizontal dashed line at its last round's mean;
+            any other is a dashed grey curve.
+        title: Axes title (e.g. the profile and real steps per round).
 
     Returns:
         ``(fig, ax)``.
@@ -169,46 +185,79 @@ def plot_sparsity_curve(df, metric: str = "val_ppl", *, x: str = "sparsity",
     _check_columns(df, [metric, x, hue, "seed", "round"], "plot_sparsity_curve")
     log = logy if logy is not None else "ppl" in metric
     fig, ax = _axes(ax)
-    for key, part in df.groupby(hue, sort=True):
-        c = color(str(key))
+    keys = [str(k) for k in df[hue].drop_duplicates()]
+    if spec is not None:
+        keys = sorted(keys, key=lambda k: (list(spec.experiments).index(k)
+                                           if k in spec.experiments else len(keys), k))
+    else:
+        keys = sorted(keys)
+    styles = {**experiment_styles(keys, spec), **dict(styles or {})}
+    refs = set(references if references is not None else
+               (spec.references() if spec is not None else ()))
+    for key in keys:
+        part = df[df[hue].astype(str) == key]
+        c, lab = styles[key]
+        n = part["seed"].nunique()
+        if key in refs:
+            _reference_line(ax, part, metric, x, c, f"{lab} (n={n})", log)
+            continue
         if seeds:
             for _, run in part.groupby("seed"):
                 run = run.sort_values("round")
                 ax.plot(run[x], run[metric], color=c, alpha=0.3, lw=0.8, marker=".", ms=3)
         g = part.groupby("round")
-        n = part["seed"].nunique()
-        if log:  # geometric mean, error bar x/÷ the geometric sd (sd of log10 values)
-            lg = np.log10(part[metric].astype(float)).groupby(part["round"])
-            mid, sd = 10 ** lg.mean(), lg.std(ddof=1).fillna(0)
-            yerr = np.vstack([mid - mid / 10 ** sd, mid * 10 ** sd - mid])
-        else:
-            mid, yerr = g[metric].mean(), g[metric].std(ddof=1).fillna(0)
+        mid, yerr = _centre_and_bars(part, metric, log)
         ax.errorbar(g[x].mean(), mid, yerr=yerr, color=c, marker="o", ms=4, lw=1.6,
-                    capsize=3, label=f"{label(str(key))} (n={n})")
+                    capsize=3, label=f"{lab} (n={n})")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("sparsity (fraction of weights pruned)" if x == "sparsity" else x)
-    ax.set_ylabel(ylabel or label(metric))
+    ax.set_xlabel(metric_label(x))
+    ax.set_ylabel(ylabel or metric_label(metric))
+    if title:
+        ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     return fig, ax
 
 
+def _centre_and_bars(part, metric: str, log: bool):
+    g = part.groupby("round")
+    if log:  # geometric mean, error bar x/÷ the geometric sd (sd of log10 values)
+        lg = np.log10(part[metric].astype(float)).groupby(part["round"])
+        mid, sd = 10 ** lg.mean(), lg.std(ddof=1).fillna(0)
+        return mid, np.vstack([mid - mid / 10 ** sd, mid * 10 ** sd - mid])
+    return g[metric].mean(), g[metric].std(ddof=1).fillna(0)
+
+
+def _reference_line(ax, part, metric: str, x: str, c: str, label: str, log: bool) -> None:
+    """A control as a reference: horizontal line (never pruned) or dashed curve."""
+    if float(part[x].astype(float).abs().max()) < 1e-9:
+        last = part[part["round"] == part["round"].max()][metric].astype(float)
+        value = float(10 ** np.log10(last).mean()) if log else float(last.mean())
+        ax.axhline(value, color=c, ls="--", lw=1.2, label=label)
+        return
+    mid, _ = _centre_and_bars(part, metric, log)
+    ax.plot(part.groupby("round")[x].mean(), mid, color=c, ls="--", lw=1.2, marker="x",
+            ms=4, label=label)
+
+
 def plot_sw_survival(df, *, x: str = "sparsity", hue: str = "experiment", ax=None,
-                     seeds: bool = True):
+                     seeds: bool = True, **kwargs):
     """Super-weight survival rate (fraction of super weights kept) vs sparsity.
 
-    Same layout as :func:`plot_sparsity_curve` on the ``sw_survival`` column, y in [0, 1].
+    Same layout as :func:`plot_sparsity_curve` on the ``sw_survival`` column, y in [0, 1];
+    ``kwargs`` (``spec``, ``styles``, ``references``, ``title``) are passed on.
 
     Returns:
         ``(fig, ax)``.
     """
     fig, ax = plot_sparsity_curve(df, "sw_survival", x=x, hue=hue, ax=ax, logy=False,
-                                  seeds=seeds, ylabel="super-weight survival rate")
+                                  seeds=seeds, **kwargs)
     ax.set_ylim(-0.03, 1.05)
     return fig, ax
 
 
-def plot_loss_curves(losses, *, hue: str = "experiment", ax=None, seeds: bool = True):
+def plot_loss_curves(losses, *, hue: str = "experiment", ax=None, seeds: bool = True,
+                     spec=None, title: str | None = None):
     """Training loss per step, rounds laid end to end, mean over seeds (seeds faint).
 
     Args:
@@ -217,6 +266,8 @@ def plot_loss_curves(losses, *, hue: str = "experiment", ax=None, seeds: bool = 
         hue: Column that separates the curves.
         ax: Axes (a new figure when ``None``).
         seeds: Overlay each seed as a faint line.
+        spec: The spec (labels and colours, :func:`experiment_styles`).
+        title: Axes title (e.g. the profile and real steps per round).
 
     Returns:
         ``(fig, ax)``; dotted vertical lines mark the pruning between rounds.
@@ -228,8 +279,9 @@ def plot_loss_curves(losses, *, hue: str = "experiment", ax=None, seeds: bool = 
     offsets = per_round.groupby(level=0).cumsum() - per_round
     df["global_step"] = df["step"] + [offsets[(h, r)] for h, r in zip(df[hue], df["round"])]
     bounds = set()
+    styles = experiment_styles(sorted(df[hue].astype(str).unique()), spec)
     for key, part in df.groupby(hue, sort=True):
-        c = color(str(key))
+        c, lab = styles[str(key)]
         if seeds:
             for _, run in part.groupby("seed"):
                 for _, rnd in run.groupby("round"):
@@ -238,18 +290,20 @@ def plot_loss_curves(losses, *, hue: str = "experiment", ax=None, seeds: bool = 
         mean = part.groupby(["round", "global_step"])["loss"].mean().reset_index()
         for i, (_, rnd) in enumerate(mean.groupby("round")):
             ax.plot(rnd["global_step"], rnd["loss"], color=c, lw=1.6, marker="." if
-                    len(rnd) < 20 else None, label=label(str(key)) if i == 0 else None)
+                    len(rnd) < 20 else None, label=lab if i == 0 else None)
         bounds.update(part.groupby("round")["global_step"].min().tolist()[1:])
     for b in sorted(bounds):
         ax.axvline(b - 0.5, color="0.6", ls=":", lw=0.8)
     ax.set_xlabel("training step (rounds laid end to end; dotted: pruning)")
     ax.set_ylabel("training loss")
+    if title:
+        ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     return fig, ax
 
 
-def plot_fisher_comparison(true, empirical, *, names: tuple[str, str] = ("true_fisher",
-                                                                         "empirical_fisher"),
+def plot_fisher_comparison(true, empirical, *, names: tuple[str, str] = ("true Fisher",
+                                                                         "empirical Fisher"),
                            axes=None):
     """True vs empirical Fisher from given arrays of the same shape.
 
@@ -260,7 +314,7 @@ def plot_fisher_comparison(true, empirical, *, names: tuple[str, str] = ("true_f
     Args:
         true: True Fisher (diagonal, matrix or any array), values >= 0 on the diagonal.
         empirical: Empirical Fisher, same shape.
-        names: STYLE keys of the two (colours and labels).
+        names: Labels of the two (colours: the first two of :data:`PALETTE`).
         axes: Two axes (a new 1x2 figure when ``None``).
 
     Returns:
@@ -285,19 +339,20 @@ def plot_fisher_comparison(true, empirical, *, names: tuple[str, str] = ("true_f
     rel = np.linalg.norm(e - f) / max(np.linalg.norm(f), np.finfo(float).tiny)
     r = np.corrcoef(np.log(af[ok]), np.log(ae[ok]))[0, 1] if ok.sum() > 2 else float("nan")
     ax = axes[0]
-    ax.scatter(af[ok], ae[ok], s=6, alpha=0.5, color=color(names[1]), lw=0)
+    colors = dict(zip(names, PALETTE))
+    ax.scatter(af[ok], ae[ok], s=6, alpha=0.5, color=colors[names[1]], lw=0)
     if ok.any():
         lo, hi = min(af[ok].min(), ae[ok].min()), max(af[ok].max(), ae[ok].max())
         ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls="--", label="y = x")
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_xlabel(f"|{label(names[0])}| entry")
-    ax.set_ylabel(f"|{label(names[1])}| entry")
+    ax.set_xlabel(f"|{names[0]}| entry")
+    ax.set_ylabel(f"|{names[1]}| entry")
     ax.set_title(f"r(log) = {r:.3f}, rel. diff = {rel:.3f}", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     ax = axes[1]
     for key, v in zip(names, (af, ae)):
-        ax.plot(np.arange(1, v.size + 1), np.sort(v)[::-1], color=color(key), label=label(key))
+        ax.plot(np.arange(1, v.size + 1), np.sort(v)[::-1], color=colors[key], label=key)
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("rank")

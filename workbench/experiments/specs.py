@@ -106,6 +106,36 @@ class Spec:
         exp = self.experiments.get(experiment)
         return str(exp.meta.get("label") or experiment) if exp else str(experiment)
 
+    def to_record(self, profile: str | None = None) -> dict[str, Any]:
+        """What the grid stores as the runs folder's ``spec.json``: the spec under
+        ``profile`` (``experiments``), as written (``design``), seeds, metadata and
+        questions. :meth:`from_record` reads it back without the spec file."""
+        from workbench.experiments.contrasts import questions_to_raw
+
+        return {"name": self.name, "profile": profile, "hash": self.hash(profile),
+                "notebook": self.notebook, "experiments": self.resolve(profile),
+                "design": self.resolve(None),
+                "seeds": {k: e.seeds for k, e in self.experiments.items()},
+                "meta": {k: e.meta for k, e in self.experiments.items()},
+                "questions": questions_to_raw(self.questions)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "Spec":
+        """A :class:`Spec` from a :meth:`to_record` dict (profiles are not kept: its
+        ``experiments`` are the design, its parameters under the recorded profile stay
+        in ``record["experiments"]``)."""
+        from workbench.experiments.contrasts import parse_questions
+
+        design = record.get("design") or record.get("experiments") or {}
+        meta, seeds = record.get("meta") or {}, record.get("seeds") or {}
+        exps = {n: Experiment(n, dict(p), list(seeds.get(n, [0])), dict(meta.get(n, {})))
+                for n, p in design.items()}
+        questions = parse_questions(record.get("questions") or None,
+                                    {n: e.parameters for n, e in exps.items()},
+                                    where=f"spec record {record.get('name')!r}: questions")
+        return cls(name=str(record.get("name", "")), notebook=str(record.get("notebook", "")),
+                   experiments=exps, profiles={}, questions=questions)
+
     def references(self) -> list[str]:
         """Experiments marked ``reference: true`` (controls drawn as reference lines)."""
         return [n for n, e in self.experiments.items() if e.meta.get("reference")]
