@@ -301,6 +301,7 @@ def prune(
     masks, extra = entry.fn(req, **options)
     info.update(extra)
     report = sparsity_report(masks)
+    report["target_sparsity"] = [req.sparsity_for(n) for n in report["name"][:-1]] + [s]
     info["achieved_sparsity"] = float(report.iloc[-1]["sparsity"])
     info["seconds"] = time.perf_counter() - t0
     return PruneResult(masks=masks, report=report, info=info)
