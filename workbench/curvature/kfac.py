@@ -1,26 +1,64 @@
-"""K-FAC (Kronecker-factored approximate curvature) for ``nn.Linear`` layers.
+"""K-FAC (Kronecker-factored approximate curvature) for linear layers, with weight sharing.
 
-For a linear layer ``z = W a + b`` (inputs ``a`` ``[in]``, outputs ``z`` ``[out]``) and
-the empirical risk ``L = sum_n w_n l_n`` (``w_n = 1/N`` for mean reduction, 1 for sum):
+Covers ``nn.Linear`` and Hugging Face's transposed ``Conv1D`` (GPT-2) layers whose inputs
+are ``[batch, in]`` or ``[batch, *positions, in]`` (e.g. ``[batch, seq, in]`` in a
+transformer: the weight is *shared* over the sequence positions). For one layer
+``z = W a + b`` with inputs ``a`` ``[in]``, outputs ``z`` ``[out]``, and the empirical
+risk ``L = sum_t w_t l_t`` (``w_t = 1/N`` for mean reduction over ``N`` active loss
+terms, 1 for sum; see :mod:`workbench.curvature._problem`):
 
-* input factor ``A = (1/N) sum_n a_n a_n^T`` (``[in, in]``),
-* output-gradient factor ``G = sum_n w_n E[s_n s_n^T]`` (``[out, out]``), where ``s_n``
-  is the gradient of ``l_n`` w.r.t. ``z_n`` for
+* ``s`` ranges over the layer's positions, ``n`` over the ``N_x`` examples (rows of a
+  batch), ``g_{k,n,s} = dL_k / dz_{n,s}`` is the gradient w.r.t. the layer output of the
+  *summed* (unweighted) loss ``L_k = sum_t l_t`` backpropagated with output-space vector
+  ``k`` (below);
+* **expand** (Eschenhagen et al. 2023, "K-FAC-expand": positions are treated as extra
+  examples; the natural choice when every position has its own loss term, as in
+  causal language modelling)::
 
-  - ``fisher_type="type-2"``: exact, ``E[s s^T] = B_n^T H_n B_n`` with ``H_n`` the
-    loss Hessian w.r.t. the model outputs and ``B_n = dz_out/dz_n`` (back-propagating
-    the columns of ``H_n^{1/2}``) -- the K-FAC of the GGN = true Fisher for CE;
-  - ``"mc"``: ``n_samples`` labels sampled from the model's predictive distribution;
-  - ``"empirical"``: the data labels.
+      A = 1 / (N_x * S) * sum_{n,s} a_{n,s} a_{n,s}^T        G = c * sum_k sum_{n,s} g_{k,n,s} g_{k,n,s}^T
 
-The weight block (row-major ``vec(W)``) is ``G (x) A``, the bias block is ``G`` (weights
-and biases are separate blocks, as in curvlinops' default). This is exact for a single
-example (``N = 1``), and for deep linear networks with MSE and ``"type-2"`` (``B_n``
-does not depend on ``n``). Only 2-D layer inputs ``[batch, in]`` (one term per example)
-are supported.
+* **reduce** ("K-FAC-reduce": the shared dimension is reduced first, inputs averaged and
+  output gradients summed over positions)::
 
-Damped inverse: ``(G (x) A + lambda I)^{-1}`` is applied exactly with the eigenbases
-of ``G`` and ``A``; the natural gradient is that inverse applied to the gradient.
+      A = 1 / N_x * sum_n abar_n abar_n^T,  abar_n = mean_s a_{n,s}
+      G = c * sum_k sum_n gsum_{k,n} gsum_{k,n}^T,  gsum_{k,n} = sum_s g_{k,n,s}
+
+  with ``c = w`` (the term weight; divided by ``n_samples`` for Monte Carlo labels).
+  For 2-D inputs (``S = 1``) both flavours are the classic K-FAC of Martens & Grosse
+  (2015).
+
+Output-space vectors ``k`` (the Fisher type, :class:`~workbench.curvature.registry.FisherType`):
+
+* ``fisher_type="true"``, ``n_samples=None``: the columns of a square root of each term's
+  output Hessian ``H_t`` (exact expectation over labels; for softmax cross-entropy the
+  true Fisher = GGN, curvlinops' ``"type-2"``). Costs one backward pass per output
+  dimension (the vocabulary for an LM): use it on small models only;
+* ``fisher_type="true"``, ``n_samples=S``: ``S`` labels per term sampled from the model's
+  predictive distribution (curvlinops' ``"mc"``), one backward pass per sample;
+* ``fisher_type="empirical"``: the data labels, one backward pass.
+
+The weight block (row-major ``vec(W)`` of ``W [out, in]``) is ``G (x) A``; a bias gets its
+own block ``G`` (weights and biases are separate blocks, curvlinops' default
+``separate_weight_and_bias=True``). The factors equal those of curvlinops'
+``KFACLinearOperator`` with the same ``kfac_approx`` and Fisher type (tested on tiny
+Llama and GPT-2 models). "expand" is exact (equals the GGN block) e.g. for a deep linear
+network applied position-wise with the MSE loss; for one example and one position both
+flavours are exact.
+
+Padding is not special-cased in ``A``: every position of the layer input counts (loss
+terms at padding are inactive, so they contribute nothing to ``G``).
+
+Damped inverse (natural gradient): ``(G (x) A + lambda I)^{-1}``, i.e. the damping
+``lambda`` is added to the **Kronecker product** (``damping_mode="product"``, exact, via
+the eigenbases of ``G`` and ``A``: eigenvalues ``g_i a_j + lambda``), or, with
+``damping_mode="factors"``, to each factor, ``(G + sqrt(lambda) I) (x) (A + sqrt(lambda) I)``
+(Martens & Grosse's factored Tikhonov damping without the pi-rescaling).
+
+References:
+    Martens & Grosse (2015), Optimizing neural networks with Kronecker-factored
+    approximate curvature, ICML. Eschenhagen, Immer, Turner, Schneider & Hennig (2023),
+    Kronecker-factored approximate curvature for modern neural network architectures,
+    NeurIPS.
 """
 
 from __future__ import annotations
@@ -30,51 +68,112 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workbench.core.checks import check_choice
 from workbench.curvature import _problem as P
+from workbench.curvature.registry import check_fisher_type
 
-FISHER_TYPES = ("type-2", "mc", "empirical")
+FLAVOURS = ("expand", "reduce")
+DAMPING_MODES = ("product", "factors")
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """True for Hugging Face's ``Conv1D`` (weight ``[in, out]``, ``y = x W + b``)."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
+
+
+def is_supported(module: nn.Module) -> bool:
+    """``nn.Linear`` or a transposed ``Conv1D`` layer (the layer types K-FAC covers)."""
+    return isinstance(module, nn.Linear) or is_transposed(module)
+
+
+def default_modules(model: nn.Module) -> list[str]:
+    """Names of the supported linear layers, without the output head.
+
+    The output head (``model.get_output_embeddings()`` of a Hugging Face model, or any
+    linear layer whose weight is an ``nn.Embedding``'s weight) is left out: its output
+    factor would be ``[vocab, vocab]``.
+    """
+    head = None
+    if hasattr(model, "get_output_embeddings"):
+        try:
+            head = model.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            head = None
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return [n for n, m in model.named_modules()
+            if is_supported(m) and m is not head and id(m.weight) not in emb]
+
+
+def resolve_modules(model: nn.Module, modules: Any = None) -> dict[str, nn.Module]:
+    """``{name: module}`` of the layers to cover (default :func:`default_modules`).
+
+    Raises:
+        ValueError: A name that is not a module of the model, or a module of a type
+            K-FAC does not support (the message names the module and its type).
+    """
+    named = dict(model.named_modules())
+    names = default_modules(model) if modules is None else list(modules)
+    out = {}
+    for n in names:
+        if n not in named:
+            raise ValueError(f"modules: {n!r} is not a module of the model")
+        m = named[n]
+        if not is_supported(m):
+            raise ValueError(f"modules: {n!r} is a {type(m).__name__}; K-FAC supports "
+                             "nn.Linear and transformers' Conv1D layers only")
+        out[n] = m
+    if not out:
+        raise ValueError("model: no nn.Linear / Conv1D layers to build K-FAC factors for")
+    return out
+
+
+def _check_damping(damping: float) -> float:
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
+        raise ValueError(f"damping must be a number > 0 (K-FAC is singular in general), "
+                         f"got {damping!r}")
+    return float(damping)
 
 
 class KFAC:
-    """K-FAC factors of all (or some) ``nn.Linear`` layers of a model.
+    """K-FAC factors of the linear layers of a model (see the module docstring).
 
     Args:
-        model: The model; its ``nn.Linear`` modules are covered.
-        batches: Iterable of ``(x, y)`` batches.
+        model: The model (a classifier on ``(x, y)`` batches or a causal LM on token
+            batches).
+        batches: Iterable of batches (``(x, y)`` pairs, LongTensor ``[b, seq]`` token
+            blocks, dicts with ``input_ids``); a single ``[n, seq]`` LongTensor is split
+            into blocks of 8.
         loss_fn: ``nn.CrossEntropyLoss`` (default), ``nn.NLLLoss`` or ``nn.MSELoss``.
-        fisher_type: ``"type-2"`` (exact), ``"mc"`` or ``"empirical"``.
-        n_samples: Monte Carlo labels per example for ``"mc"``.
+        fisher_type: ``"true"`` (default) or ``"empirical"``.
+        n_samples: For ``"true"``: ``None`` = exact expectation over labels (one backward
+            pass per output dimension), an int = Monte Carlo labels per term.
+        flavour: ``"expand"`` (default) or ``"reduce"`` for layers with positions.
         seed: Seed of the Monte Carlo labels.
-        modules: Names of the linear modules to cover (default all).
+        modules: Names of the layers to cover (default :func:`default_modules`: all
+            ``nn.Linear`` / ``Conv1D`` layers except the output head).
 
     Attributes:
-        factors: ``{module name: (A, G)}``.
+        factors: ``{module name: (A [in, in], G [out, out])}``.
         param_names: Covered parameter names in flat order (per module: weight, bias).
     """
 
     def __init__(self, model: nn.Module, batches: Any, *, loss_fn: nn.Module | None = None,
-                 fisher_type: str = "type-2", n_samples: int = 1, seed: int = 0,
-                 modules: list[str] | None = None):
-        if fisher_type not in FISHER_TYPES:
-            raise ValueError(f"fisher_type must be one of {FISHER_TYPES}, got {fisher_type!r}")
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+                 fisher_type: str = "true", n_samples: int | None = None,
+                 flavour: str = "expand", seed: int = 0, modules: Any = None):
+        self.fisher_type = check_fisher_type(fisher_type).value
+        self.flavour = check_choice("flavour", flavour, FLAVOURS)
+        if n_samples is not None:
+            if self.fisher_type != "true" or isinstance(n_samples, bool) or int(n_samples) < 1:
+                raise ValueError(f"n_samples: only for fisher_type='true', an integer >= 1 "
+                                 f"or None, got {n_samples!r}")
+            n_samples = int(n_samples)
+        self.n_samples = n_samples
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.kind = P.loss_kind(self.loss_fn)
-        self.fisher_type = fisher_type
-        self.n_samples = int(n_samples)
-        linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        if modules is not None:
-            missing = sorted(set(modules) - set(linear))
-            if missing:
-                raise ValueError(f"modules: {missing} are not nn.Linear modules of the model")
-            linear = {n: linear[n] for n in modules}
-        if not linear:
-            raise ValueError("model: no nn.Linear layers to build K-FAC factors for")
-        self.modules = linear
+        self.modules = resolve_modules(model, modules)
         self.param_names = []
         self._shapes = []
-        for n, m in linear.items():
+        for n, m in self.modules.items():
             self.param_names.append(f"{n}.weight")
             self._shapes.append(m.weight.shape)
             if m.bias is not None:
@@ -87,17 +186,19 @@ class KFAC:
     def _compute(self, model, batches, seed):
         kind, loss_fn = self.kind, self.loss_fn
         n_total = sum(P.count_terms(b, kind, loss_fn) for b in batches)
-        A = {n: 0.0 for n in self.modules}
-        G = {n: 0.0 for n in self.modules}
+        A: dict[str, Any] = {n: 0.0 for n in self.modules}
+        G: dict[str, Any] = {n: 0.0 for n in self.modules}
+        rows = {n: 0 for n in self.modules}
         gen = torch.Generator().manual_seed(int(seed))
+        names = list(self.modules)
         for batch in batches:
             inputs, outputs = {}, {}
 
             def hook(name):
                 def f(mod, args, out):
-                    if args[0].ndim != 2:
-                        raise ValueError(f"{name}: K-FAC supports 2-D layer inputs only, "
-                                         f"got shape {tuple(args[0].shape)}")
+                    if name in outputs:
+                        raise ValueError(f"modules: {name!r} is called more than once per "
+                                         "forward pass; K-FAC needs one call per layer")
                     inputs[name] = args[0].detach()
                     outputs[name] = out
                 return f
@@ -108,47 +209,80 @@ class KFAC:
             finally:
                 for h in handles:
                     h.remove()
-            z = terms.outputs.detach()
-            n_out = z.shape[1]
-            w = terms.active.to(z.dtype) * P.term_scale(kind, loss_fn, n_total, n_out)
-            Q, omega = self._output_vectors(z, terms.targets, w, gen)  # [K, n, C], [K, n]
-            names = list(self.modules)
-            grads = torch.autograd.grad(terms.outputs, [outputs[n] for n in names], Q,
-                                        is_grads_batched=True, allow_unused=True,
-                                        materialize_grads=True)
-            for n, g in zip(names, grads):
+            missing = [n for n in names if n not in outputs]
+            if missing:
+                raise ValueError(f"modules: {missing[:3]} are not called by the model's "
+                                 "forward pass")
+            for n in names:  # input factors
                 a = inputs[n]
-                A[n] = A[n] + a.T @ a / n_total
-                G[n] = G[n] + torch.einsum("kn,kni,knj->ij", omega, g, g)
-        return {n: (A[n].contiguous(), G[n].contiguous()) for n in self.modules}
+                a = a.reshape(a.shape[0], -1, a.shape[-1]).to(_acc_dtype(a))
+                if self.flavour == "expand":
+                    a = a.reshape(-1, a.shape[-1])
+                else:
+                    a = a.mean(1)
+                A[n] = A[n] + a.T @ a
+                rows[n] += a.shape[0]
+            z = terms.outputs.detach()
+            scale = P.term_scale(kind, loss_fn, n_total, z.shape[1])
+            vectors, weight = self._output_vectors(z, terms.targets, terms.active, gen)
+            outs = [outputs[n] for n in names]
+            for k, q in enumerate(vectors):
+                gs = torch.autograd.grad(terms.outputs, outs, q, allow_unused=True,
+                                         materialize_grads=True,
+                                         retain_graph=k < len(vectors) - 1)
+                for n, g in zip(names, gs):
+                    g = g.reshape(g.shape[0], -1, g.shape[-1]).to(_acc_dtype(g))
+                    g = g.reshape(-1, g.shape[-1]) if self.flavour == "expand" else g.sum(1)
+                    G[n] = G[n] + (scale * weight) * (g.T @ g)
+        out = {}
+        for n, m in self.modules.items():
+            a_n, g_n = A[n] / rows[n], G[n]
+            if not isinstance(g_n, Tensor):  # no backward pass reached the layer
+                d_out = m.weight.shape[1] if is_transposed(m) else m.weight.shape[0]
+                g_n = torch.zeros(d_out, d_out, dtype=a_n.dtype, device=a_n.device)
+            P.check_finite(f"K-FAC factors of {n}", a_n)
+            P.check_finite(f"K-FAC factors of {n}", g_n)
+            out[n] = (a_n.contiguous(), g_n.contiguous())
+        return out
 
-    def _output_vectors(self, z, targets, w, gen):
+    def _output_vectors(self, z, targets, active, gen) -> tuple[list[Tensor], float]:
+        """Output-space vectors ``[n, C]`` to backpropagate, and their common weight."""
         kind = self.kind
+        mask = active.to(z.dtype)[:, None]
         if self.fisher_type == "empirical":
             zr = z.clone().requires_grad_(True)
             R = torch.autograd.grad(P.term_losses(kind, zr, targets).sum(), zr)[0]
-            return R[None], w[None]
-        if self.fisher_type == "mc":
+            return [R * mask], 1.0
+        if self.n_samples is not None:
             S = self.n_samples
             Y = P.sample_targets(kind, z, S, gen)
             zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
             ls = P.term_losses(kind, zs.reshape(-1, z.shape[1]),
                                Y.reshape(S * z.shape[0], *Y.shape[2:])).sum()
             R = torch.autograd.grad(ls, zs)[0]
-            return R, (w / S)[None].expand(S, -1)
-        # type-2: columns of the symmetric square root of each term's output Hessian
-        def per_term(zt, yt):
-            return P.term_losses(kind, zt[None], yt[None]).sum()
+            return [R[s] * mask for s in range(S)], 1.0 / S
 
-        H = torch.func.vmap(torch.func.hessian(per_term))(z, targets)  # [n, C, C]
-        evals, evecs = torch.linalg.eigh(H)
-        root = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)  # H = root root^T
-        Q = root.permute(2, 0, 1)  # [C(column), n, C]
-        return Q, w[None].expand(Q.shape[0], -1)
+        # exact: columns of a square root S_t (S_t S_t^T = H_t) of each term's output
+        # Hessian. With weight sharing the cross-term products S_t S_t'^T enter G, so the
+        # root matters; the closed forms below are curvlinops' (``loss_hessian_matrix_sqrt``).
+        if kind == "ce":
+            p = z.softmax(-1)
+            sp = p.sqrt()
+            root = torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]  # S_ij = d_ij sqrt(p_i) - p_i sqrt(p_j)
+        elif kind == "mse":
+            C = z.shape[1]
+            root = (2.0 ** 0.5) * torch.eye(C, dtype=z.dtype, device=z.device).expand(
+                z.shape[0], C, C)
+        else:  # nll: the loss is linear in its input, its Hessian is zero
+            root = torch.zeros(z.shape[0], z.shape[1], 1, dtype=z.dtype, device=z.device)
+        return [root[:, :, c] * mask for c in range(root.shape[-1])], 1.0
 
     # ------------------------------------------------------------------ products
     def _split(self, v) -> tuple[list[Tensor], str]:
         if isinstance(v, dict):
+            missing = [n for n in self.param_names if n not in v]
+            if missing:
+                raise ValueError(f"v: missing parameters {missing[:3]}")
             return [v[n] for n in self.param_names], "dict"
         if isinstance(v, Tensor):
             D = sum(s.numel() for s in self._shapes)
@@ -168,19 +302,32 @@ class KFAC:
         i = 0
         for n, m in self.modules.items():
             has_bias = m.bias is not None
-            yield n, i, has_bias
+            yield n, i, has_bias, is_transposed(m)
             i += 2 if has_bias else 1
+
+    @property
+    def num_params(self) -> int:
+        """Number of covered parameter entries ``D``."""
+        return sum(s.numel() for s in self._shapes)
 
     def matvec(self, v):
         """``K v`` for ``v`` given flat, as a list, or as ``{param name: tensor}``."""
         parts, fmt = self._split(v)
         out = list(parts)
-        for n, i, has_bias in self._blocks():
+        for n, i, has_bias, tr in self._blocks():
             A, G = self.factors[n]
-            out[i] = G @ parts[i] @ A
+            W = parts[i].T if tr else parts[i]
+            R = G @ W.to(G.dtype) @ A
+            out[i] = (R.T if tr else R).to(parts[i].dtype)
             if has_bias:
-                out[i + 1] = G @ parts[i + 1]
+                out[i + 1] = (G @ parts[i + 1].to(G.dtype)).to(parts[i + 1].dtype)
         return self._join(out, fmt)
+
+    def eigenvalues(self, module: str) -> tuple[Tensor, Tensor]:
+        """Eigenvalues (ascending, clipped at 0) of the factors ``(A, G)`` of ``module``;
+        the weight block's eigenvalues are all products ``g_i a_j``."""
+        la, _, lg, _ = self._eigh(module)
+        return la, lg
 
     def _eigh(self, n):
         if n not in self._eig:
@@ -190,34 +337,115 @@ class KFAC:
             self._eig[n] = (la.clamp_min(0), qa, lg.clamp_min(0), qg)
         return self._eig[n]
 
-    def inverse_matvec(self, v, damping: float = 1e-3):
-        """``(K + damping I)^{-1} v``, exact for the Kronecker-factored blocks.
+    def inverse_matvec(self, v, damping: float = 1e-3, *, damping_mode: str = "product"):
+        """``(K + damping I)^{-1} v`` (``damping_mode="product"``, exact for the
+        Kronecker-factored blocks) or ``((G + sqrt(d) I) (x) (A + sqrt(d) I))^{-1} v``
+        (``"factors"``); biases use ``G + damping I`` (resp. ``G + sqrt(d) I``).
 
         Raises:
-            ValueError: If ``damping <= 0`` (K-FAC is singular in general).
+            ValueError: If ``damping <= 0`` (K-FAC is singular in general) or an unknown
+                ``damping_mode``.
         """
-        if not damping > 0:
-            raise ValueError(f"damping must be > 0, got {damping}")
+        damping = _check_damping(damping)
+        check_choice("damping_mode", damping_mode, DAMPING_MODES)
+        root = damping ** 0.5
         parts, fmt = self._split(v)
         out = list(parts)
-        for n, i, has_bias in self._blocks():
+        for n, i, has_bias, tr in self._blocks():
             la, qa, lg, qg = self._eigh(n)
-            V = qg.T @ parts[i] @ qa
-            out[i] = qg @ (V / (lg[:, None] * la[None, :] + damping)) @ qa.T
+            W = (parts[i].T if tr else parts[i]).to(qg.dtype)
+            V = qg.T @ W @ qa
+            if damping_mode == "product":
+                denom = lg[:, None] * la[None, :] + damping
+            else:
+                denom = (lg[:, None] + root) * (la[None, :] + root)
+            R = qg @ (V / denom) @ qa.T
+            out[i] = (R.T if tr else R).to(parts[i].dtype)
             if has_bias:
-                out[i + 1] = qg @ ((qg.T @ parts[i + 1]) / (lg + damping))
+                b = parts[i + 1].to(qg.dtype)
+                d = damping if damping_mode == "product" else root
+                out[i + 1] = (qg @ ((qg.T @ b) / (lg + d))).to(parts[i + 1].dtype)
         return self._join(out, fmt)
 
-    def natural_gradient(self, gradient, damping: float = 1e-3):
-        """Natural-gradient direction ``(K + damping I)^{-1} gradient``."""
-        return self.inverse_matvec(gradient, damping)
+    def natural_gradient(self, gradient, damping: float = 1e-3, *,
+                         damping_mode: str = "product"):
+        """Natural-gradient direction ``(K + damping I)^{-1} gradient`` (see
+        :meth:`inverse_matvec` for ``damping_mode``)."""
+        return self.inverse_matvec(gradient, damping, damping_mode=damping_mode)
 
     def to_dense(self) -> Tensor:
-        """Block-diagonal dense matrix ``[D, D]`` in the order of :attr:`param_names`."""
+        """Block-diagonal dense matrix ``[D, D]`` in the order of :attr:`param_names`
+        (row-major ``vec`` of each parameter: ``G (x) A`` for ``[out, in]`` weights,
+        ``A (x) G`` for transposed ``Conv1D`` weights ``[in, out]``)."""
         blocks = []
-        for n, i, has_bias in self._blocks():
+        for n, i, has_bias, tr in self._blocks():
             A, G = self.factors[n]
-            blocks.append(torch.kron(G, A))
+            blocks.append(torch.kron(A, G) if tr else torch.kron(G, A))
             if has_bias:
                 blocks.append(G)
         return torch.block_diag(*blocks)
+
+    def inverse_diagonal(self, module: str, damping: float = 1e-3) -> Tensor:
+        """Diagonal of ``(G (x) A + damping I)^{-1}`` for the weight of ``module``,
+        shaped like the weight: ``[F^-1]_{(o,j),(o,j)} = sum_{k,l} QG_{ok}^2 QA_{jl}^2 /
+        (g_k a_l + damping)`` (the OBS denominator)."""
+        damping = _check_damping(damping)
+        la, qa, lg, qg = self._eigh(module)
+        d = (qg.square() @ (1.0 / (lg[:, None] * la[None, :] + damping)) @ qa.square().T)
+        return d.T if is_transposed(self.modules[module]) else d
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    """float32, or float64 for float64 models."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def lm_gradient(model: nn.Module, batches: Any, names: list[str], *,
+                loss_fn: nn.Module | None = None) -> dict[str, Tensor]:
+    """Gradient ``{param name: tensor}`` of the mean loss over all active terms of all
+    ``batches`` w.r.t. the parameters ``names`` (the normalisation of
+    :mod:`workbench.curvature._problem`)."""
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    kind = P.loss_kind(loss_fn)
+    batches = P.as_batch_list(batches)
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    n_total = sum(P.count_terms(b, kind, loss_fn) for b in batches)
+    total = [torch.zeros_like(p) for p in params]
+    for batch in batches:
+        terms = P.batch_terms(model, batch, kind, loss_fn)
+        w = terms.active.to(terms.outputs.dtype) * P.term_scale(kind, loss_fn, n_total,
+                                                                 terms.outputs.shape[1])
+        loss = (w * P.term_losses(kind, terms.outputs, terms.targets)).sum()
+        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True,
+                                                   materialize_grads=True)):
+            t += g
+    return dict(zip(names, total))
+
+
+def natural_gradient(model: nn.Module, batches: Any, *, kfac: KFAC | None = None,
+                     damping: float = 1e-3, damping_mode: str = "product",
+                     loss_fn: nn.Module | None = None, **kfac_options: Any
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor], KFAC]:
+    """Natural-gradient direction of the mean loss for all covered linear layers.
+
+    Args:
+        model: The model.
+        batches: Data (see :class:`KFAC`); the gradient and (unless ``kfac`` is given) the
+            factors are computed on it.
+        kfac: Precomputed factors (else ``KFAC(model, batches, **kfac_options)``).
+        damping, damping_mode: See :meth:`KFAC.inverse_matvec`.
+
+    Returns:
+        ``(direction, gradient, kfac)``: ``{param name: (K + damping I)^{-1} g}``, the
+        gradient ``g`` itself, and the K-FAC object. A step is ``theta -= lr * direction``.
+    """
+    from workbench.core.checks import check_kwargs
+
+    _check_damping(damping)
+    check_kwargs("natural_gradient", kfac_options,
+                 ("fisher_type", "n_samples", "flavour", "seed", "modules"))
+    if kfac is None:
+        kfac = KFAC(model, batches, loss_fn=loss_fn, **kfac_options)
+    grad = lm_gradient(model, batches, kfac.param_names, loss_fn=loss_fn)
+    return kfac.natural_gradient(grad, damping, damping_mode=damping_mode), grad, kfac
