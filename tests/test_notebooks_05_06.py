@@ -2,12 +2,13 @@
 
 import pandas as pd
 
-from tests.fixtures.runs import make_runs
+from tests.fixtures.runs import make_runs, write_spec_record
 from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
 
-def test_pilot_analysis_writes_figures_tables_and_findings(tmp_path):
+def test_pilot_analysis_writes_findings_by_question(tmp_path):
     runs = make_runs(tmp_path / "runs")
+    write_spec_record(runs)
     out = tmp_path / "out"
     params = dict(runs=str(runs), out_dir=str(out))
     assert set(params) <= set(notebook_parameters("05_pilot_analysis"))
@@ -17,14 +18,21 @@ def test_pilot_analysis_writes_figures_tables_and_findings(tmp_path):
         assert (out / f"{name}.png").stat().st_size > 1000
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 3 * 4 and set(summary.experiment) == {"A2", "B2", "C2"}
-    table = pd.read_csv(out / "significance.csv")
-    # the synthetic C2 (Xavier) is 40 * sparsity worse: significant at every level
-    c2 = table[(table.experiment_b == "C2") & (table.metric == "val_nll")]
+    table = pd.read_csv(out / "contrasts.csv")
+    # exactly the declared contrasts; the synthetic C2 is 40 * sparsity worse
+    assert set(table.contrast) == {"xavier_vs_pretrained", "budget_1_vs_4",
+                                   "budget_sweet_spot", "sweet_xavier"}
+    c2 = table[(table.contrast == "xavier_vs_pretrained") & (table.metric == "val_nll")]
     assert len(c2) == 3 and c2.significant.all()
-    budget = table[(table.factor == "steps_per_round") & (table.metric == "val_nll")]
+    budget = table[(table.contrast == "budget_1_vs_4")]
     assert len(budget) == 3 and not budget.significant.any()
     findings = (out / "findings.md").read_text()
-    assert "C2 (init=xavier) vs B2" in findings and "Wilcoxon" in findings
+    # organised by question, stating the profile and the real steps per round
+    assert findings.index("## Does Xavier init") < findings.index("## Does the budget")
+    assert "Profile **cpu**" in findings and "4 for B2, C2 (design: 10000)" in findings
+    assert "supported: b is higher than a" in findings
+    assert "with n=3 seeds the paired t-test only detects |d_z| >= 3.3" in findings
+    assert "Sweet spot per experiment" in findings and "never reached" in findings
 
 
 def test_explorer_runs_headless(tmp_path):

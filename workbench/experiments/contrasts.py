@@ -416,6 +416,12 @@ def verdict(rows: pd.DataFrame, expect: str = "differ", *, alpha: float = 0.05) 
     """
     tested = rows[rows["p_holm"].notna()] if len(rows) else rows
     if not len(tested):
+        const = rows[(rows.get("n", 0) > 1) & rows.get("mean_diff", np.nan).notna()
+                     & (rows.get("mean_diff", 0) != 0)] if len(rows) and "n" in rows else rows[:0]
+        if len(const):
+            diffs = ", ".join(f"{d:+.3g}" for d in const["mean_diff"].astype(float))
+            return (f"inconclusive (untestable): b - a = {diffs} identically in every seed "
+                    f"(zero variance, n={int(const['n'].min())})")
         notes = sorted({str(n) for n in rows.get("note", pd.Series([], dtype=object)).dropna()
                         if str(n)})
         return "inconclusive: nothing testable" + (f" ({'; '.join(notes)})" if notes else "")
@@ -424,7 +430,11 @@ def verdict(rows: pd.DataFrame, expect: str = "differ", *, alpha: float = 0.05) 
     want = {"higher": 1, "lower": -1}.get(expect)
     if len(sig):
         if want is None:
-            return f"supported: b differs from a ({len(sig)} of {len(tested)} tests, Holm)"
+            ups, downs = int((sign > 0).sum()), int((sign < 0).sum())
+            way = ("higher" if ups and not downs else "lower" if downs and not ups
+                   else "higher and lower")
+            return (f"supported: b is {way} than a ({len(sig)} of {len(tested)} tests "
+                    f"significant after Holm)")
         if (sign == want).all():
             return f"supported: b is {expect} ({len(sig)} of {len(tested)} tests, Holm)"
         if (sign == -want).all():
