@@ -226,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        import yaml
+
         failed = _notebook_error(exc)
         if failed is not None:
             message, status = failed
-        elif isinstance(exc, (UserError, *USER_ERRORS)):
+        elif isinstance(exc, (UserError, yaml.YAMLError, *USER_ERRORS)):
             message, status = _one_line(exc), 2
         else:
             raise

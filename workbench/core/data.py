@@ -237,8 +237,8 @@ def _hf_documents(name: str) -> list[str]:
         import datasets  # noqa: F401
     except ImportError as err:
         raise ValueError(
-            f"unknown corpus {name!r}; known names: {', '.join(KNOWN_CORPORA)}, a .txt or "
-            ".jsonl path, or a Hugging Face dataset name (needs the 'datasets' package)"
+            f"name: unknown corpus {name!r}; known names: {', '.join(KNOWN_CORPORA)}, a .txt "
+            "or .jsonl path, or a Hugging Face dataset name (needs the 'datasets' package)"
         ) from err
     import datasets
 
@@ -299,7 +299,7 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         docs = _hf_documents(name)
     else:
         raise ValueError(
-            f"unknown corpus {name!r}; known names: {', '.join(KNOWN_CORPORA)}, "
+            f"name: unknown corpus {name!r}; known names: {', '.join(KNOWN_CORPORA)}, "
             "a .txt or .jsonl path, or a Hugging Face dataset name 'owner/name'"
         )
     docs = [d for d in docs if d.strip()]

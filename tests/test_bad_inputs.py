@@ -1,0 +1,421 @@
+"""Bad input at the public boundary: every case must fail at once with a clear error.
+
+Each case is a mistake a user makes (a misspelled keyword, a float tensor where token ids
+go, a broken file, a wrong type, ...). A case passes when the call raises the stated
+exception type **and** the message names the argument (and, where it helps, the value
+or the file). Silent acceptance, a deep library traceback (another exception type) or a
+message that does not say which argument is wrong all fail.
+
+The CLI cases at the end run ``workbench.cli.main`` in process and require exit status 2
+with a single ``workbench: error: ...`` line naming the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+import workbench as wb
+from workbench.core import data as core_data
+from workbench.core import models as core_models
+from workbench.core import paths
+from workbench.core.models import load_model
+
+VOCAB = 260  # tiny-llama's vocabulary
+POSITIONS = 256  # tiny-llama's max_position_embeddings
+
+
+@dataclass
+class Env:
+    """What a case may use: a fresh tiny model, its tokenizer, valid tokens, a folder."""
+
+    model: nn.Module
+    tokenizer: Any
+    tokens: torch.Tensor
+    tmp: Any
+    monkeypatch: Any
+
+
+@pytest.fixture(scope="module")
+def _tiny():
+    return load_model("tiny-llama", device="cpu", seed=0)
+
+
+@pytest.fixture
+def env(_tiny, tmp_path, monkeypatch):
+    model, tokenizer = _tiny
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    return Env(copy.deepcopy(model), tokenizer, tokens, tmp_path, monkeypatch)
+
+
+@dataclass
+class Case:
+    """One bad input: ``call(env)`` must raise ``error`` with every string of ``names``
+    in its message (case-sensitive)."""
+
+    id: str
+    call: Callable[[Env], Any]
+    error: type[BaseException] | tuple
+    names: tuple[str, ...]
+
+
+def _write(env: Env, name: str, content: str | bytes):
+    path = env.tmp / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _docs(n: int = 6) -> str:
+    return "\n\n".join(f"Document number {i} has a few sentences of text. " * 3 for i in range(n))
+
+
+def _flipped_masks(env: Env):
+    masks = {"layer.weight": torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.5}
+    path = env.tmp / "masks.safetensors"
+    wb.save_masks(masks, path)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip a byte of the tensor data
+    path.write_bytes(bytes(raw))
+    return wb.load_masks(path)
+
+
+def _kfac_zero_damping(env: Env):
+    from workbench.curvature.kfac import KFAC
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    return KFAC(net, [(x, y)]).inverse_diagonal("0", damping=0.0)
+
+
+def _unknown_experiment(env: Env):
+    import pandas as pd
+
+    from workbench.experiments import stats
+
+    df = pd.DataFrame({"experiment": ["A"] * 3 + ["B"] * 3, "seed": [0, 1, 2] * 2,
+                       "sparsity": [0.5] * 6, "val_ppl": [10.0, 11.0, 12.0, 10.5, 11.2, 12.1]})
+    return stats.compare_experiments(df, "A", "NOPE", "val_ppl")
+
+
+def _cuda_without_cuda(env: Env):
+    built = []
+    env.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env.monkeypatch.setattr(core_models, "_random_model",
+                            lambda *a, **k: built.append(1) or pytest.fail("model was built"))
+    return load_model("tiny-llama", device="cuda")
+
+
+T = torch.tensor
+LONG = torch.long
+
+CORE_CASES = [
+    # ---- load_model
+    Case("load_model spec not a string", lambda e: load_model(123), TypeError, ("spec", "int")),
+    Case("load_model empty spec", lambda e: load_model(""), ValueError, ("spec",)),
+    Case("load_model unknown name", lambda e: load_model("tiny-lama"), ValueError,
+         ("spec", "tiny-lama", "tiny-llama")),
+    Case("load_model missing ./ path", lambda e: load_model("./no/such/model"),
+         FileNotFoundError, ("spec", "./no/such/model")),
+    Case("load_model missing nested relative path", lambda e: load_model("data/models/nope"),
+         FileNotFoundError, ("spec", "data/models/nope", "does not exist")),
+    Case("load_model owner/name not cached (no hub lookup)",
+         lambda e: load_model("no-such-owner/no-such-model"), ValueError,
+         ("spec", "no-such-owner/no-such-model", "local")),
+    Case("load_model missing .gguf", lambda e: load_model("missing.gguf"), FileNotFoundError,
+         ("spec", "missing.gguf")),
+    Case("load_model a file that is not .gguf",
+         lambda e: load_model(_write(e, "weights.txt", "x")), ValueError, ("spec", "weights.txt")),
+    Case("load_model a folder without config.json", lambda e: load_model(e.tmp), FileNotFoundError,
+         ("spec", "config.json")),
+    Case("load_model dtype name", lambda e: load_model("tiny-llama", dtype="float8"), ValueError,
+         ("dtype", "float8", "bfloat16")),
+    Case("load_model device name", lambda e: load_model("tiny-llama", device="gpu0"), ValueError,
+         ("device", "gpu0")),
+    Case("load_model cuda without CUDA", _cuda_without_cuda, ValueError, ("device", "cuda", "CUDA")),
+    Case("load_model seed negative", lambda e: load_model("tiny-llama", seed=-1), ValueError,
+         ("seed", "-1")),
+    Case("load_model seed string", lambda e: load_model("tiny-llama", seed="0"), TypeError,
+         ("seed",)),
+    Case("load_model misspelled keyword", lambda e: load_model("tiny-llama", dtyp="bf16"),
+         TypeError, ("dtyp",)),
+    Case("load_model trust_remote_code string",
+         lambda e: load_model("tiny-llama", trust_remote_code="yes"), TypeError,
+         ("trust_remote_code",)),
+    # ---- forward_logits
+    Case("forward_logits float tokens", lambda e: wb.forward_logits(e.model, e.tokens.float()),
+         TypeError, ("tokens", "float32")),
+    Case("forward_logits id >= vocab", lambda e: wb.forward_logits(e.model, T([[1, VOCAB]])),
+         ValueError, ("tokens", str(VOCAB))),
+    Case("forward_logits negative id", lambda e: wb.forward_logits(e.model, T([[1, -3]])),
+         ValueError, ("tokens", "-3")),
+    Case("forward_logits longer than positions",
+         lambda e: wb.forward_logits(e.model, torch.zeros(1, POSITIONS + 1, dtype=LONG)),
+         ValueError, ("tokens", str(POSITIONS + 1), str(POSITIONS))),
+    Case("forward_logits empty tokens",
+         lambda e: wb.forward_logits(e.model, torch.zeros(1, 0, dtype=LONG)), ValueError,
+         ("tokens", "empty")),
+    Case("forward_logits 1-D tokens", lambda e: wb.forward_logits(e.model, e.tokens[0]),
+         ValueError, ("tokens", "dimensions")),
+    Case("forward_logits list of ids", lambda e: wb.forward_logits(e.model, [[1, 2, 3]]),
+         TypeError, ("tokens", "list")),
+    Case("forward_logits model not a module", lambda e: wb.forward_logits("model", e.tokens),
+         TypeError, ("model", "str")),
+    Case("forward_logits unknown model keyword",
+         lambda e: wb.forward_logits(e.model, e.tokens, attention_mas=None), TypeError,
+         ("attention_mas",)),
+    # ---- perplexity
+    Case("perplexity float tokens", lambda e: wb.perplexity(e.model, e.tokens.float()),
+         TypeError, ("tokens", "float32")),
+    Case("perplexity bool tokens", lambda e: wb.perplexity(e.model, e.tokens > 3), TypeError,
+         ("tokens", "bool")),
+    Case("perplexity id >= vocab",
+         lambda e: wb.perplexity(e.model, torch.full((2, 8), VOCAB + 5)), ValueError,
+         ("tokens", str(VOCAB + 5))),
+    Case("perplexity too long",
+         lambda e: wb.perplexity(e.model, torch.zeros(1, 300, dtype=LONG)), ValueError,
+         ("tokens", "300")),
+    Case("perplexity empty", lambda e: wb.perplexity(e.model, torch.zeros(0, 8, dtype=LONG)),
+         ValueError, ("tokens", "empty")),
+    Case("perplexity seq_len 1", lambda e: wb.perplexity(e.model, e.tokens[:, :1]), ValueError,
+         ("tokens", "seq_len")),
+    Case("perplexity batch_size 0", lambda e: wb.perplexity(e.model, e.tokens, batch_size=0),
+         ValueError, ("batch_size", "0")),
+    Case("perplexity batch_size float", lambda e: wb.perplexity(e.model, e.tokens, batch_size=2.5),
+         TypeError, ("batch_size", "2.5")),
+    Case("perplexity misspelled keyword",
+         lambda e: wb.perplexity(e.model, e.tokens, batchsize=4), TypeError, ("batchsize",)),
+    Case("perplexity arguments swapped", lambda e: wb.perplexity(e.tokens, e.model), TypeError,
+         ("model", "Tensor")),
+    # ---- load_corpus
+    Case("load_corpus name not a string", lambda e: wb.load_corpus(42), TypeError, ("name", "int")),
+    Case("load_corpus unknown name", lambda e: wb.load_corpus("wiki"), ValueError,
+         ("name", "'wiki'", "wiki-excerpt")),
+    Case("load_corpus missing file", lambda e: wb.load_corpus(str(e.tmp / "none.txt")),
+         FileNotFoundError, ("name", "none.txt")),
+    Case("load_corpus a folder", lambda e: wb.load_corpus(e.tmp), ValueError, ("name", "folder")),
+    Case("load_corpus broken JSONL line names file and line",
+         lambda e: wb.load_corpus(_write(e, "c.jsonl", '{"text": "a"}\n{"text": "b"\n')),
+         ValueError, ("c.jsonl", "line 2", "JSON")),
+    Case("load_corpus JSONL text null",
+         lambda e: wb.load_corpus(_write(e, "n.jsonl", '{"text": null}\n')), ValueError,
+         ("n.jsonl", "line 1", "text", "null")),
+    Case("load_corpus JSONL text number",
+         lambda e: wb.load_corpus(_write(e, "k.jsonl", '{"text": "ok"}\n{"text": 7}\n')),
+         ValueError, ("k.jsonl", "line 2", "text", "int")),
+    Case("load_corpus JSONL without text field",
+         lambda e: wb.load_corpus(_write(e, "f.jsonl", '{"body": "x"}\n')), ValueError,
+         ("f.jsonl", "line 1", "text")),
+    Case("load_corpus JSONL line not an object",
+         lambda e: wb.load_corpus(_write(e, "l.jsonl", '["a", "b"]\n')), ValueError,
+         ("l.jsonl", "line 1", "object")),
+    Case("load_corpus non-UTF-8 text file",
+         lambda e: wb.load_corpus(_write(e, "latin.txt", "caf\xe9\n\nna\xefve".encode("latin-1"))),
+         ValueError, ("latin.txt", "UTF-8", "line 1")),
+    Case("load_corpus empty file", lambda e: wb.load_corpus(_write(e, "empty.txt", "\n\n")),
+         ValueError, ("name", "no text")),
+    Case("load_corpus negative seed", lambda e: wb.load_corpus("lee", seed=-1), ValueError,
+         ("seed",)),
+    Case("Corpus.split unknown split",
+         lambda e: wb.load_corpus(_write(e, "s.txt", _docs())).split("valid"), ValueError,
+         ("split", "valid")),
+    # ---- token_blocks / calibration_windows
+    Case("token_blocks tokenizer is a string",
+         lambda e: wb.token_blocks("not a tokenizer", "some text", 8), TypeError,
+         ("tokenizer", "str")),
+    Case("token_blocks tokenizer is the model",
+         lambda e: wb.token_blocks(e.model, "some text", 8), TypeError, ("tokenizer",)),
+    Case("token_blocks text not text", lambda e: wb.token_blocks(e.tokenizer, 123, 8), TypeError,
+         ("text", "int")),
+    Case("token_blocks list with a non-string",
+         lambda e: wb.token_blocks(e.tokenizer, ["a document", 3], 8), TypeError, ("text[1]", "int")),
+    Case("token_blocks empty text", lambda e: wb.token_blocks(e.tokenizer, "  ", 8), ValueError,
+         ("text", "empty")),
+    Case("token_blocks seq_len 1", lambda e: wb.token_blocks(e.tokenizer, _docs(), 1), ValueError,
+         ("seq_len", "1")),
+    Case("token_blocks n_blocks 0",
+         lambda e: wb.token_blocks(e.tokenizer, _docs(), 8, n_blocks=0), ValueError, ("n_blocks",)),
+    Case("token_blocks n_blocks too many",
+         lambda e: wb.token_blocks(e.tokenizer, "short text here", 4, n_blocks=99), ValueError,
+         ("n_blocks", "99")),
+    Case("token_blocks misspelled keyword",
+         lambda e: wb.token_blocks(e.tokenizer, _docs(), 8, nblocks=2), TypeError, ("nblocks",)),
+    Case("calibration_windows documents is a string",
+         lambda e: wb.calibration_windows(e.tokenizer, _docs(), 8, 2), TypeError, ("documents",)),
+    Case("calibration_windows n_windows 0",
+         lambda e: wb.calibration_windows(e.tokenizer, [_docs(1)], 8, 0), ValueError,
+         ("n_windows", "0")),
+    Case("calibration_windows tokenizer None",
+         lambda e: wb.calibration_windows(None, [_docs(1)], 8, 2), TypeError, ("tokenizer",)),
+    Case("calibration_windows empty list",
+         lambda e: wb.calibration_windows(e.tokenizer, [], 8, 2), ValueError, ("documents",)),
+    # ---- repro / paths
+    Case("seed_everything negative", lambda e: wb.seed_everything(-1), ValueError, ("seed", "-1")),
+    Case("seed_everything string", lambda e: wb.seed_everything("1"), TypeError, ("seed",)),
+    Case("seed_everything float", lambda e: wb.seed_everything(1.5), TypeError, ("seed", "1.5")),
+    Case("write_manifest parameters not a mapping",
+         lambda e: wb.write_manifest(e.tmp / "m.json", parameters=[1, 2]), TypeError,
+         ("parameters", "list")),
+    Case("paths.resolve None", lambda e: paths.resolve(None), TypeError, ("path", "NoneType")),
+]
+
+# Cases in the other layers (pruning, lottery, curvature, experiments).
+OTHER_CASES = [
+    Case("prune misspelled scope keyword",
+         lambda e: wb.prune(e.model, "magnitude", 0.5, scop="row"), TypeError, ("scop",)),
+    Case("prune misspelled correction keyword",
+         lambda e: wb.prune(e.model, "magnitude", 0.5, corection="obs"), TypeError,
+         ("corection",)),
+    Case("prune unknown method", lambda e: wb.prune(e.model, "magnitud", 0.5), ValueError,
+         ("method", "magnitud", "magnitude")),
+    Case("prune sparsity > 1", lambda e: wb.prune(e.model, "magnitude", 1.5), ValueError,
+         ("sparsity", "1.5")),
+    Case("prune sparsity string", lambda e: wb.prune(e.model, "magnitude", "50%"),
+         (TypeError, ValueError), ("sparsity", "50%")),
+    Case("prune unknown scope", lambda e: wb.prune(e.model, "magnitude", 0.5, scope="rwo"),
+         ValueError, ("scope", "rwo")),
+    Case("prune include matches nothing",
+         lambda e: wb.prune(e.model, "magnitude", 0.5, include=["no_such_layer"]), ValueError,
+         ("include", "no_such_layer")),
+    Case("prune exclude removes everything",
+         lambda e: wb.prune(e.model, "magnitude", 0.5, exclude=["layers"]), ValueError,
+         ("exclude",)),
+    Case("prune wanda without calibration", lambda e: wb.prune(e.model, "wanda", 0.5),
+         ValueError, ("calibration",)),
+    Case("prune float calibration tokens",
+         lambda e: wb.prune(e.model, "wanda", 0.5, calibration=e.tokens.float()), TypeError,
+         ("calibration", "float32")),
+    Case("prune calibration ids >= vocab",
+         lambda e: wb.prune(e.model, "wanda", 0.5, calibration=torch.full((2, 8), 999)),
+         ValueError, ("calibration", "999")),
+    Case("prune unknown allocation",
+         lambda e: wb.prune(e.model, "wanda", 0.5, calibration=e.tokens, allocation="owll"),
+         ValueError, ("allocation", "owll")),
+    Case("importance unknown kind", lambda e: wb.importance(e.model, "magnitud"), ValueError,
+         ("kind", "magnitud", "magnitude")),
+    Case("importance unknown option", lambda e: wb.importance(e.model, "magnitude", foo=1),
+         TypeError, ("foo",)),
+    Case("select_masks of no scores", lambda e: wb.select_masks({}, 0.5), ValueError, ("scores",)),
+    Case("select_masks unknown scope",
+         lambda e: wb.select_masks({"w": torch.rand(4, 4)}, 0.5, scope="rwo"), ValueError,
+         ("scope", "rwo")),
+    Case("load_masks flipped bytes", _flipped_masks, ValueError, ("masks.safetensors",)),
+    Case("load_masks missing file", lambda e: wb.load_masks(e.tmp / "none.safetensors"),
+         FileNotFoundError, ("none.safetensors",)),
+    Case("global_threshold unknown method",
+         lambda e: wb.global_threshold({"w": torch.rand(8)}, 3, method="exactt"), ValueError,
+         ("method", "exactt")),
+    Case("load_spec YAML syntax error names the file",
+         lambda e: wb.load_spec(_write(e, "broken.yaml", "name: x\nexperiments: [a, b\n")),
+         ValueError, ("broken.yaml",)),
+    Case("load_spec unknown spec", lambda e: wb.load_spec("no_such_spec"), FileNotFoundError,
+         ("no_such_spec",)),
+    Case("compare_experiments unknown experiment", _unknown_experiment, ValueError, ("NOPE",)),
+    Case("K-FAC damping 0", _kfac_zero_damping, ValueError, ("damping",)),
+    Case("IMPConfig unknown init", lambda e: wb.IMPConfig(init="xavierr"), ValueError,
+         ("init", "xavierr")),
+    Case("IMPConfig prune_pct > 1", lambda e: wb.IMPConfig(prune_pct=1.5), ValueError,
+         ("prune_pct",)),
+    Case("IMPConfig misspelled field", lambda e: wb.IMPConfig(n_round=3), TypeError, ("n_round",)),
+    Case("train_masked float tokens",
+         lambda e: wb.train_masked(e.model, e.tokens.float(), steps=1), TypeError, ("float32",)),
+    Case("find_super_weights ids >= vocab",
+         lambda e: wb.find_super_weights(e.model, torch.full((1, 8), 999)), ValueError, ("999",)),
+]
+
+
+def _run(case: Case, env: Env):
+    with pytest.raises(case.error) as info:
+        case.call(env)
+    message = str(info.value)
+    missing = [name for name in case.names if name not in message]
+    assert not missing, f"message does not name {missing}: {type(info.value).__name__}: {message}"
+
+
+@pytest.mark.parametrize("case", CORE_CASES, ids=lambda c: c.id)
+def test_core_bad_input(case, env):
+    _run(case, env)
+
+
+@pytest.mark.parametrize("case", OTHER_CASES, ids=lambda c: c.id)
+def test_other_layers_bad_input(case, env):
+    _run(case, env)
+
+
+def test_missing_hub_id_makes_no_network_call(env):
+    """An ``owner/name`` spec that is neither a local path nor cached fails without a DNS
+    lookup or a connection (even with the offline variables unset)."""
+    import socket
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network disabled in this test")
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.monkeypatch.delenv(var, raising=False)
+    env.monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    env.monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache"):
+        load_model("someone/some-model")
+    assert calls == []
+
+
+def test_jsonl_null_text_is_not_the_document_none(env):
+    path = _write(env, "mixed.jsonl", '{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        core_data.load_corpus(path)
+
+
+# ----------------------------------------------------------------------------- CLI
+CLI_CASES = [
+    (["notebook", "no_such_notebook"], ("no_such_notebook",)),
+    (["notebook", "00_quickstart", "-p", "no_such_param", "1"], ("no_such_param",)),
+    (["notebook", "00_quickstart", "-p", "seq_len", "{a: [1"], ("-p seq_len", "YAML")),
+    (["grid", "run", "no_such_spec"], ("no_such_spec",)),
+    (["grid", "status", "no_such_spec"], ("no_such_spec",)),
+    (["grid", "run", "pilot", "--jobs", "0"], ("--jobs",)),
+    (["grid", "run", "pilot", "--jobs", "many"], ("--jobs", "many")),
+    (["grid", "run", "pilot", "--executor", "cloud"], ("--executor", "cloud")),
+    (["grid", "run", "pilot", "--timeout", "0"], ("--timeout",)),
+    (["grid", "status"], ("spec",)),
+    (["pilot", "--jobs", "-1"], ("--jobs",)),
+    (["notebok"], ("notebok",)),
+]
+
+
+@pytest.mark.parametrize("argv, names", CLI_CASES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)
+def test_cli_bad_input(argv, names, capsys):
+    from workbench import cli
+
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2, err
+    assert len(err) == 1 and err[0].startswith("workbench: error: "), err
+    for name in names:
+        assert name in err[0], (name, err[0])
+
+
+def test_cli_spec_with_a_yaml_error_names_the_file(tmp_path, capsys):
+    from workbench import cli
+
+    spec = tmp_path / "broken_spec.yaml"
+    spec.write_text("name: broken\nexperiments: {A: {prune_pct: 0.2}\n", encoding="utf-8")
+    assert cli.main(["grid", "status", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("workbench: error: ") and "broken_spec.yaml" in err, err
+
