@@ -12,7 +12,9 @@
 # # 06 · Explorer: browse the runs of a grid
 #
 # Pick a spec, a metric, experiments and a sparsity range; the figure (mean ± sd over
-# seeds, seeds overlaid) and the summary table update. Open it in JupyterLab for the
+# seeds, seeds overlaid) and the summary table update. The metric list holds metrics
+# only (`aggregate.metric_columns`: no hyperparameters), and the chosen metric is kept
+# when the spec changes (if the new runs have it). Open it in JupyterLab for the
 # widgets; under papermill it runs top to bottom and shows the default view.
 
 # %% tags=["parameters"]
@@ -28,11 +30,8 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import clear_output, display
 
-from workbench.experiments import aggregate
-
-from workbench.experiments import plots
-
-from workbench.experiments import specs
+from workbench.core import paths
+from workbench.experiments import aggregate, plots, specs
 
 FOLDER = f"folder: {runs}" if runs else None
 
@@ -40,13 +39,11 @@ FOLDER = f"folder: {runs}" if runs else None
 @functools.lru_cache(maxsize=8)
 def runs_of(source: str, prof: str):
     """The runs of a spec (or of the runs folder), read once per (source, profile)."""
-    path = runs if source == FOLDER else source
+    path = paths.resolve(runs) if source == FOLDER else source
     return aggregate.load_runs(path, None if prof == "none" else prof)
 
 
-def metrics_of(df):
-    skip = {"seed", "round", "sparsity", "target_sparsity"}
-    return sorted(c for c in df.select_dtypes("number").columns if c not in skip)
+chosen = {"metric": metric}  # the user's last choice, kept across specs and profiles
 
 
 def view(df, metric, experiments, lo, hi):
@@ -67,9 +64,9 @@ df = runs_of(start, profile)
 w_spec = widgets.Dropdown(options=sources, value=start, description="spec")
 w_profile = widgets.Dropdown(options=["cpu", "gpu", "none"], value=profile,
                              description="profile")
-w_metric = widgets.Dropdown(options=metrics_of(df) or [metric],
-                            value=metric if metric in metrics_of(df) else None,
+w_metric = widgets.Dropdown(options=aggregate.metric_columns(df) if len(df) else [],
                             description="metric")
+w_metric.value = aggregate.keep_choice(w_metric.options, chosen["metric"])
 w_exps = widgets.SelectMultiple(options=sorted(df.experiment.unique()) if len(df) else [],
                                 value=tuple(sorted(df.experiment.unique())) if len(df) else (),
                                 description="experiments", rows=6)
@@ -82,7 +79,16 @@ def on_source(_=None):
     data = runs_of(w_spec.value, w_profile.value)
     exps = sorted(data.experiment.unique()) if len(data) else []
     w_exps.options, w_exps.value = exps, tuple(exps)
-    w_metric.options = metrics_of(data) or [metric]
+    w_metric.unobserve(on_metric, names="value")  # new options must not overwrite the choice
+    w_metric.options = aggregate.metric_columns(data) if len(data) else []
+    w_metric.value = aggregate.keep_choice(w_metric.options, chosen["metric"])
+    w_metric.observe(on_metric, names="value")
+    refresh()
+
+
+def on_metric(change):
+    if change["new"] is not None:
+        chosen["metric"] = change["new"]
     refresh()
 
 
@@ -101,7 +107,8 @@ def refresh(_=None):
 
 for w in (w_spec, w_profile):
     w.observe(on_source, names="value")
-for w in (w_metric, w_exps, w_range):
+w_metric.observe(on_metric, names="value")
+for w in (w_exps, w_range):
     w.observe(refresh, names="value")
 display(widgets.HBox([widgets.VBox([w_spec, w_profile, w_metric, w_range]), w_exps]), w_out)
 refresh()

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from tests.fixtures.runs import make_runs, write_spec_record
+from tests.fixtures.runs import DESIGNS, make_runs, write_spec_record
 from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
 
@@ -41,3 +41,40 @@ def test_explorer_runs_headless(tmp_path):
                       dict(runs=str(runs), metric="sw_survival"))
     text = nb.read_text()
     assert "sw_survival" in text and "C2" in text
+
+
+def test_explorer_keeps_the_metric_and_lists_metrics_only(tmp_path, monkeypatch):
+    """Run the explorer's cells in this process and drive its widgets like a user."""
+    import jupytext
+    import matplotlib
+
+    from workbench.experiments import aggregate
+    from workbench.experiments.notebooks import notebook_source
+
+    matplotlib.use("Agg")
+    monkeypatch.setattr("matplotlib.pyplot.show", lambda *a, **k: None)
+    runs = make_runs(tmp_path / "runs")
+    nb = jupytext.read(notebook_source("06_explorer"))
+    ns = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            exec(cell.source, ns)
+            if "parameters" in cell.metadata.get("tags", []):
+                ns.update(runs=str(runs), metric="val_ppl")
+    w_metric = ns["w_metric"]
+    options = set(w_metric.options)
+    assert {"val_ppl", "val_nll", "sw_survival", "train_loss"} <= options
+    hyper = {"steps_per_round", "prune_pct", "n_rounds", "batch_size", "lr", "seed", "round"}
+    assert not options & hyper, options & hyper
+    w_metric.value = "sw_survival"
+    other = aggregate.load_runs(make_runs(tmp_path / "other", designs={
+        k: v for k, v in DESIGNS.items() if k != "A2"}))
+    empty = pd.DataFrame()
+    for data in (other, empty, other):  # another spec, one without runs, back again
+        ns["runs_of"] = lambda *_a, _d=data: _d
+        ns["w_profile"].value = "gpu" if ns["w_profile"].value != "gpu" else "none"
+        if len(data):
+            assert w_metric.value == "sw_survival"
+            assert set(ns["w_exps"].options) == {"B2", "C2"}
+        else:
+            assert w_metric.value is None

@@ -24,6 +24,9 @@ from workbench.experiments.specs import Spec, load_spec
 
 #: Per-run tables :func:`load_runs` can read.
 TABLES = tuple(runs.TABLES)
+#: Numeric record columns that place a row (not metrics to plot).
+STRUCTURE_COLUMNS = ("seed", "round", "target_sparsity", "sparsity", "density", "n_kept",
+                     "n_prunable", "rewound", "step")
 #: Scalars of a run's summary kept by :func:`load_summaries`.
 SUMMARY_SCALARS = ("winning_ticket_score", "is_winning_ticket", "optimal_sparsity",
                    "critical_sparsity", "dense_val_ppl")
@@ -90,11 +93,13 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
         raise ValueError(f"table={table!r} is not allowed; allowed: {list(TABLES)}")
     folder = runs_folder(source, profile, runs_dir)
     frames = []
+    parameters: set[str] = set()
     for cell in runs.finished_runs(folder):
         if experiments is not None and cell.parent.name not in experiments:
             continue
         df = runs.read_table(cell, table)
         if df is not None:
+            parameters |= set(run_parameters(cell))
             frames.append(_cell_frame(cell, df))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "val_ppl" in out and "val_nll" not in out:
@@ -105,7 +110,36 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
         keys = [k for k in ("experiment", "seed", "round", "step") if k in out]
         out = out.sort_values(keys, kind="stable").reset_index(drop=True)
     out.attrs["runs_dir"] = str(folder)
+    out.attrs["parameter_columns"] = sorted(parameters | _config_fields())
     return out
+
+
+def _config_fields() -> set[str]:
+    """Names of the lottery configuration's fields (records carry them as columns)."""
+    import dataclasses
+
+    from workbench.lottery.imp import IMPConfig
+
+    return {f.name for f in dataclasses.fields(IMPConfig)}
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The numeric columns of a runs frame that are metrics, sorted: parameters of the
+    runs (``df.attrs["parameter_columns"]``, set by :func:`load_runs`, and the lottery
+    configuration's fields) and the columns that place a row
+    (:data:`STRUCTURE_COLUMNS`) are left out."""
+    skip = set(df.attrs.get("parameter_columns") or _config_fields()) | set(STRUCTURE_COLUMNS)
+    return sorted(c for c in df.select_dtypes("number").columns if c not in skip)
+
+
+def keep_choice(options: Sequence[str], *preferred: str | None) -> str | None:
+    """The first of ``preferred`` still among ``options``, else the first option, else
+    ``None`` (a selection that survives a change of the offered options)."""
+    options = list(options)
+    for choice in preferred:
+        if choice is not None and choice in options:
+            return choice
+    return options[0] if options else None
 
 
 def load_summaries(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
