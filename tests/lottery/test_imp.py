@@ -141,7 +141,7 @@ def test_rewind_to_step_k(data):
             assert torch.equal(v, expect), k
         got.append(rnd)
 
-    imp(data, init="rewind", rewind_step=2, steps_per_round=3, n_rounds=1, on_rewind=check)
+    imp(data, rewind_step=2, steps_per_round=3, n_rounds=1, on_rewind=check)
     assert got == [1]
 
 
@@ -164,7 +164,8 @@ def test_reinit_variance_and_rewind(data, kind):
             expect = fresh[k] * masks[k] if k in masks else theta0[k]
             assert torch.equal(v, expect), k
 
-    imp(data, model=model, init=kind, n_rounds=1, on_rewind=check)
+    imp(data, model=model, rewind_to="reinit", reinit_scheme=kind, n_rounds=1,
+        on_rewind=check)
 
 
 def test_same_seed_identical_masks_and_losses(data):
@@ -250,7 +251,8 @@ def test_robustness_summary_definitions():
         (dict(schedule="gradual", targets=[0.1, 0.1, 0.2]), "increasing"),
         (dict(schedule="gradual", targets=None), "targets"),
         (dict(schedule="gradual", targets=[0.1, 1.2]), "targets"),
-        (dict(init="rewind", rewind_step=10, steps_per_round=4), "rewind_step"),
+        (dict(rewind_step=10, steps_per_round=4), "rewind_step"),
+        (dict(rewind_to="reinit", rewind_step=1), "rewind_step"),
         (dict(n_rounds=0), "n_rounds"),
         (dict(lr_schedule="step"), "lr_schedule"),
         (dict(importance_kind="random"), "importance_kind"),

@@ -73,16 +73,15 @@ from torch import nn
 
 from workbench.core import io
 from workbench.core.evaluate import perplexity
-from workbench.pruning.scores import KINDS as IMPORTANCE_KINDS
 from workbench.pruning.scores import importance
 from workbench.pruning.masks import prunable_parameters, select_masks
 from workbench.lottery.superweights import protect_scores, super_weight_status
-from workbench.lottery.train import AUTOCAST, LR_SCHEDULES, train_masked
+from workbench.lottery.schema import (  # noqa: F401  (re-exported)
+    CONTROLS, IMP_SCOPES, INITS, RANKS, REINIT_SCHEMES, REWIND_TO, SCHEDULES, IMPConfig,
+    config_fields, design_keys,
+)
+from workbench.lottery.train import train_masked
 
-INITS = ("pretrained", "xavier", "kaiming", "rewind")
-SCHEDULES = ("constant", "gradual", "oneshot")
-IMP_SCOPES = ("global", "layer")
-CONTROLS = ("none", "positive", "negative")
 #: Fraction of a round's last steps averaged into ``train_loss``.
 TRAIN_LOSS_TAIL = 0.25
 CHECKPOINT_VERSION = 1
@@ -92,125 +91,6 @@ RECORD_COLUMNS = (
     "val_ppl_pruned", "train_loss", "sw_total", "sw_kept", "sw_zeroed", "sw_survival",
     "sw_value_drift", "mask_jaccard_prev", "rewound",
 )
-
-
-@dataclass(frozen=True)
-class IMPConfig:
-    """Hyperparameters of one IMP run (see the module docstring for the semantics).
-
-    Attributes:
-        init: Rewind target, one of :data:`INITS`.
-        rewind_step: For ``init="rewind"``: step of round 0 to rewind to
-            (``0 <= k <= steps_per_round``).
-        schedule: One of :data:`SCHEDULES`.
-        prune_pct: ``constant``: fraction of the remaining weights pruned per round;
-            ``oneshot``: total sparsity. In ``(0, 1)``.
-        targets: ``gradual``: cumulative sparsities, strictly increasing in ``(0, 1)``.
-        n_rounds: Pruning rounds after round 0 (``constant``, ``oneshot``, controls).
-        scope: ``"global"`` or ``"layer"``.
-        importance_kind: ``"magnitude"`` or a kind of :func:`workbench.importance`.
-        steps_per_round: Optimizer steps per round (round 0 included).
-        lr, lr_schedule, warmup_steps, batch_size, grad_accum, weight_decay: Training
-            (see :func:`workbench.lottery.train.train_masked`); the LR schedule restarts each round.
-        protect_sw: Never prune the given super weights.
-        control: One of :data:`CONTROLS`.
-        negative_prune_pct: Per-round fraction of the negative control.
-        seed: Seeds batches (per round) and the Xavier/Kaiming draw.
-        eval_batch_size: Blocks per forward pass in validation.
-        eval_pruned: Also evaluate right after prune + rewind (``val_ppl_pruned``).
-        n_calibration: Training blocks handed to data-dependent importance kinds.
-        autocast, compile: Passed to :func:`workbench.lottery.train.train_masked`.
-    """
-
-    init: str = "pretrained"
-    rewind_step: int = 0
-    schedule: str = "constant"
-    prune_pct: float = 0.2
-    targets: tuple[float, ...] | None = None
-    n_rounds: int = 3
-    scope: str = "global"
-    importance_kind: str = "magnitude"
-    steps_per_round: int = 4
-    lr: float = 1e-4
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    batch_size: int = 2
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    protect_sw: bool = False
-    control: str = "none"
-    negative_prune_pct: float = 0.5
-    seed: int = 0
-    eval_batch_size: int = 8
-    eval_pruned: bool = True
-    n_calibration: int = 8
-    autocast: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        targets = self.targets
-        if isinstance(targets, str):  # "0.05,0.1,0.15" from a command line
-            targets = [t for t in targets.replace(" ", "").strip("[]()").split(",") if t]
-        if targets is not None:
-            try:
-                targets = tuple(float(t) for t in targets)
-            except (TypeError, ValueError):
-                raise ValueError(f"targets must be a list of numbers, got {self.targets!r}") \
-                    from None
-            object.__setattr__(self, "targets", targets)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field and its allowed values."""
-        for name, allowed in (("init", INITS), ("schedule", SCHEDULES), ("scope", IMP_SCOPES),
-                              ("control", CONTROLS), ("lr_schedule", LR_SCHEDULES),
-                              ("autocast", AUTOCAST),
-                              ("importance_kind", IMPORTANCE_KINDS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name, lo in (("n_rounds", 1), ("steps_per_round", 0), ("batch_size", 1),
-                         ("grad_accum", 1), ("warmup_steps", 0), ("rewind_step", 0),
-                         ("eval_batch_size", 1), ("n_calibration", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        for name in ("prune_pct", "negative_prune_pct"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
-                raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.init == "rewind" and self.rewind_step > self.steps_per_round:
-            raise ValueError(f"rewind_step must be in [0, steps_per_round={self.steps_per_round}]"
-                             f", got {self.rewind_step}")
-        if self.schedule == "gradual":
-            t = self.targets
-            if not t:
-                raise ValueError("targets must be a non-empty list of sparsities for "
-                                 "schedule='gradual', e.g. [0.05, 0.10, 0.15, 0.20]")
-            if any(not 0.0 < x < 1.0 for x in t):
-                raise ValueError(f"targets must lie in (0, 1), got {list(t)}")
-            if any(b <= a for a, b in zip(t, t[1:])):
-                raise ValueError(f"targets must be strictly increasing, got {list(t)}")
-
-    def round_targets(self) -> list[float]:
-        """Cumulative target sparsity of rounds 1..R."""
-        if self.control == "negative":
-            p, rounds = self.negative_prune_pct, self.n_rounds
-            return [1.0 - (1.0 - p) ** r for r in range(1, rounds + 1)]
-        if self.schedule == "gradual":
-            out = list(self.targets)
-        elif self.schedule == "oneshot":
-            out = [float(self.prune_pct)] * self.n_rounds
-        else:
-            out = [1.0 - (1.0 - self.prune_pct) ** r for r in range(1, self.n_rounds + 1)]
-        return [0.0] * len(out) if self.control == "positive" else out
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (targets as a list), for manifests and checkpoints."""
-        d = dataclasses.asdict(self)
-        d["targets"] = list(self.targets) if self.targets is not None else None
-        return d
 
 
 @dataclass
@@ -252,8 +132,8 @@ def reinit_weights(
     Returns:
         ``{name: new CPU tensor}``.
     """
-    if kind not in ("xavier", "kaiming"):
-        raise ValueError(f"kind must be one of ('xavier', 'kaiming'), got {kind!r}")
+    if kind not in ("xavier", "kaiming", "normal"):
+        raise ValueError(f"kind must be one of ('xavier', 'kaiming', 'normal'), got {kind!r}")
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     out = {}
     for name in names:
@@ -261,6 +141,8 @@ def reinit_weights(
         w = torch.empty(ref.shape, dtype=torch.float32)
         if kind == "xavier":
             nn.init.xavier_normal_(w, generator=gen)
+        elif kind == "normal":
+            nn.init.normal_(w, std=0.02, generator=gen)
         else:
             nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=gen)
         out[name] = w.to(ref.dtype)
@@ -454,8 +336,10 @@ def run_imp(
     if not names:
         raise ValueError("model has no prunable weight matrices inside transformer blocks")
     theta0 = _cpu_state(model)
-    fresh = (reinit_weights(theta0, names, cfg.init, seed=cfg.seed)
-             if cfg.init in ("xavier", "kaiming") else {})
+    if cfg.init != "pretrained":
+        raise NotImplementedError("random θ0 (init != 'pretrained') lands in the next commit")
+    fresh = (reinit_weights(theta0, names, cfg.reinit_scheme, seed=cfg.seed)
+             if cfg.rewind_to == "reinit" else {})
     calib = train_blocks[: cfg.n_calibration]
     ckdir = _checkpoint_dir(output_dir)
 
@@ -490,13 +374,13 @@ def run_imp(
         model.load_state_dict(payload["state"])
         masks = {n: m.to(device) for n, m in payload["masks"].items()}
         start_round = resumed_from + 1
-        if cfg.init == "rewind" and cfg.rewind_step > 0:
+        if cfg.rewind_step > 0:
             rewind_state = torch.load(ckdir / "rewind.pt", map_location="cpu",
                                       weights_only=True)
     masks = {n: m.to(device) for n, m in masks.items()}
 
     def rewind_to() -> dict[str, torch.Tensor]:
-        if cfg.init == "rewind" and cfg.rewind_step > 0:
+        if cfg.rewind_step > 0:
             return rewind_state
         if fresh:
             return {**theta0, **fresh}
@@ -530,8 +414,7 @@ def run_imp(
             if cfg.eval_pruned:
                 val_pruned = perplexity(model, val_blocks, batch_size=cfg.eval_batch_size,
                                         progress=False)
-        snap = cfg.rewind_step if (rnd == 0 and cfg.init == "rewind"
-                                   and cfg.rewind_step > 0) else None
+        snap = cfg.rewind_step if (rnd == 0 and cfg.rewind_step > 0) else None
         result = train_masked(model, train_blocks, steps=cfg.steps_per_round,
                               masks=masks if rnd > 0 else None, seed=cfg.seed * 100003 + rnd,
                               snapshot_step=snap, desc=f"round {rnd}", **train_kw)
