@@ -78,3 +78,41 @@ def test_errors():
         gradprobe(model, 0.5, calibration=_data(), mode="blockwise")
     with pytest.raises(ValueError, match="calibration"):
         gradprobe(model, 0.5, calibration=None)
+
+
+def test_exact_target_keeps_the_base_layer_counts_and_only_swaps_the_margin():
+    data = _data()
+    model, _ = load_model("tiny-llama", device="cpu")
+    res = gradprobe(model, 0.5, calibration=data, exact_sparsity=True, guard=False,
+                    pool_margin=0.2, batch_size=2, apply=False)
+    scores = {n: p.detach().abs() for n, p in prunable_parameters(model).items()}
+    base = select_masks(scores, 0.5, scope="global")
+    core = select_masks(scores, 0.4, scope="global")
+    outer = select_masks(scores, 0.6, scope="global")
+    for n, keep in res.masks.items():
+        assert int((~keep).sum()) == int((~base[n]).sum()), n  # base's per-layer count
+        assert not (keep & ~core[n]).any()  # the surest base candidates always pruned
+        assert not (~keep & outer[n]).any()  # nothing outside the band is pruned
+        # inside the band, the pruned ones have the lowest relative gradient rise
+        band = ~core[n] ^ ~outer[n]
+        rise = (res.g1[n] - res.g0[n]) / (res.g0[n] + res.eps)
+        chosen, left = rise[band & ~keep], rise[band & keep]
+        if chosen.numel() and left.numel():
+            assert chosen.max() <= left.min()
+    assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_exact_target_guard_never_worse_than_base_on_calibration():
+    from workbench.pruning.gradient_probe import _calibration_loss
+
+    data = _data()
+    model, _ = load_model("tiny-llama", device="cpu")
+    scores = {n: p.detach().abs() for n, p in prunable_parameters(model).items()}
+    base = select_masks(scores, 0.5, scope="global")
+    res = gradprobe(model, 0.5, calibration=data, exact_sparsity=True, batch_size=2,
+                    apply=False)
+    assert res.info["fallback"] in (True, False)
+    assert (_calibration_loss(model, res.masks, data, 2)
+            <= _calibration_loss(model, base, data, 2) + 1e-9)
+    with pytest.raises(ValueError, match="exact_sparsity takes no"):
+        gradprobe(model, 0.5, calibration=data, exact_sparsity=True, candidate_sparsity=0.7)

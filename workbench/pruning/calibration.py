@@ -7,7 +7,7 @@ float32, without storing activations:
 * ``sq_sum[j] = sum_t x_tj^2`` -> Wanda's input-feature norms ``||X_j||_2 = sqrt(sq_sum)``;
 * optionally ``hessian = sum_t x_t x_t^T`` (``[d_in, d_in]``, SparseGPT's ``X^T X``);
 * optionally the first ``max_samples`` token rows (on ``sample_device``) for PRAC's
-  limited-sample correction. The norms still use all tokens (seed 003's fix).
+  limited-sample correction. The norms still use all tokens (PRAC's design).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ update restricted to the remaining columns). ``H`` is dampened by
 ``damp * mean(diag(H))`` on the diagonal; inputs that are always zero (``H_jj = 0``) get a
 unit diagonal and their weights are irrelevant to the output.
 
-:func:`prac_correct` is the PRAC variant (seed 003): the same update with ``H`` built from
+:func:`prac_correct` is the PRAC variant (project design notes): the same update with ``H`` built from
 a limited number of stored input rows, while the Wanda scores still use all tokens. With
 every row stored it equals :func:`obs_correct` up to rounding.
 """

@@ -1,4 +1,4 @@
-"""Gradient probe (GradProbe, seed 001): keep the pruning candidates the loss reacts to.
+"""Gradient probe (GradProbe, from the project's design notes): keep the pruning candidates the loss reacts to.
 
 1. A base strategy (``magnitude`` or ``wanda`` scores, ``scope``) proposes candidates:
    the entries it would prune at the target sparsity.
@@ -22,8 +22,18 @@ from typing import Collection, Sequence
 import torch
 from torch import nn
 
-from workbench.pruning.scores import gradient_moments, importance
-from workbench.pruning.masks import apply_masks, parse_scope, prunable_modules, select_masks, transposed_names
+from workbench.core.checks import check_choice, check_range
+from workbench.pruning.calibration import batches_of
+from workbench.pruning.masks import (
+    _prune_lowest,
+    apply_masks,
+    parse_scope,
+    prunable_modules,
+    restore,
+    select_masks,
+    transposed_names,
+)
+from workbench.pruning.scores import gradient_moments, importance, lm_loss
 
 MODES = ("global", "layerwise")
 BASES = ("magnitude", "wanda")
@@ -77,63 +87,9 @@ def _scale(params, candidates, factor):
         p.copy_(torch.where(c.to(p.device), p * factor, p))
 
 
-def gradprobe(
-    model: nn.Module,
-    sparsity: float,
-    *,
-    calibration,
-    base: str = "magnitude",
-    scope: str = "global",
-    mode: str = "global",
-    reduction_factor: float = 0.1,
-    threshold: float = 0.0,
-    include: Collection[str] | None = None,
-    exclude: Collection[str] | None = None,
-    batch_size: int = 8,
-    apply: bool = True,
-    exact_sparsity: bool = False,
-    candidate_sparsity: float | None = None,
-) -> GradProbeResult:
-    """Gradient-probe pruning.
-
-    Args:
-        model: A causal LM.
-        sparsity: Target fraction (the base strategy's candidates), in ``[0, 1)``.
-        calibration: Token ids ``[n, seq]`` for the gradients (and Wanda's norms).
-        base: ``"magnitude"`` or ``"wanda"``.
-        scope: Scope of the base candidates (``global``, ``layer``, ``row``, N:M).
-        mode: ``"global"`` (scale all candidates at once) or ``"layerwise"``.
-        reduction_factor: Candidates are multiplied by this during the probe.
-        threshold: Relative gradient rise above which a candidate is restored.
-        apply: Zero the pruned weights in place (else the model is left dense).
-        exact_sparsity: Instead of a threshold, prune exactly ``round(sparsity * N)``
-            candidates: those with the lowest relative gradient rise (candidates drawn at
-            ``candidate_sparsity``, default ``min(0.99, 1.5 * sparsity)``).
-        candidate_sparsity: Sparsity of the base strategy's candidate set (default
-            ``sparsity``, or as above with ``exact_sparsity``).
-
-    Returns:
-        A :class:`GradProbeResult` (``masks`` for ``threshold``).
-
-    Raises:
-        ValueError: Unknown base / mode, bad sparsity or missing calibration.
-    """
-    if base not in BASES:
-        raise ValueError(f"base must be one of {BASES}, got {base!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if calibration is None:
-        raise ValueError("gradprobe needs calibration data (calibration=LongTensor[n, seq])")
-    scope_name, n, m = parse_scope(scope)
-    modules = prunable_modules(model, include, exclude)
-    params = {nm: mod.weight for nm, mod in modules.items()}
-    if candidate_sparsity is None:
-        candidate_sparsity = min(0.99, 1.5 * sparsity) if exact_sparsity else sparsity
-    scores = importance(model, base, data=calibration, include=include, exclude=exclude,
-                        batch_size=batch_size)
-    base_masks = select_masks(scores, candidate_sparsity, scope=scope_name, n=n, m=m,
-                              transposed=transposed_names(model) & set(scores))
-    candidates = {nm: ~mk for nm, mk in base_masks.items()}
+def _probe_gradients(model, params, candidates, calibration, *, mode, reduction_factor,
+                     batch_size) -> tuple[dict, dict]:
+    """``(g0, g1)``: mean-batch ``|dL/dw|`` dense, then with candidates scaled."""
     g0s, _, nb = gradient_moments(model, params, calibration, batch_size=batch_size)
     g0 = {nm: (g / nb).abs() for nm, g in g0s.items()}
     original = {nm: p.detach().clone() for nm, p in params.items()}
@@ -155,11 +111,126 @@ def gradprobe(
         with torch.no_grad():
             for nm, p in params.items():
                 p.copy_(original[nm])
-    res = GradProbeResult(candidates=candidates, g0=g0, g1=g1)
+    return g0, g1
+
+
+def _exact_masks(res: "GradProbeResult", core: dict, base: dict) -> dict:
+    """Exact-target masks: every ``core`` entry pruned; in each tensor, the pool entries
+    (candidates outside ``core``) with the lowest relative gradient rise fill the tensor's
+    count of the ``base`` mask (so each layer keeps the base method's sparsity)."""
+    masks = {}
+    for nm, cand in res.candidates.items():
+        pool = cand & core[nm]  # core: keep-mask of the surest candidates
+        need = int((~base[nm]).sum()) - int((~core[nm]).sum())
+        rise = (res.g1[nm] - res.g0[nm]) / (res.g0[nm] + res.eps)
+        rise = torch.where(pool, rise, torch.full_like(rise, float("inf")))
+        keep = _prune_lowest(rise.reshape(1, -1), need).reshape(rise.shape)
+        masks[nm] = keep & core[nm]
+    return masks
+
+
+@torch.no_grad()
+def _calibration_loss(model, masks, calibration, batch_size) -> float:
+    """Mean next-token loss on the calibration batches with ``masks`` applied (restored
+    afterwards)."""
+    from workbench.core.models import model_device
+
+    originals = apply_masks(model, masks, keep_original=True)
+    try:
+        batches = batches_of(calibration, batch_size)
+        device = model_device(model)
+        return sum(float(lm_loss(model, b.to(device))) for b in batches) / len(batches)
+    finally:
+        restore(model, originals)
+
+
+def gradprobe(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    calibration,
+    base: str = "magnitude",
+    scope: str = "global",
+    mode: str = "global",
+    reduction_factor: float = 0.1,
+    threshold: float = 0.0,
+    include: Collection[str] | None = None,
+    exclude: Collection[str] | None = None,
+    batch_size: int = 8,
+    apply: bool = True,
+    exact_sparsity: bool = False,
+    candidate_sparsity: float | None = None,
+    pool_margin: float = 0.1,
+    guard: bool = True,
+) -> GradProbeResult:
+    """Gradient-probe pruning.
+
+    Args:
+        model: A causal LM.
+        sparsity: Target fraction (the base strategy's candidates), in ``[0, 1)``.
+        calibration: Token ids ``[n, seq]`` for the gradients (and Wanda's norms).
+        base: ``"magnitude"`` or ``"wanda"``.
+        scope: Scope of the base candidates (``global``, ``layer``, ``row``, N:M).
+        mode: ``"global"`` (scale all candidates at once) or ``"layerwise"``.
+        reduction_factor: Candidates are multiplied by this during the probe.
+        threshold: Relative gradient rise above which a candidate is restored.
+        apply: Zero the pruned weights in place (else the model is left dense).
+        exact_sparsity: Instead of a threshold, prune exactly the base method's number of
+            weights in every tensor. The pool is restricted so the result stays close to
+            the base method: the base's candidates at ``sparsity * (1 - pool_margin)``
+            (its surest picks) are always pruned; the rest of each tensor's count is
+            filled from the base's candidates up to ``sparsity * (1 + pool_margin)`` with
+            the lowest relative gradient rise. With ``guard`` the base method's own mask
+            is returned instead when it has the lower calibration loss
+            (``info["fallback"]``), so exact mode is never worse than its base on the
+            calibration data.
+        candidate_sparsity: Threshold mode only: sparsity of the base strategy's
+            candidate set (default ``sparsity``).
+        pool_margin: Exact mode: relative half-width of the swappable band, in ``[0, 1]``.
+        guard: Exact mode: fall back to the base mask when it is better (one extra
+            forward pass over the calibration data per mask).
+
+    Returns:
+        A :class:`GradProbeResult` (``masks`` for ``threshold`` or the exact target).
+
+    Raises:
+        ValueError: Unknown base / mode, bad sparsity, missing calibration, N:M scope
+            with ``exact_sparsity``, or ``candidate_sparsity`` with ``exact_sparsity``.
+    """
+    check_choice("base", base, BASES)
+    check_choice("mode", mode, MODES)
+    check_range("pool_margin", pool_margin, 0.0, 1.0)
+    if calibration is None:
+        raise ValueError("gradprobe needs calibration data (calibration=LongTensor[n, seq])")
+    scope_name, n, m = parse_scope(scope)
+    if exact_sparsity and (scope_name == "n:m" or candidate_sparsity is not None):
+        raise ValueError("exact_sparsity takes no candidate_sparsity and no N:M scope "
+                         f"(got candidate_sparsity={candidate_sparsity!r}, scope={scope!r})")
+    modules = prunable_modules(model, include, exclude)
+    params = {nm: mod.weight for nm, mod in modules.items()}
+    scores = importance(model, base, data=calibration, include=include, exclude=exclude,
+                        batch_size=batch_size)
+
+    def base_masks(s):
+        return select_masks(scores, min(s, 0.999), scope=scope_name, n=n, m=m,
+                            transposed=transposed_names(model) & set(scores))
+
     if exact_sparsity:
-        rise = {nm: torch.where(candidates[nm], (g1[nm] - g0[nm]) / (g0[nm] + res.eps),
-                                torch.full_like(g0[nm], float("inf"))) for nm in candidates}
-        res.masks = select_masks(rise, sparsity, scope="global")
+        pool_masks = base_masks(sparsity * (1 + pool_margin))
+    else:
+        pool_masks = base_masks(sparsity if candidate_sparsity is None else candidate_sparsity)
+    candidates = {nm: ~mk for nm, mk in pool_masks.items()}
+    g0, g1 = _probe_gradients(model, params, candidates, calibration, mode=mode,
+                              reduction_factor=reduction_factor, batch_size=batch_size)
+    res = GradProbeResult(candidates=candidates, g0=g0, g1=g1)
+    fallback = None
+    if exact_sparsity:
+        target = base_masks(sparsity)
+        res.masks = _exact_masks(res, base_masks(sparsity * (1 - pool_margin)), target)
+        if guard:
+            fallback = (_calibration_loss(model, target, calibration, batch_size)
+                        < _calibration_loss(model, res.masks, calibration, batch_size))
+            res.masks = target if fallback else res.masks
     else:
         res.masks = res.masks_for(threshold)
     total = sum(c.numel() for c in candidates.values())
@@ -167,9 +238,11 @@ def gradprobe(
     pruned = sum(int((~mk).sum()) for mk in res.masks.values())
     res.info = dict(base=base, base_scope=scope, gradprobe_mode=mode,
                     reduction_factor=reduction_factor, threshold=threshold,
-                    exact_sparsity=exact_sparsity,
-                    target_sparsity=sparsity, candidate_sparsity=n_cand / total,
-                    achieved_sparsity=pruned / total, restored=n_cand - pruned)
+                    exact_sparsity=exact_sparsity, target_sparsity=sparsity,
+                    candidate_sparsity=n_cand / total, achieved_sparsity=pruned / total,
+                    restored=n_cand - pruned)
+    if exact_sparsity:
+        res.info.update(pool_margin=pool_margin, fallback=fallback)
     if apply:
         apply_masks(model, res.masks)
     return res
