@@ -124,3 +124,30 @@ def test_calibration_windows_follow_wanda_protocol():
         data.calibration_windows(TOK, ["tiny"], 16, 2)
     with pytest.raises(ValueError, match="n_windows"):
         data.calibration_windows(TOK, docs, 16, 0)
+
+
+def test_jsonl_documents_and_error_lines(tmp_path):
+    from workbench.core.data import load_corpus
+
+    good = tmp_path / "good.jsonl"
+    docs = [f"Document {i} is here. " * 4 for i in range(5)]
+    good.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs))
+                    + "\n\n", encoding="utf-8")
+    corpus = load_corpus(good)
+    assert sorted(corpus.train + corpus.validation + corpus.test) == sorted(docs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps({"text": d}) for d in docs[:3]) + '\n{"text": "x",}\n',
+                   encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 4: not valid JSON"):
+        load_corpus(bad)
+
+
+def test_non_utf8_error_points_at_the_line(tmp_path):
+    from workbench.core.data import load_corpus
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("first line\nsecond line\nthird caf\xe9\n".encode("latin-1"))
+    offset = len(b"first line\nsecond line\nthird caf")
+    with pytest.raises(ValueError, match=rf"latin1\.txt is not UTF-8 text: byte 0xe9 at offset "
+                                         rf"{offset} \(line 3\)"):
+        load_corpus(path)

@@ -109,3 +109,54 @@ def test_default_model_is_the_real_pretrained_smollm2(smollm2):
     ids = torch.tensor([tok.encode("The capital of France is")])
     next_id = forward_logits(model, ids)[0, -1].argmax().item()
     assert "Paris" in tok.decode([next_id])
+
+
+@pytest.mark.parametrize("spec, is_path", [
+    ("./model", True), ("../model", True), ("/abs/model", True), ("~/model", True),
+    ("data/models/x", True), ("a/b/c", True), ("model.gguf", True), ("owner/model.bin", True),
+    ("tests/nothing-here", True),  # first component is an existing folder
+    ("HuggingFaceTB/SmolLM2-135M", False), ("owner/name", False), ("tiny-lama", False),
+])
+def test_path_or_hub_id(spec, is_path):
+    from workbench.core import paths
+    from workbench.core.models import _looks_like_path
+
+    import os
+    cwd = os.getcwd()
+    os.chdir(paths.ROOT)  # "tests/" exists relative to the project root
+    try:
+        assert _looks_like_path(spec) is is_path
+    finally:
+        os.chdir(cwd)
+
+
+def test_token_limits_of_both_layouts(tiny_llama):
+    from workbench.core.models import model_max_length, model_vocab_size
+
+    llama, _ = tiny_llama
+    gpt2, _ = load_model("tiny-gpt2", device="cpu")
+    assert (model_vocab_size(llama), model_max_length(llama)) == (260, 256)
+    assert (model_vocab_size(gpt2), model_max_length(gpt2)) == (260, 256)
+    # GPT-2 really cannot embed position 256: the limit is the model's, not a guess.
+    with pytest.raises(ValueError, match="257"):
+        forward_logits(gpt2, torch.zeros(1, 257, dtype=torch.long))
+    plain = torch.nn.Linear(3, 3)
+    assert model_vocab_size(plain) is None and model_max_length(plain) is None
+
+
+def test_forward_logits_passes_declared_keywords(tiny_llama):
+    model, _ = tiny_llama
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(forward_logits(model, ids, attention_mask=mask),
+                               forward_logits(model, ids))
+
+
+def test_device_is_checked_before_the_model_is_built(monkeypatch):
+    from workbench.core import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "_random_model", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(ValueError, match="device='cuda:1' but CUDA is not available"):
+        load_model("tiny-llama", device="cuda:1")
+    assert models.resolve_device("cpu") == torch.device("cpu")
