@@ -69,8 +69,8 @@ precision
 
 # %%
 G = cv.dense_matrix_jacobian("ggn", prob.model, prob.batches)
-F = cv.dense_matrix_jacobian("fisher", prob.model, prob.batches)
-EF = cv.dense_matrix_jacobian("ef", prob.model, prob.batches)
+F = cv.dense_matrix_jacobian("true_fisher", prob.model, prob.batches)
+EF = cv.dense_matrix_jacobian("empirical_fisher", prob.model, prob.batches)
 fig, _ = ex.plot_matrices_and_spectra({"true_fisher": F, "empirical_fisher": EF, "ggn": G})
 _ = save_figure(fig, "01_fisher_ef_matrices", folder=figdir)
 

@@ -25,7 +25,7 @@ def test_empirical_diagonal_is_diag_of_dense_ef(sizes):
     model = cases.mlp(0)
     X, y = cases.classification_data(1, 8)
     batches = cases.split(X, y, sizes)
-    EF = dense_matrix("ef", model, batches)
+    EF = dense_matrix("empirical_fisher", model, batches)
     d = diagonal_fisher(model, batches, chunk_size=3)
     assert rel(flat(d).double(), EF.diagonal()) < 1e-6  # float32 accumulation
     # the squared *batch* gradient is a different (wrong) quantity
@@ -36,7 +36,7 @@ def test_empirical_diagonal_is_diag_of_dense_ef(sizes):
 def test_true_diagonal_is_unbiased_for_fisher_diagonal():
     model = cases.mlp(1)
     X, y = cases.classification_data(2, 6)
-    F = dense_matrix("fisher", model, [(X, y)]).diagonal()
+    F = dense_matrix("true_fisher", model, [(X, y)]).diagonal()
     d1 = flat(diagonal_fisher(model, [(X, y)], kind="true", n_samples=1, seed=0)).double()
     dS = flat(diagonal_fisher(model, [(X, y)], kind="true", n_samples=1000, seed=0)).double()
     assert rel(dS, F) < 0.08

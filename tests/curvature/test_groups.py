@@ -65,7 +65,7 @@ def test_heads_match_dense_blocks_with_gqa():
 def test_channels_match_dense_blocks():
     model = cases.cnn(0)
     X, y = cases.classification_data(2, 6, shape=(1, 5, 5))
-    F = dense_matrix("ef", model, [(X, y)])
+    F = dense_matrix("empirical_fisher", model, [(X, y)])
     d = diagonal_fisher(model, [(X, y)])
     g = group_fisher(d)
     i = 0

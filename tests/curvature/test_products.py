@@ -29,7 +29,7 @@ from . import cases
 
 PROBLEMS = cases.problems()
 IDS = [p[0] for p in PROBLEMS]
-OPS = {"ggn": GGNLinearOperator, "ef": EFLinearOperator, "hessian": HessianLinearOperator}
+OPS = {"ggn": GGNLinearOperator, "empirical_fisher": EFLinearOperator, "hessian": HessianLinearOperator}
 
 
 def rel(a, b):
@@ -48,7 +48,7 @@ def curvlinops_dense(kind, model, loss_fn, batches):
 @pytest.mark.parametrize("name,model,batches", PROBLEMS, ids=IDS)
 def test_dense_matches_curvlinops(name, model, batches, reduction):
     loss_fn = nn.CrossEntropyLoss(reduction=reduction)
-    for kind in ("ggn", "ef", "hessian"):
+    for kind in ("ggn", "empirical_fisher", "hessian"):
         ours = dense_matrix(kind, model, batches, loss_fn=loss_fn)
         ref = curvlinops_dense(kind, model, loss_fn, batches)
         assert rel(ours, ref) < 1e-12, (kind, rel(ours, ref))
@@ -61,12 +61,12 @@ def test_mse_matches_curvlinops(reduction):
     Y = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     batches = [(X[:3], Y[:3]), (X[3:], Y[3:])]
     loss_fn = nn.MSELoss(reduction=reduction)
-    for kind in ("ggn", "ef", "hessian"):
+    for kind in ("ggn", "empirical_fisher", "hessian"):
         assert rel(dense_matrix(kind, model, batches, loss_fn=loss_fn),
                    curvlinops_dense(kind, model, loss_fn, batches)) < 1e-12
     # the exact Gaussian Fisher equals the GGN for MSE
     G = dense_matrix("ggn", model, batches, loss_fn=loss_fn)
-    assert rel(dense_matrix("fisher", model, batches, loss_fn=loss_fn), G) < 1e-12
+    assert rel(dense_matrix("true_fisher", model, batches, loss_fn=loss_fn), G) < 1e-12
 
 
 def _flat_loss_fn(model, batches, loss_fn):
@@ -102,8 +102,8 @@ def test_against_torch_func_on_concatenated_data(name, model, batches):
     G_ref = J.T @ H_out @ J
     assert rel(dense_matrix("ggn", model, batches), G_ref) < 1e-12
     assert rel(dense_matrix_jacobian("ggn", model, batches), G_ref) < 1e-12
-    assert rel(dense_matrix_jacobian("ef", model, batches),
-               dense_matrix("ef", model, batches)) < 1e-12
+    assert rel(dense_matrix_jacobian("empirical_fisher", model, batches),
+               dense_matrix("empirical_fisher", model, batches)) < 1e-12
 
 
 def test_channel_last_sequence_outputs():
@@ -117,7 +117,7 @@ def test_channel_last_sequence_outputs():
 @pytest.mark.parametrize("name,model,batches", PROBLEMS[:4], ids=IDS[:4])
 def test_true_fisher_equals_ggn_for_cross_entropy(name, model, batches):
     G = dense_matrix("ggn", model, batches)
-    F = dense_matrix("fisher", model, batches)
+    F = dense_matrix("true_fisher", model, batches)
     assert rel(F, G) < 1e-12
 
 
@@ -130,8 +130,8 @@ def test_nll_on_log_probs_fisher_differs_from_ggn():
     batches = [(X[:4], y[:4]), (X[4:], y[4:])]
     nll = nn.NLLLoss()
     G_nll = dense_matrix("ggn", logmodel, batches, loss_fn=nll)
-    F_nll = dense_matrix("fisher", logmodel, batches, loss_fn=nll)
-    F_ce = dense_matrix("fisher", base, batches)
+    F_nll = dense_matrix("true_fisher", logmodel, batches, loss_fn=nll)
+    F_ce = dense_matrix("true_fisher", base, batches)
     assert G_nll.abs().max() < 1e-14
     assert F_nll.norm() > 1e-3
     # the difference is all of the Fisher: ||F - G|| / ||F|| = 1
@@ -175,15 +175,15 @@ def test_monte_carlo_fisher_unbiased_and_matches_curvlinops_in_expectation():
     model = cases.mlp(4)
     X, y = cases.classification_data(5, 6)
     batches = [(X, y)]
-    F = dense_matrix("fisher", model, batches)
-    mean = sum(dense_matrix_jacobian("fisher", model, batches, n_samples=1, seed=s)
+    F = dense_matrix("true_fisher", model, batches)
+    mean = sum(dense_matrix_jacobian("true_fisher", model, batches, n_samples=1, seed=s)
                for s in range(400)) / 400
-    single = dense_matrix_jacobian("fisher", model, batches, n_samples=1, seed=0)
+    single = dense_matrix_jacobian("true_fisher", model, batches, n_samples=1, seed=0)
     assert rel(mean, F) < 0.12
     assert rel(mean, F) < rel(single, F) / 5
     # the matrix-free MC product and the Jacobian path use the same labels
-    assert rel(dense_matrix("fisher", model, batches, n_samples=3, seed=7),
-               dense_matrix_jacobian("fisher", model, batches, n_samples=3, seed=7)) < 1e-12
+    assert rel(dense_matrix("true_fisher", model, batches, n_samples=3, seed=7),
+               dense_matrix_jacobian("true_fisher", model, batches, n_samples=3, seed=7)) < 1e-12
     m2 = copy.deepcopy(model)
     op = FisherMCLinearOperator(m2, nn.CrossEntropyLoss(), list(m2.parameters()), batches,
                                 mc_samples=4000)
@@ -225,8 +225,11 @@ def test_bad_inputs_raise_clear_errors():
         ggn_vector_product(model, [(X, y[:3])], v)
     with pytest.raises(ValueError, match="V: expected shape"):
         ggn_vector_product(model, [(X, y)], v[:-1])
-    with pytest.raises(ValueError, match="kind"):
-        curvature_matmat("gauss", model, [(X, y)], v)
+    with pytest.raises(ValueError, match=r"matrix must be one of \('hessian', 'ggn', "
+                       r"'empirical_fisher', 'true_fisher'\).*got 'fisher'"):
+        curvature_matmat("fisher", model, [(X, y)], v)  # the old name: no alias
+    with pytest.raises(ValueError, match="matrix must be one of"):
+        dense_matrix_jacobian("hessian", model, [(X, y)])
     with pytest.raises(ValueError, match="n_samples"):
         true_fisher_vector_product(model, [(X, y)], v, n_samples=0)
     bad = copy.deepcopy(model)

@@ -42,14 +42,14 @@ def test_table_on_three_architectures(idx):
     # rank of the EF is at most the number of terms; PSD matrices
     n_terms = sum(int(b[1].numel()) for b in batches)
     assert _row(df, "ef_rank").value <= n_terms
-    for m in ("ggn", "fisher", "ef"):
+    for m in ("ggn", "true_fisher", "empirical_fisher"):
         assert _row(df, f"{m}_min_eig_rel").value > -1e-12
 
 
 def test_ef_rank_bound_is_tight_and_independent():
     model = cases.mlp(0, d_in=5, hidden=4, d_out=3)  # D = 39
     X, y = cases.classification_data(1, 4)
-    EF = dense_matrix("ef", model, [(X, y)])
+    EF = dense_matrix("empirical_fisher", model, [(X, y)])
     ev = torch.linalg.eigvalsh(EF)
     assert int((ev > 1e-12 * ev.max()).sum()) == 4  # rank = N < D
     df = verify_fisher_ggn(model, [(X, y)], dtypes=(torch.float64,), hessian=False)

@@ -8,7 +8,7 @@ tokens of a causal LM, or examples of a classifier; ``l_t`` = loss of term ``t``
   sequence of an LM, one sample of a classifier) at the *data* labels. These are squared
   **per-example** gradients, never the squared batch gradient. For a classifier
   (one term per example) this is exactly the diagonal of the empirical Fisher of the
-  mean loss (:func:`~workbench.curvature.products.dense_matrix` with ``kind="ef"``).
+  mean loss (:func:`~workbench.curvature.products.dense_matrix` with ``"empirical_fisher"``).
 * ``kind="true"``: the same with labels ``y_t ~ softmax(f_t)`` sampled from the
   model, independently per token (teacher forcing: the context stays the real text),
   averaged over ``n_samples`` draws. Because the sampled score functions of different
@@ -52,8 +52,9 @@ from torch.func import grad, vmap
 
 from workbench.curvature import _persample as PS
 from workbench.curvature import _problem as P
+from workbench.curvature.registry import FISHER_TYPES, check_fisher_type
 
-FISHER_KINDS = ("empirical", "true")
+FISHER_KINDS = FISHER_TYPES
 NORMALIZATIONS = ("token", "example", "none")
 METHODS = ("auto", "hooks", "vmap", "loop")
 
@@ -239,8 +240,7 @@ def diagonal_fisher(
         ValueError: Bad ``kind``/``normalize``/``method``/``n_samples``/``clip``, empty
             data, unsupported loss, mismatched shapes, or NaN/inf gradients.
     """
-    if kind not in FISHER_KINDS:
-        raise ValueError(f"kind must be one of {FISHER_KINDS}, got {kind!r}")
+    kind = check_fisher_type(kind, "kind").value
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if method not in METHODS:

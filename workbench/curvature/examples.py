@@ -131,13 +131,37 @@ def diagonal_by_layer(empirical: Mapping[str, Tensor], true: Mapping[str, Tensor
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 200):
+# The curvature layer does not import the experiments layer: colours and labels come
+# from the curvature-matrix registry (``color`` / ``label`` properties) unless given.
+def _label(key: str, labels: Mapping[str, str] | None) -> str:
+    from workbench.curvature.registry import CURVATURE_MATRICES
+
+    if labels and key in labels:
+        return labels[key]
+    return CURVATURE_MATRICES.get(key).props["label"] if key in CURVATURE_MATRICES else key
+
+
+def _color(key: str, colors: Mapping[str, str] | None, i: int = 0) -> str:
+    from workbench.curvature.registry import CURVATURE_MATRICES
+
+    if colors and key in colors:
+        return colors[key]
+    if key in CURVATURE_MATRICES and CURVATURE_MATRICES.get(key).props["color"]:
+        return CURVATURE_MATRICES.get(key).props["color"]
+    return f"C{i}"
+
+
+def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 200,
+                              colors: Mapping[str, str] | None = None,
+                              labels: Mapping[str, str] | None = None):
     """Heatmaps (symmetric log colour scale, top-left ``max_dim`` block) and spectra.
 
     Args:
-        matrices: ``{STYLE key: [D, D] matrix}``, e.g. ``{"true_fisher": F,
+        matrices: ``{curvature matrix name: [D, D] matrix}``, e.g. ``{"true_fisher": F,
             "empirical_fisher": EF}``.
         max_dim: Size of the block shown in the heatmaps.
+        colors, labels: ``{name: colour}`` / ``{name: label}`` (defaults: the
+            registry's ``color`` / ``label``).
 
     Returns:
         ``(fig, axes)``: one heatmap per matrix and a last panel with the sorted
@@ -146,8 +170,6 @@ def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
 
-    from workbench.experiments.plots import color, label
-
     k = len(matrices)
     fig, axes = plt.subplots(1, k + 1, figsize=(3.3 * (k + 1), 3.2))
     mats = {n: m.detach().double().cpu() for n, m in matrices.items()}
@@ -155,14 +177,15 @@ def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 
     for ax, (name, m) in zip(axes, mats.items()):
         block = m[:max_dim, :max_dim].numpy()
         im = ax.imshow(block, cmap="RdBu_r", norm=SymLogNorm(vmax * 1e-4, vmin=-vmax, vmax=vmax))
-        ax.set_title(label(name), fontsize=9)
+        ax.set_title(_label(name, labels), fontsize=9)
         ax.grid(False)
     fig.colorbar(im, ax=axes[:k].tolist(), shrink=0.8)
     ax = axes[-1]
-    for name, m in mats.items():
+    for i, (name, m) in enumerate(mats.items()):
         ev = torch.linalg.eigvalsh((m + m.T) / 2).flip(0).numpy()
         ev = ev[ev > ev[0] * 1e-12]
-        ax.plot(np.arange(1, ev.size + 1), ev, color=color(name), label=label(name))
+        ax.plot(np.arange(1, ev.size + 1), ev, color=_color(name, colors, i),
+                label=_label(name, labels))
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue")
@@ -170,23 +193,23 @@ def plot_matrices_and_spectra(matrices: Mapping[str, Tensor], *, max_dim: int = 
     return fig, axes
 
 
-def plot_mc_convergence(df: pd.DataFrame, slope: float, ax=None):
+def plot_mc_convergence(df: pd.DataFrame, slope: float, ax=None, *, color: str | None = None):
     """Log-log relative error of the Monte Carlo Fisher against the number of labels.
 
     Args:
         df: Output of :func:`~workbench.curvature.mc_fisher_convergence`.
         slope: Fitted slope (shown in the legend next to the ``S^{-1/2}`` reference).
+        color: Colour of the points and the mean curve (default: the true Fisher's).
     """
     import matplotlib.pyplot as plt
 
-    from workbench.experiments.plots import color
-
+    color = color or _color("true_fisher", None)
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.2, 3.2))
     g = df.groupby("n_samples").rel_error
     x, m, s = g.mean().index.to_numpy(float), g.mean().to_numpy(), g.std().fillna(0).to_numpy()
-    ax.scatter(df.n_samples, df.rel_error, s=8, alpha=0.4, color=color("true_fisher"), lw=0)
-    ax.errorbar(x, m, yerr=s, color=color("true_fisher"), marker="o", ms=3,
+    ax.scatter(df.n_samples, df.rel_error, s=8, alpha=0.4, color=color, lw=0)
+    ax.errorbar(x, m, yerr=s, color=color, marker="o", ms=3,
                 label=f"mean ± sd over {df.seed.nunique()} seeds (slope {slope:.2f})")
     ax.plot(x, m[0] * (x / x[0]) ** -0.5, ls="--", color="0.4", label=r"$\propto S^{-1/2}$")
     ax.set_xscale("log")
@@ -197,22 +220,24 @@ def plot_mc_convergence(df: pd.DataFrame, slope: float, ax=None):
     return ax.figure, ax
 
 
-def plot_layer_diagonals(df: pd.DataFrame, ax=None):
+def plot_layer_diagonals(df: pd.DataFrame, ax=None, *,
+                         colors: Mapping[str, str] | None = None):
     """Per transformer block: trace of the empirical and the true diagonal Fisher.
 
     Args:
         df: Output of :func:`diagonal_by_layer` (rows outside blocks, ``layer = -1``,
             are left out).
+        colors: ``{"true_fisher": colour, "empirical_fisher": colour}`` (default: the
+            registry's colours).
     """
     import matplotlib.pyplot as plt
-
-    from workbench.experiments.plots import color, label
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.6, 3.2))
     per = df[df.layer >= 0].groupby("layer")[["empirical", "true"]].sum()
-    for col, key in (("true", "true_fisher"), ("empirical", "empirical_fisher")):
-        ax.plot(per.index, per[col], marker="o", ms=3, color=color(key), label=label(key))
+    for i, (col, key) in enumerate((("true", "true_fisher"), ("empirical", "empirical_fisher"))):
+        ax.plot(per.index, per[col], marker="o", ms=3, color=_color(key, colors, i),
+                label=_label(key, None))
     ax.set_yscale("log")
     ax.set_xlabel("transformer block")
     ax.set_ylabel("trace of diagonal Fisher")

@@ -8,12 +8,15 @@ the product on the concatenated data; with ``reduction="sum"`` the batches just 
 
 Matrices (``J_t`` is the Jacobian of term ``t``'s outputs w.r.t. the parameters):
 
+Matrices are registered once in :data:`workbench.curvature.registry.CURVATURE_MATRICES`
+(names below); an unknown name is an error listing them.
+
 * ``"ggn"``: ``G = sum_t w_t J_t^T H_t J_t`` with ``H_t`` the Hessian of ``l_t`` w.r.t.
   the outputs (computed by autograd).
 * ``"hessian"``: ``H = d^2 L / d theta^2``.
-* ``"ef"`` (empirical Fisher): ``sum_t w_t g_t g_t^T``, ``g_t = grad l_t`` at the *data*
+* ``"empirical_fisher"``: ``sum_t w_t g_t g_t^T``, ``g_t = grad l_t`` at the *data*
   labels.
-* ``"fisher"`` (true Fisher): ``sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T]`` with ``p_t`` the
+* ``"true_fisher"``: ``sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T]`` with ``p_t`` the
   model's predictive distribution implied by the loss (softmax of logits for
   ``CrossEntropyLoss``, ``exp`` of log-probabilities for ``NLLLoss``, ``N(f, I/2)`` for
   ``MSELoss``). With ``n_samples=None`` the expectation is exact (a sum over all classes;
@@ -33,15 +36,14 @@ the true Fisher is not.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from workbench.curvature import _problem as P
-
-KINDS = ("ggn", "hessian", "ef", "fisher")
-
+from workbench.curvature.registry import CURVATURE_MATRICES, FisherType
 
 def _default_loss(loss_fn: nn.Module | None) -> nn.Module:
     return nn.CrossEntropyLoss() if loss_fn is None else loss_fn
@@ -55,63 +57,151 @@ def _grad(outputs, inputs, grad_outputs, batched: bool, retain_graph=True, creat
     )
 
 
+# ----------------------------------------------------------------------------- matrices
+# Each output-space matrix M = sum_t w_t J_t^T M_t J_t is one object with two views of
+# M_t: ``apply`` multiplies it onto J V ([K, n, C] -> [K, n, C], matrix-free) and
+# ``matrices`` returns the [n, C, C] matrices (dense Jacobian path). The Hessian is not
+# of this form and has its own batch product.
+@dataclass(frozen=True)
+class OutputSpaceMatrix:
+    """``M_t`` of a curvature matrix ``sum_t w_t J_t^T M_t J_t`` (see the module doc).
+
+    Attributes:
+        apply: ``(z, targets, w, lkind, JV, n_samples, generator) -> [K, n, C]``, the
+            weighted product ``w_t M_t (J_t v_k)``.
+        matrices: ``(z, targets, lkind, n_samples, generator) -> [n, C, C]``.
+    """
+
+    apply: Callable
+    matrices: Callable
+
+    def __call__(self, *args):
+        return self.apply(*args)
+
+
+def _residuals(lkind, z, tgt):
+    zr = z.clone().requires_grad_(True)
+    return _grad(P.term_losses(lkind, zr, tgt).sum(), zr, None, False)[0]  # [n, C]
+
+
+def _all_label_residuals(lkind, z):
+    C = z.shape[1]
+    zc = z.unsqueeze(0).expand(C, *z.shape).clone().requires_grad_(True)
+    yc = torch.arange(C, device=z.device)[:, None].expand(C, z.shape[0])
+    return _grad(P.term_losses(lkind, zc.reshape(-1, C), yc.reshape(-1)).sum(), zc, None,
+                 False)[0]  # [label, n, C]
+
+
+def _sampled_residuals(lkind, z, S, generator):
+    Y = P.sample_targets(lkind, z, S, generator)
+    zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
+    ls = P.term_losses(lkind, zs.reshape(-1, z.shape[1]), Y.reshape(S * z.shape[0], *Y.shape[2:]))
+    return _grad(ls.sum(), zs, None, False)[0]  # [S, n, C]
+
+
+def _ggn_apply(z, tgt, w, lkind, JV, n_samples, gen):
+    zr = z.clone().requires_grad_(True)
+    gz = _grad((w * P.term_losses(lkind, zr, tgt)).sum(), zr, None, False, create_graph=True)[0]
+    return _grad(gz, zr, JV, True, retain_graph=False)[0]
+
+
+def _ggn_matrices(z, tgt, lkind, n_samples, gen):
+    def per_term(zt, yt):
+        return P.term_losses(lkind, zt[None], yt[None]).sum()
+
+    return torch.func.vmap(torch.func.hessian(per_term))(z, tgt)
+
+
+def _ef_apply(z, tgt, w, lkind, JV, n_samples, gen):
+    R = _residuals(lkind, z, tgt)
+    return (w * (JV * R).sum(-1)).unsqueeze(-1) * R
+
+
+def _ef_matrices(z, tgt, lkind, n_samples, gen):
+    R = _residuals(lkind, z, tgt)
+    return R[:, :, None] * R[:, None, :]
+
+
+def _fisher_apply(z, tgt, w, lkind, JV, n_samples, gen):
+    if n_samples is None and lkind == "mse":
+        return 2.0 * w[:, None] * JV
+    if n_samples is None:
+        probs = P.predictive_probs(lkind, z)  # [n, C]
+        R = _all_label_residuals(lkind, z)
+        coef = torch.einsum("knc,jnc->kjn", JV, R)
+        return torch.einsum("n,nj,kjn,jnc->knc", w, probs, coef, R)
+    R = _sampled_residuals(lkind, z, int(n_samples), gen)
+    coef = torch.einsum("knc,snc->ksn", JV, R)
+    return torch.einsum("n,ksn,snc->knc", w, coef, R) / int(n_samples)
+
+
+def _fisher_matrices(z, tgt, lkind, n_samples, gen):
+    if n_samples is None and lkind == "mse":
+        C = z.shape[1]
+        return 2.0 * torch.eye(C, dtype=z.dtype).expand(z.shape[0], C, C)
+    if n_samples is None:
+        probs = P.predictive_probs(lkind, z)
+        R = _all_label_residuals(lkind, z)
+        return torch.einsum("nj,jnc,jnd->ncd", probs, R, R)
+    R = _sampled_residuals(lkind, z, int(n_samples), gen)
+    return torch.einsum("snc,snd->ncd", R, R) / int(n_samples)
+
+
+def _hessian_batch(model, loss_fn, lkind, params, batch, V, scale):
+    terms = P.batch_terms(model, batch, lkind, loss_fn)
+    w = terms.active.to(terms.outputs.dtype) * scale
+    loss = (w * P.term_losses(lkind, terms.outputs, terms.targets)).sum()
+    g = P.flat(_grad(loss, params, None, False, create_graph=True))
+    res = _grad(g, params, V, True, retain_graph=False)
+    return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
+
+
+CURVATURE_MATRICES.register(
+    "hessian", _hessian_batch, label="Hessian", color="#CC79A7", psd=False, output_space=False,
+    description="d^2 L / d theta^2 (double backward)")
+CURVATURE_MATRICES.register(
+    "ggn", OutputSpaceMatrix(_ggn_apply, _ggn_matrices), label="GGN", color="#009E73", psd=True,
+    description="sum_t w_t J_t^T H_t J_t, H_t the loss Hessian w.r.t. the outputs")
+CURVATURE_MATRICES.register(
+    "empirical_fisher", OutputSpaceMatrix(_ef_apply, _ef_matrices), label="Empirical Fisher",
+    color="#D55E00", psd=True, fisher_type=FisherType.EMPIRICAL.value,
+    description="sum_t w_t g_t g_t^T at the data labels")
+CURVATURE_MATRICES.register(
+    "true_fisher", OutputSpaceMatrix(_fisher_apply, _fisher_matrices), label="True Fisher",
+    color="#0072B2", psd=True, fisher_type=FisherType.TRUE.value,
+    description="sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T], exact or n_samples labels")
+
+
 def _batch_matmat(
-    kind: str, model: nn.Module, loss_fn: nn.Module, lkind: str, params: list[Tensor],
+    matrix: str, model: nn.Module, loss_fn: nn.Module, lkind: str, params: list[Tensor],
     batch: Any, V: Tensor, scale: float, n_samples: int | None, generator: torch.Generator | None,
 ) -> Tensor:
     """One batch's contribution ``M_batch @ V^T`` as ``[K, D]`` (``V`` is ``[K, D]``)."""
+    entry = CURVATURE_MATRICES.get(matrix)
+    if not entry.props["output_space"]:
+        return entry.fn(model, loss_fn, lkind, params, batch, V, scale)
     terms = P.batch_terms(model, batch, lkind, loss_fn)
     out, tgt = terms.outputs, terms.targets
     w = terms.active.to(out.dtype) * scale  # [n]
-    if kind == "hessian":
-        loss = (w * P.term_losses(lkind, out, tgt)).sum()
-        g = P.flat(_grad(loss, params, None, False, create_graph=True))
-        res = _grad(g, params, V, True, retain_graph=False)
-        return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
     # J V via the double-backward trick: J^T u is linear in u, d/du <J^T u, v> = J v.
     u = torch.zeros_like(out, requires_grad=True)
     jtu = _grad(out, params, u, False, create_graph=True)
     JV = _grad(jtu, u, P.unflat(V, params), True)[0]  # [K, n, C]
-    z = out.detach()
-    if kind == "ggn":
-        zr = z.clone().requires_grad_(True)
-        lz = (w * P.term_losses(lkind, zr, tgt)).sum()
-        gz = _grad(lz, zr, None, False, create_graph=True)[0]
-        M = _grad(gz, zr, JV, True, retain_graph=False)[0]
-    elif kind == "ef":
-        zr = z.clone().requires_grad_(True)
-        R = _grad(P.term_losses(lkind, zr, tgt).sum(), zr, None, False)[0]  # [n, C]
-        M = (w * (JV * R).sum(-1)).unsqueeze(-1) * R
-    elif kind == "fisher" and n_samples is None:
-        if lkind == "mse":
-            M = 2.0 * w[:, None] * JV
-        else:
-            C = z.shape[1]
-            probs = P.predictive_probs(lkind, z)  # [n, C]
-            classes = torch.arange(C, device=z.device)
-            zc = z.unsqueeze(0).expand(C, *z.shape).clone().requires_grad_(True)
-            yc = classes[:, None].expand(C, z.shape[0])
-            lc = P.term_losses(lkind, zc.reshape(-1, C), yc.reshape(-1)).sum()
-            R = _grad(lc, zc, None, False)[0]  # [C(label), n, C]
-            coef = torch.einsum("knc,jnc->kjn", JV, R)
-            M = torch.einsum("n,nj,kjn,jnc->knc", w, probs, coef, R)
-    elif kind == "fisher":
-        S = int(n_samples)
-        Y = P.sample_targets(lkind, z, S, generator)
-        zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
-        flat_y = Y.reshape(S * z.shape[0], *Y.shape[2:])
-        ls = P.term_losses(lkind, zs.reshape(-1, z.shape[1]), flat_y).sum()
-        R = _grad(ls, zs, None, False)[0]  # [S, n, C]
-        coef = torch.einsum("knc,snc->ksn", JV, R)
-        M = torch.einsum("n,ksn,snc->knc", w, coef, R) / S
-    else:  # pragma: no cover - guarded by the caller
-        raise ValueError(kind)
+    M = entry.fn(out.detach(), tgt, w, lkind, JV, n_samples, generator)
     res = _grad(out, params, M, True, retain_graph=False)
     return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
 
 
+def _check_matrix(matrix: str, n_samples) -> None:
+    CURVATURE_MATRICES.check(matrix)
+    if n_samples is not None and (matrix != "true_fisher" or isinstance(n_samples, bool)
+                                  or int(n_samples) < 1):
+        raise ValueError(f"n_samples: only for matrix='true_fisher', an integer >= 1 (or "
+                         f"None), got {n_samples!r} with matrix={matrix!r}")
+
+
 def curvature_matmat(
-    kind: str,
+    matrix: str,
     model: nn.Module,
     batches: Any,
     V: Tensor,
@@ -125,7 +215,9 @@ def curvature_matmat(
     """Multiply a curvature matrix onto several flat vectors at once.
 
     Args:
-        kind: ``"ggn"``, ``"hessian"``, ``"ef"`` or ``"fisher"`` (see the module doc).
+        matrix: A registered curvature matrix
+            (:data:`~workbench.curvature.registry.CURVATURE_MATRICES`: ``"hessian"``,
+            ``"ggn"``, ``"empirical_fisher"``, ``"true_fisher"``; see the module doc).
         model: Any ``nn.Module``; HF causal LMs take token batches.
         batches: Iterable of batches: ``(x, y)`` pairs, LongTensor ``[b, seq]`` token
             blocks, or dicts with ``input_ids`` / ``attention_mask``. Materialised once.
@@ -135,7 +227,7 @@ def curvature_matmat(
             with reduction ``mean`` or ``sum``.
         params: Parameters to differentiate (names, parameters or a dict); default all
             trainable ones.
-        n_samples: Only for ``kind="fisher"``: ``None`` = exact expectation over labels,
+        n_samples: Only for ``"true_fisher"``: ``None`` = exact expectation over labels,
             an int = Monte Carlo labels per term.
         seed: Seed of the Monte Carlo labels.
         chunk_size: Vectors processed together in one batched backward pass.
@@ -144,13 +236,11 @@ def curvature_matmat(
         ``[K, D]`` (or ``[D]``) products, in the dtype of the model.
 
     Raises:
-        ValueError: Unknown ``kind``, unsupported loss, empty data, mismatched shapes,
+        ValueError: Unknown ``matrix`` (lists the registered ones), unsupported loss,
+            empty data, mismatched shapes,
             non-finite results, ``n_samples < 1``.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if n_samples is not None and (kind != "fisher" or int(n_samples) < 1):
-        raise ValueError("n_samples: only for kind='fisher', and must be >= 1 (or None)")
+    _check_matrix(matrix, n_samples)
     loss_fn = _default_loss(loss_fn)
     lkind = P.loss_kind(loss_fn)
     batches = P.as_batch_list(batches)
@@ -175,9 +265,9 @@ def curvature_matmat(
             n_out = _n_outputs(model, batch, lkind, loss_fn) if lkind == "mse" else 1
             scale = P.term_scale(lkind, loss_fn, n_total, n_out)
             result[start:start + chunk_size] += _batch_matmat(
-                kind, model, loss_fn, lkind, plist, batch, block, scale, n_samples, gen
+                matrix, model, loss_fn, lkind, plist, batch, block, scale, n_samples, gen
             )
-    P.check_finite(f"{kind} product", result)
+    P.check_finite(f"{matrix} product", result)
     return result[0] if squeeze else result
 
 
@@ -186,17 +276,17 @@ def _n_outputs(model, batch, lkind, loss_fn) -> int:
     return int(y[0].numel())
 
 
-def _vector_product(kind, model, batches, v, loss_fn, params, **kw):
+def _vector_product(matrix, model, batches, v, loss_fn, params, **kw):
     names, plist = P.resolve_params(model, params)
     if isinstance(v, Tensor):
-        return curvature_matmat(kind, model, batches, v.reshape(-1), loss_fn=loss_fn,
+        return curvature_matmat(matrix, model, batches, v.reshape(-1), loss_fn=loss_fn,
                                 params=params, **kw).reshape(v.shape)
     if isinstance(v, dict):
         vec = P.flat([v[n] for n in names])
-        res = curvature_matmat(kind, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
+        res = curvature_matmat(matrix, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
         return dict(zip(names, P.unflat(res, plist)))
     vec = P.flat(list(v))
-    res = curvature_matmat(kind, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
+    res = curvature_matmat(matrix, model, batches, vec, loss_fn=loss_fn, params=params, **kw)
     return P.unflat(res, plist)
 
 
@@ -224,12 +314,12 @@ def hessian_vector_product(model, batches, v, *, loss_fn=None, params=None):
 
 
 def empirical_fisher_vector_product(model, batches, v, *, loss_fn=None, params=None):
-    return _vector_product("ef", model, batches, v, loss_fn, params)
+    return _vector_product("empirical_fisher", model, batches, v, loss_fn, params)
 
 
 def true_fisher_vector_product(model, batches, v, *, loss_fn=None, params=None,
                                n_samples: int | None = None, seed: int = 0):
-    return _vector_product("fisher", model, batches, v, loss_fn, params,
+    return _vector_product("true_fisher", model, batches, v, loss_fn, params,
                            n_samples=n_samples, seed=seed)
 
 
@@ -245,7 +335,7 @@ true_fisher_vector_product.__doc__ = (
 
 
 def dense_matrix(
-    kind: str,
+    matrix: str,
     model: nn.Module,
     batches: Any,
     *,
@@ -263,7 +353,7 @@ def dense_matrix(
     _, plist = P.resolve_params(model, params)
     D = sum(p.numel() for p in plist)
     eye = torch.eye(D, dtype=plist[0].dtype, device=plist[0].device)
-    return curvature_matmat(kind, model, batches, eye, loss_fn=loss_fn, params=params,
+    return curvature_matmat(matrix, model, batches, eye, loss_fn=loss_fn, params=params,
                             n_samples=n_samples, seed=seed, chunk_size=chunk_size).T
 
 
@@ -315,39 +405,8 @@ def per_term_jacobian(model: nn.Module, batch: Any, *, loss_fn: nn.Module | None
     return J, terms
 
 
-def _output_space_matrices(kind, lkind, terms, n_samples, generator):
-    """``[n, C, C]`` matrices ``M_t`` with ``curvature = sum_t w_t J_t^T M_t J_t``."""
-    z = terms.outputs.detach()
-    tgt = terms.targets
-    if kind == "ggn":
-        def per_term(zt, yt):
-            return P.term_losses(lkind, zt[None], yt[None]).sum()
-
-        return torch.func.vmap(torch.func.hessian(per_term))(z, tgt)
-    if kind == "ef":
-        zr = z.clone().requires_grad_(True)
-        R = torch.autograd.grad(P.term_losses(lkind, zr, tgt).sum(), zr)[0]
-        return R[:, :, None] * R[:, None, :]
-    if n_samples is None:
-        C = z.shape[1]
-        if lkind == "mse":
-            return 2.0 * torch.eye(C, dtype=z.dtype).expand(z.shape[0], C, C)
-        probs = P.predictive_probs(lkind, z)
-        zc = z.unsqueeze(0).expand(C, *z.shape).clone().requires_grad_(True)
-        yc = torch.arange(C, device=z.device)[:, None].expand(C, z.shape[0])
-        R = torch.autograd.grad(P.term_losses(lkind, zc.reshape(-1, C), yc.reshape(-1)).sum(),
-                                zc)[0]  # [label, n, C]
-        return torch.einsum("nj,jnc,jnd->ncd", probs, R, R)
-    S = int(n_samples)
-    Y = P.sample_targets(lkind, z, S, generator)
-    zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
-    ls = P.term_losses(lkind, zs.reshape(-1, z.shape[1]), Y.reshape(S * z.shape[0], *Y.shape[2:]))
-    R = torch.autograd.grad(ls.sum(), zs)[0]
-    return torch.einsum("snc,snd->ncd", R, R) / S
-
-
 def dense_matrix_jacobian(
-    kind: str,
+    matrix: str,
     model: nn.Module,
     batches: Any,
     *,
@@ -358,12 +417,16 @@ def dense_matrix_jacobian(
 ) -> Tensor:
     """Dense GGN / empirical / true Fisher from per-term Jacobians (fast for small ``D``).
 
-    ``sum_t w_t J_t^T M_t J_t`` with ``M_t`` the output-space matrix of ``kind`` (loss
+    ``sum_t w_t J_t^T M_t J_t`` with ``M_t`` the output-space matrix of ``matrix`` (loss
     Hessian, ``r r^T``, exact or Monte Carlo label expectation). An implementation
     independent of the matrix-free products (same labels for the same ``seed``).
+    Only the output-space matrices (``CURVATURE_MATRICES.names(output_space=True)``).
     """
-    if kind not in ("ggn", "ef", "fisher"):
-        raise ValueError(f"kind must be one of ('ggn', 'ef', 'fisher'), got {kind!r}")
+    _check_matrix(matrix, n_samples)
+    entry = CURVATURE_MATRICES.get(matrix)
+    if not entry.props["output_space"]:
+        raise ValueError(f"matrix must be one of {CURVATURE_MATRICES.names(output_space=True)}"
+                         f" for dense_matrix_jacobian, got {matrix!r}")
     loss_fn = _default_loss(loss_fn)
     lkind = P.loss_kind(loss_fn)
     batches = P.as_batch_list(batches)
@@ -372,11 +435,11 @@ def dense_matrix_jacobian(
     for bi, batch in enumerate(batches):
         J, terms = per_term_jacobian(model, batch, loss_fn=loss_fn, params=params)
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
-        M = _output_space_matrices(kind, lkind, terms, n_samples, gen)
+        M = entry.fn.matrices(terms.outputs.detach(), terms.targets, lkind, n_samples, gen)
         scale = P.term_scale(lkind, loss_fn, n_total, terms.outputs.shape[1])
         w = terms.active.to(J.dtype) * scale
         MJ = torch.einsum("ncd,nde->nce", M * w[:, None, None], J)
         part = J.reshape(-1, J.shape[-1]).T @ MJ.reshape(-1, J.shape[-1])
         out = part if out is None else out + part
-    P.check_finite(f"{kind} matrix", out)
+    P.check_finite(f"{matrix} matrix", out)
     return out

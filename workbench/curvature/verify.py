@@ -80,7 +80,7 @@ def verify_fisher_ggn(
         DataFrame with columns ``check, dtype, value, tolerance, passed, note``. Rows:
         ``fisher_vs_ggn_rel_error`` (``||F - G||_F / ||G||_F``), ``ef_vs_fisher_rel_fro``,
         ``ef_over_fisher_trace_ratio``, ``ef_fisher_topk_alignment``, ``ef_rank`` (must be
-        ``<= N``), ``ggn_min_eig_rel``, ``fisher_min_eig_rel``, ``ef_min_eig_rel``
+        ``<= N``), ``ggn_min_eig_rel``, ``true_fisher_min_eig_rel``, ``empirical_fisher_min_eig_rel``
         (smallest / largest eigenvalue), ``hessian_min_eig_rel`` (may be negative: no
         tolerance), ``ggn_fp32_vs_fp64_rel_error``.
     """
@@ -100,8 +100,8 @@ def verify_fisher_ggn(
         names = P.resolve_params(model, params)[0]
         sel = names
         G = dense_matrix_jacobian("ggn", m, bs, loss_fn=loss_fn, params=sel)
-        F = dense_matrix_jacobian("fisher", m, bs, loss_fn=loss_fn, params=sel)
-        EF = dense_matrix_jacobian("ef", m, bs, loss_fn=loss_fn, params=sel)
+        F = dense_matrix_jacobian("true_fisher", m, bs, loss_fn=loss_fn, params=sel)
+        EF = dense_matrix_jacobian("empirical_fisher", m, bs, loss_fn=loss_fn, params=sel)
         H = dense_matrix("hessian", m, bs, loss_fn=loss_fn, params=sel) if hessian else None
         ggns[dtype] = G
         D = G.shape[0]
@@ -119,7 +119,7 @@ def verify_fisher_ggn(
         rank = int((ef_eigs > rank_tol * ef_eigs.max()).sum())
         add("ef_rank", dtype, rank, n_terms, rank <= n_terms, f"N = {n_terms} terms, D = {D}")
         ptol = psd_rtol if psd_rtol is not None else eps * D
-        for name, M in (("ggn", G), ("fisher", F), ("ef", EF)):
+        for name, M in (("ggn", G), ("true_fisher", F), ("empirical_fisher", EF)):
             ev = torch.linalg.eigvalsh((M + M.T) / 2)
             v = float(ev.min() / ev.max().clamp_min(1e-300))
             add(f"{name}_min_eig_rel", dtype, v, -ptol, v >= -ptol, "lambda_min / lambda_max")
@@ -148,11 +148,11 @@ def mc_fisher_convergence(
         DataFrame ``n_samples, seed, rel_error``; fit the slope with
         :func:`convergence_slope` (expected about -0.5).
     """
-    F = dense_matrix_jacobian("fisher", model, batches, loss_fn=loss_fn, params=params)
+    F = dense_matrix_jacobian("true_fisher", model, batches, loss_fn=loss_fn, params=params)
     rows = []
     for S in n_samples_grid:
         for seed in seeds:
-            Fs = dense_matrix_jacobian("fisher", model, batches, loss_fn=loss_fn, params=params,
+            Fs = dense_matrix_jacobian("true_fisher", model, batches, loss_fn=loss_fn, params=params,
                               n_samples=int(S), seed=int(seed))
             rows.append(dict(n_samples=int(S), seed=int(seed), rel_error=_rel(Fs, F)))
     return pd.DataFrame(rows)
