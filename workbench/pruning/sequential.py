@@ -102,6 +102,16 @@ def _block_forward(block: nn.Module, item: tuple, device) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _home(block: nn.Module) -> torch.device:
+    """Where a block's weights live between its passes (its first parameter's device)."""
+    return next(block.parameters()).device
+
+
+def _place(block: nn.Module, device: torch.device) -> None:
+    """Move a block (weights and buffers) to ``device``."""
+    block.to(device)
+
+
 def modules_by_block(model: nn.Module, modules: Mapping[str, nn.Module]) -> list[dict]:
     """Split ``{param name: module}`` by the transformer block that owns each module.
 
@@ -150,10 +160,10 @@ def sequential_calibration(
                                  store_device=run_on)
     by_block = modules_by_block(model, modules)
     for i, block in enumerate(blocks):
-        home = next(block.parameters()).device
+        home = _home(block)
         here = run_on if run_on is not None else home
         if here != home:
-            block.to(here)
+            _place(block, here)
         try:
             if by_block[i]:
                 with input_statistics(by_block[i], **(stats_options or {})) as stats:
@@ -164,4 +174,4 @@ def sequential_calibration(
             items = [(o, rest, kw) for o, (_, rest, kw) in zip(outs, items)]
         finally:
             if here != home:
-                block.to(home)
+                _place(block, home)
