@@ -6,6 +6,7 @@ one on this machine) and skip where ``sinfo`` is absent or the controller does n
 answer; they run the fixture notebook tests/fixtures/nb_grid.py.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -183,6 +184,17 @@ def test_concurrent_drivers_submit_a_cell_once(tmp_path):
         t.join()
     assert len(submit.submitted) == 1
     assert sorted(r[0] for r in results) == ["adopted"] * 7 + ["submitted"]
+
+
+def test_lease_alive_asks_the_scheduler_about_the_leased_job(tmp_path):
+    d = tmp_path / "X" / "seed0"
+    assert slurm.lease_alive(d, FakeScheduler()) is None  # no lease: cannot tell
+    write_lease(d, "5")
+    assert slurm.lease_alive(d, FakeScheduler({"5": "RUNNING"})) is True
+    assert slurm.lease_alive(d, FakeScheduler({"5": "TIMEOUT"})) is False
+    down = slurm.SlurmScheduler(fake_run({"squeue": (1, "", "Unable to contact controller")}))
+    assert slurm.lease_alive(d, down) is None
+    assert slurm.read_lease(d)["job_id"] == "5"  # asking never releases
 
 
 def test_job_names_are_unique_per_cell_folder(tmp_path):
@@ -413,6 +425,7 @@ def test_drive_records_a_lost_job_as_failed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real SLURM
+@functools.lru_cache(maxsize=1)
 def _slurm_ready() -> str | None:
     """Why the integration tests cannot run (None when they can)."""
     if shutil.which("sinfo") is None:

@@ -291,6 +291,22 @@ def release(directory: str | os.PathLike, job_id: str) -> bool:
     return False
 
 
+def lease_alive(directory: str | os.PathLike, scheduler: Scheduler | None = None) -> bool | None:
+    """Is the job named in the cell's lease still pending or running?
+
+    ``None`` when the cell has no lease (or it names no job) or the scheduler cannot be
+    asked; for :func:`workbench.experiments.grid.cell_state` to tell a dead SLURM cell on
+    another host from a running one.
+    """
+    lease = read_lease(directory)
+    if not lease or not lease.get("job_id"):
+        return None
+    try:
+        return is_active((scheduler or SlurmScheduler()).state(str(lease["job_id"])))
+    except SchedulerError:
+        return None
+
+
 # ----------------------------------------------------------------------------- threads
 def allocated_cpus(environ: Mapping[str, str] | None = None,
                    affinity: int | None = None) -> int:
