@@ -39,6 +39,8 @@ _EXPORTS = {
     "mask_overlap": "pruning.masks",
     "save_masks": "pruning.masks",
     "load_masks": "pruning.masks",
+    "save_pruned": "pruning.checkpoint",
+    "load_pruned": "pruning.checkpoint",
     "restore": "pruning.masks",
     "global_threshold": "pruning.threshold",
     # experiment grids, statistics, figures (issue 6)
