@@ -99,3 +99,84 @@ def test_real_smollm2_head_groups(smollm2):
     total = sum(float(t.double().sum()) for t in d.values())
     assert float(g[pre[:-1] + "|head"].double().sum()) == pytest.approx(total, rel=1e-4)
     assert all(torch.isfinite(t).all() and (t >= 0).all() for t in d.values())
+
+
+# ----------------------------------------------------------------- collection
+def _linear_weights(model):
+    from workbench.curvature.kfac import default_modules
+
+    return [f"{n}.weight" for n in default_modules(model)]
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+@pytest.mark.parametrize("fisher_type", ["empirical", "true"])
+def test_collected_groups_equal_reduced_full_diagonal(tiny_llama, granularity, fisher_type):
+    from workbench.curvature.groups import collect_group_fisher
+
+    model = tiny_llama[0]
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 256, (3, 7), generator=g) for _ in range(2)]
+    names = _linear_weights(model)
+    full = diagonal_fisher(model, batches, params=names, kind=fisher_type, n_samples=2,
+                           granularity=granularity, seed=5, chunk_size=2)
+    ref = group_fisher(full, model)
+    got = collect_group_fisher(model, batches, fisher_type=fisher_type, n_samples=2,
+                               granularity=granularity, seed=5, chunk_size=2)
+    assert len([k for k in got if k.endswith("|head")]) == 2 * 5  # 4 projections + combined
+    for key, v in got.items():
+        if key.endswith("|input"):
+            r = full[key.split("|")[0]].float().sum(0)
+        else:
+            r = ref[key]
+        assert torch.allclose(v, r, rtol=1e-4, atol=1e-7 * float(r.abs().max())), key
+    # memory O(groups): nothing per parameter is returned
+    assert sum(v.numel() for v in got.values()) < sum(t.numel() for t in full.values()) / 10
+
+
+def test_group_ema_and_expansion(tiny_llama):
+    from workbench.curvature import FisherAccumulator
+    from workbench.curvature.groups import collect_group_fisher, expand_groups
+
+    model = tiny_llama[0]
+    g = torch.Generator().manual_seed(3)
+    b1, b2 = (torch.randint(0, 256, (2, 6), generator=g) for _ in range(2))
+    acc = FisherAccumulator(decay=0.5, reduction="group", heads=None)
+    x1, x2 = acc.update(model, [b1]), acc.update(model, [b2])
+    key = "model.layers.0.mlp.up_proj.weight|channel"
+    # bias-corrected EMA after two steps: (0.5 * x1 + x2) / 1.5
+    assert torch.allclose(acc.get()[key], (0.5 * x1[key] + x2[key]) / 1.5, rtol=1e-6)
+    assert set(acc.get()) == set(collect_group_fisher(model, [b1], heads=None))
+    groups = collect_group_fisher(model, [b1])
+    named = dict(model.named_parameters())
+    for group in ("channel", "input", "head"):
+        for mode in ("mean", "share"):
+            ex = expand_groups(groups, model, group=group, mode=mode)
+            assert ex, group
+            for name, t in ex.items():
+                assert t.shape == named[name].shape
+                v = groups[f"{name}|{group}"]
+                if mode == "mean":  # trace kept: expanded tensor sums to the groups' total
+                    assert torch.isclose(t.sum(), v.sum(), rtol=1e-5)
+                else:  # every weight of a group holds the group's value
+                    assert set(t.unique().tolist()) <= set(v.tolist())
+    o = expand_groups(groups, model, group="head", mode="share")
+    h = groups["model.layers.0.self_attn.o_proj.weight|head"]
+    assert torch.equal(o["model.layers.0.self_attn.o_proj.weight"][3, 16:32],
+                       h[1].expand(16))  # o_proj: columns of head 1
+
+
+def test_group_collection_bad_inputs(tiny_llama):
+    from workbench.curvature.groups import collect_group_fisher
+
+    model = tiny_llama[0]
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="module 'model.layers.0.mlp' .LlamaMLP. has no "
+                                         "attention heads"):
+        collect_group_fisher(model, [ids], heads=["model.layers.0.mlp"])
+    with pytest.raises(ValueError, match="'model.norm' is a LlamaRMSNorm; group Fisher"):
+        collect_group_fisher(model, [ids], modules=["model.norm"])
+    with pytest.raises(ValueError, match="fisher_type must be one of"):
+        collect_group_fisher(model, [ids], fisher_type="exact")
+    with pytest.raises(TypeError, match="unknown keyword"):
+        from workbench.curvature import FisherAccumulator
+        FisherAccumulator(reduction="group", granularty="token")

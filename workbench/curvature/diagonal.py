@@ -381,9 +381,12 @@ def _accumulate(acc, g, names, clip, scale):
 
 
 class FisherAccumulator:
-    """Running EMA of diagonal Fishers, one accumulator per task name.
+    """Running EMA of diagonal (or group) Fishers, one accumulator per task name.
 
-    ``update`` computes (or takes) a diagonal Fisher ``x_t`` and sets
+    ``update`` computes (or takes) a diagonal Fisher ``x_t`` (``reduction="diagonal"``,
+    :func:`diagonal_fisher`) or a group Fisher (``reduction="group"``,
+    :func:`~workbench.curvature.groups.collect_group_fisher`: the state is then
+    ``O(groups)``, never a per-parameter tensor) and sets
     ``m_t = decay * m_{t-1} + (1 - decay) * x_t`` with ``m_0 = 0``; :meth:`get` returns
     the bias-corrected ``m_t / (1 - decay^t)`` (which equals ``x`` exactly when every
     ``x_t = x``, up to float rounding) or the raw ``m_t``.
@@ -393,13 +396,20 @@ class FisherAccumulator:
         storage_dtype: dtype of the stored state (``torch.float16`` halves memory; the
             update itself is computed in float32).
         device: Where the state lives (``"cpu"`` offloads from a GPU).
-        **fisher_kwargs: Defaults passed to :func:`diagonal_fisher` by :meth:`update`.
+        reduction: ``"diagonal"`` or ``"group"`` (see above).
+        **fisher_kwargs: Defaults passed to :func:`diagonal_fisher` (or
+            ``collect_group_fisher``) by :meth:`update`; checked against its signature.
     """
 
     def __init__(self, decay: float = 0.99, *, storage_dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", **fisher_kwargs: Any):
+                 device: str | torch.device = "cpu", reduction: str = "diagonal",
+                 **fisher_kwargs: Any):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        from workbench.core.checks import check_choice, check_kwargs
+
+        self.reduction = check_choice("reduction", reduction, ("diagonal", "group"))
+        check_kwargs("FisherAccumulator", fisher_kwargs, self._options())
         self.decay = float(decay)
         self.storage_dtype = storage_dtype
         self.device = torch.device(device)
@@ -416,10 +426,26 @@ class FisherAccumulator:
         """Number of updates of ``task``."""
         return self._steps.get(task, 0)
 
+    def _collector(self):
+        if self.reduction == "group":
+            from workbench.curvature.groups import collect_group_fisher
+
+            return collect_group_fisher
+        return diagonal_fisher
+
+    def _options(self) -> set[str]:
+        import inspect
+
+        return set(inspect.signature(self._collector()).parameters) - {"model", "batches"}
+
     def update(self, model: nn.Module, batches: Any, task: str = "default",
                **kwargs: Any) -> dict[str, Tensor]:
-        """Compute the diagonal Fisher on ``batches`` and fold it into ``task``'s EMA."""
-        fisher = diagonal_fisher(model, batches, **{**self.fisher_kwargs, **kwargs})
+        """Compute the diagonal (group) Fisher on ``batches`` and fold it into ``task``'s
+        EMA."""
+        from workbench.core.checks import check_kwargs
+
+        check_kwargs("FisherAccumulator.update", kwargs, self._options())
+        fisher = self._collector()(model, batches, **{**self.fisher_kwargs, **kwargs})
         self.update_from(fisher, task)
         return fisher
 

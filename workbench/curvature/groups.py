@@ -25,7 +25,7 @@ Keys are stable strings ``"<param name>|<group kind>"``:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -67,32 +67,39 @@ def group_fisher(
     """
     num_heads, num_kv_heads, head_dim = _head_config(model, num_heads, num_kv_heads, head_dim)
     out: dict[str, Tensor] = {}
+    rows, cols = {}, {}
     for name, f in fisher.items():
         f = f.detach().float()
         out[f"{name}|channel"] = f.reshape(f.shape[0], -1).sum(1) if f.ndim >= 2 else f.clone()
-    if not num_heads:
-        return out
+        if f.ndim == 2:
+            rows[name], cols[name] = out[f"{name}|channel"], f.sum(0)
+    if num_heads:
+        out.update(_head_groups(rows, cols, num_heads, num_kv_heads, head_dim))
+    return out
+
+
+def _head_groups(rows: Mapping[str, Tensor], cols: Mapping[str, Tensor], num_heads: int,
+                 num_kv_heads: int, head_dim: int) -> dict[str, Tensor]:
+    """Head keys from per-row (output channel) and per-column (input channel) sums of the
+    q/k/v/o projection weights (see the module docstring)."""
+    out: dict[str, Tensor] = {}
     attn: dict[str, dict[str, Tensor]] = {}
-    for name, f in fisher.items():
+    for name, r in rows.items():
         parts = name.split(".")
         if len(parts) < 2 or parts[-1] != "weight" or parts[-2] not in _QKVO:
             continue
         proj, prefix = parts[-2], ".".join(parts[:-2])
-        f = f.detach().float()
         n = num_kv_heads if proj in ("k_proj", "v_proj") else num_heads
-        if proj == "o_proj":
-            if f.shape[1] != n * head_dim:
-                raise ValueError(f"{name}: {f.shape[1]} input columns != {n} heads x {head_dim}")
-            per_head = f.reshape(f.shape[0], n, head_dim).sum((0, 2))
-        else:
-            if f.shape[0] != n * head_dim:
-                raise ValueError(f"{name}: {f.shape[0]} output rows != {n} heads x {head_dim}")
-            per_head = f.reshape(n, head_dim, -1).sum((1, 2))
+        v = cols[name] if proj == "o_proj" else r
+        what = "input columns" if proj == "o_proj" else "output rows"
+        if v.shape[0] != n * head_dim:
+            raise ValueError(f"{name}: {v.shape[0]} {what} != {n} heads x {head_dim}")
+        per_head = v.reshape(n, head_dim).sum(1)
         out[f"{name}|head"] = per_head
         attn.setdefault(prefix, {})[proj] = per_head
     group = num_heads // num_kv_heads
     for prefix, d in attn.items():
-        total = torch.zeros(num_heads)
+        total = torch.zeros(num_heads, dtype=next(iter(d.values())).dtype)
         for proj in ("q_proj", "o_proj"):
             if proj in d:
                 total = total + d[proj]
@@ -100,4 +107,256 @@ def group_fisher(
             if proj in d:
                 total = total + d[proj].repeat_interleave(group) / group
         out[f"{prefix}|head"] = total
+    return out
+
+
+# ----------------------------------------------------------------------------- collection
+GROUP_KINDS = ("channel", "input", "head")
+EXPAND_MODES = ("mean", "share")
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """Names of the modules with ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``
+    children (Llama-style attention)."""
+    out = []
+    for n, m in model.named_modules():
+        kids = dict(m.named_children())
+        if all(isinstance(kids.get(p), nn.Linear) for p in _QKVO):
+            out.append(n)
+    return out
+
+
+def _resolve_heads(model: nn.Module, heads, modules: dict[str, nn.Module]) -> list[str]:
+    if heads is None:
+        return []
+    if heads == "auto":
+        return [a for a in attention_modules(model)
+                if all(f"{a}.{p}" in modules for p in _QKVO)]
+    named = dict(model.named_modules())
+    out = []
+    for a in list(heads):
+        if a not in named:
+            raise ValueError(f"heads: {a!r} is not a module of the model")
+        kids = dict(named[a].named_children())
+        if not all(isinstance(kids.get(p), nn.Linear) for p in _QKVO):
+            raise ValueError(f"heads: module {a!r} ({type(named[a]).__name__}) has no "
+                             f"attention heads: it needs nn.Linear children {_QKVO}")
+        out.append(a)
+    return out
+
+
+def _linear_modules(model: nn.Module, modules) -> dict[str, nn.Module]:
+    from workbench.curvature.kfac import default_modules
+
+    named = dict(model.named_modules())
+    names = default_modules(model) if modules is None else list(modules)
+    out = {}
+    for n in names:
+        if n not in named:
+            raise ValueError(f"modules: {n!r} is not a module of the model")
+        if not isinstance(named[n], nn.Linear):
+            raise ValueError(f"modules: {n!r} is a {type(named[n]).__name__}; group Fisher "
+                             "collection supports nn.Linear layers only")
+        out[n] = named[n]
+    if not out:
+        raise ValueError("modules: no nn.Linear layers selected")
+    return out
+
+
+def collect_group_fisher(
+    model: nn.Module,
+    batches: Any,
+    *,
+    fisher_type: str = "empirical",
+    modules: Any = None,
+    heads: Any = "auto",
+    granularity: str = "sequence",
+    n_samples: int = 1,
+    seed: int = 0,
+    chunk_size: int | None = 8,
+    normalize: str = "token",
+    loss_fn: nn.Module | None = None,
+) -> dict[str, Tensor]:
+    """Group Fisher of linear layers accumulated directly from per-sample gradients.
+
+    Same numbers as ``group_fisher(diagonal_fisher(model, batches, ...), model)`` for the
+    keys below (the group value is the sum of the diagonal Fisher entries of the group),
+    but no per-parameter tensor is ever stored: per layer ``W [out, in]`` the state is one
+    ``[out]`` and one ``[in]`` vector (memory ``O(groups)``), and per chunk no
+    ``[b, out, in]`` per-example gradient is formed. With ``g [b, P, out]`` the output
+    gradients and ``a [b, P, in]`` the inputs of a chunk (``P`` positions):
+
+    * ``granularity="token"``: row ``o``: ``sum_{i,p} g_{ipo}^2 ||a_{ip}||^2``; column
+      ``j``: ``sum_{i,p} a_{ipj}^2 ||g_{ip}||^2``;
+    * ``granularity="sequence"`` (squared per-example gradients ``G_i = g_i^T a_i``):
+      row ``o``: ``sum_i g_{i.o}^T (a_i a_i^T) g_{i.o}``; column ``j``:
+      ``sum_i a_{i.j}^T (g_i g_i^T) a_{i.j}`` (``[P, P]`` Gram matrices per example).
+
+    Args:
+        model: A causal LM (token batches) or any model with ``nn.Linear`` layers.
+        batches: As for :func:`~workbench.curvature.diagonal_fisher`.
+        fisher_type: ``"empirical"`` or ``"true"`` (labels sampled per example exactly
+            as :func:`~workbench.curvature.diagonal_fisher` does, same ``seed``).
+        modules: ``nn.Linear`` module names (default: all but the output head).
+        heads: ``"auto"`` (every Llama-style attention module whose q/k/v/o projections
+            are covered), a list of attention module names, or ``None``.
+        granularity, n_samples, seed, chunk_size, normalize, loss_fn: As for
+            :func:`~workbench.curvature.diagonal_fisher`.
+
+    Returns:
+        ``{key: float32 tensor}``: ``"<module>.weight|channel"`` ``[out]`` (output rows),
+        ``"<module>.weight|input"`` ``[in]`` (input columns), and for attention the head
+        keys of :func:`group_fisher` (``"<proj>.weight|head"``, ``"<attention>|head"``).
+
+    Raises:
+        ValueError: Unknown Fisher type / granularity / normalisation, a module that is
+            not ``nn.Linear`` (named), an attention module in ``heads`` without heads
+            (named), a head layout that does not fit the projections.
+    """
+    from workbench.core.checks import check_choice
+    from workbench.curvature import _persample as PS
+    from workbench.curvature import _problem as P
+    from workbench.curvature.diagonal import NORMALIZATIONS, _example, _n_examples, \
+        _sample_per_example
+    from workbench.curvature.registry import check_fisher_type
+
+    fisher_type = check_fisher_type(fisher_type).value
+    check_choice("granularity", granularity, PS.GRANULARITIES)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    if isinstance(n_samples, bool) or int(n_samples) < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+    lkind = P.loss_kind(loss_fn)
+    mods = _linear_modules(model, modules)
+    attn = _resolve_heads(model, heads, mods)
+    layout = _head_config(model, None, None, None) if attn else (None, None, None)
+    if attn and not layout[0]:
+        raise ValueError("heads: the model has no config with num_attention_heads; pass "
+                         "heads=None")
+    batches = P.as_batch_list(batches)
+    S = int(n_samples) if fisher_type == "true" else 1
+    ref = next(iter(mods.values())).weight
+    dt = torch.promote_types(ref.dtype, torch.float32)
+    rows = {n: torch.zeros(m.out_features, dtype=dt, device=ref.device) for n, m in mods.items()}
+    cols = {n: torch.zeros(m.in_features, dtype=dt, device=ref.device) for n, m in mods.items()}
+    names = list(mods)
+    n_terms = n_examples = 0
+    for batch in batches:
+        b = _n_examples(batch)
+        step = b if chunk_size is None else int(chunk_size)
+        for start in range(0, b, step):
+            ex = _example(batch, slice(start, start + step))
+            bc = _n_examples(ex)
+            inputs, outputs = {}, {}
+
+            def hook(name):
+                def f(mod, args, out):
+                    if name in outputs:
+                        raise ValueError(f"modules: {name!r} is called more than once per "
+                                         "forward pass")
+                    inputs[name] = args[0].detach()
+                    outputs[name] = out
+                return f
+
+            handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+            try:
+                terms = P.batch_terms(model, ex, lkind, loss_fn)
+            finally:
+                for h in handles:
+                    h.remove()
+            used = [n for n in names if n in outputs]
+            Y = None
+            if fisher_type == "true":
+                Y = _sample_per_example(lkind, terms.outputs.detach(), bc, S, seed,
+                                        n_examples + start)
+            w = terms.active.to(terms.outputs.dtype)
+            for s in range(S):
+                tgt = terms.targets if Y is None else Y[s].reshape(terms.targets.shape)
+                if lkind in ("ce", "nll"):
+                    tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
+                loss = (w * P.term_losses(lkind, terms.outputs, tgt)).sum()
+                gs = torch.autograd.grad(loss, [outputs[n] for n in used],
+                                         retain_graph=s < S - 1, allow_unused=True,
+                                         materialize_grads=True)
+                for n, g in zip(used, gs):
+                    a = inputs[n].reshape(bc, -1, inputs[n].shape[-1]).to(dt)
+                    g = g.reshape(bc, -1, g.shape[-1]).to(dt)
+                    r, c = _row_col_squares(g, a, granularity)
+                    rows[n].add_(r, alpha=1.0 / S)
+                    cols[n].add_(c, alpha=1.0 / S)
+        n_terms += P.count_terms(batch, lkind, loss_fn)
+        n_examples += b
+    if n_terms == 0:
+        raise ValueError("batches: no active terms (all targets are padding/ignored)")
+    denom = {"token": n_terms, "example": n_examples, "none": 1}[normalize]
+    out: dict[str, Tensor] = {}
+    for n in names:
+        P.check_finite(f"group Fisher of {n}", rows[n])
+        out[f"{n}.weight|channel"] = (rows[n] / denom).float()
+        out[f"{n}.weight|input"] = (cols[n] / denom).float()
+    if attn:
+        keep = {f"{a}.{p}.weight" for a in attn for p in _QKVO}
+        r = {k.split("|")[0]: v for k, v in out.items() if k.endswith("|channel")
+             and k.split("|")[0] in keep}
+        c = {k.split("|")[0]: v for k, v in out.items() if k.endswith("|input")
+             and k.split("|")[0] in keep}
+        out.update(_head_groups(r, c, *layout))
+    return out
+
+
+def _row_col_squares(g: Tensor, a: Tensor, granularity: str) -> tuple[Tensor, Tensor]:
+    """Row (``[out]``) and column (``[in]``) sums of squared per-sample weight gradients
+    of one chunk, from ``g [b, P, out]`` and ``a [b, P, in]`` (see
+    :func:`collect_group_fisher`)."""
+    if granularity == "token" or g.shape[1] == 1:
+        g2, a2 = g.square(), a.square()
+        return (torch.einsum("bpo,bp->o", g2, a2.sum(-1)),
+                torch.einsum("bpi,bp->i", a2, g2.sum(-1)))
+    Ka = a @ a.transpose(1, 2)  # [b, P, P]
+    Kg = g @ g.transpose(1, 2)
+    return (g * (Ka @ g)).sum((0, 1)), (a * (Kg @ a)).sum((0, 1))
+
+
+def expand_groups(groups: Mapping[str, Tensor], model: nn.Module, *, group: str = "channel",
+                  mode: str = "mean") -> dict[str, Tensor]:
+    """Per-parameter tensors from group values (the inverse direction of the reduction).
+
+    Args:
+        groups: Output of :func:`collect_group_fisher` or :func:`group_fisher`.
+        model: The model (parameter shapes).
+        group: ``"channel"`` (output rows), ``"input"`` (input columns) or ``"head"``
+            (rows of a q/k/v head, columns of an o_proj head).
+        mode: ``"mean"`` (default): every weight gets its group's **mean per parameter**,
+            ``value / group size``, so the expanded tensor sums to the group totals (the
+            trace of the diagonal Fisher is kept); ``"share"``: every weight gets the
+            group's full value (useful for ranking whole groups).
+
+    Returns:
+        ``{param name: float32 tensor of the parameter's shape}`` for every weight that
+        has a ``"<name>|<group>"`` key.
+    """
+    from workbench.core.checks import check_choice
+
+    check_choice("group", group, GROUP_KINDS)
+    check_choice("mode", mode, EXPAND_MODES)
+    named = dict(model.named_parameters())
+    out = {}
+    for key, v in groups.items():
+        name, _, kind = key.partition("|")
+        if kind != group or name not in named:
+            continue
+        shape = named[name].shape
+        v = v.detach().float()
+        if len(shape) != 2:
+            out[name] = v.reshape(shape).clone()
+            continue
+        along_rows = not (group == "input" or (group == "head" and
+                                              name.split(".")[-2] == "o_proj"))
+        n_groups, other = (shape[0], shape[1]) if along_rows else (shape[1], shape[0])
+        per = n_groups // v.numel()  # rows/columns per group (head_dim for heads)
+        vals = v.repeat_interleave(per) / (per * other if mode == "mean" else 1.0)
+        t = vals[:, None].expand(n_groups, other)
+        out[name] = (t if along_rows else t.T).contiguous()
     return out
