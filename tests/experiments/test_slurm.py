@@ -424,6 +424,31 @@ def test_drive_records_a_lost_job_as_failed(tmp_path):
     assert grid.read_status(cell.directory)["status"] == "failed"
 
 
+def test_drive_never_marks_failed_a_cell_another_job_holds(tmp_path):
+    """Our job was lost, but meanwhile another driver's job holds the lease: wait for it,
+    and leave its status.json alone."""
+    cell = make_cell(tmp_path / "A" / "seed0")
+    sched = FakeScheduler({"77": "RUNNING"})
+
+    class TakenOver(FakeJob):
+        def result(self):  # meanwhile job 77 took the cell over (lease) and runs it
+            write_lease(cell.directory, "77")
+            (cell.directory / "status.json").write_text('{"status": "running"}')
+            raise RuntimeError("job has not produced any output (state: CANCELLED)")
+
+    class TakenOverExecutor(FakeExecutor):
+        def submit(self, fn, cell, **kwargs):
+            return TakenOver(self._submit(self.names[-1]).job_id)
+
+    done = []
+    slurm.drive([cell], 1, lambda c, r: done.append(r), tmp_path / "_s", {}, kernel_name="k",
+                timeout=None, scheduler=sched, executor=TakenOverExecutor(Submitter(sched)),
+                job_class=lambda folder, job_id: FakeJob(job_id, {"status": "done", "by": job_id}),
+                poll=0)
+    assert done == [{"status": "done", "by": "77"}]
+    assert grid.read_status(cell.directory) == {"status": "running"}
+
+
 # ----------------------------------------------------------------------------- real SLURM
 @functools.lru_cache(maxsize=1)
 def _slurm_ready() -> str | None:

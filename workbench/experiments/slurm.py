@@ -510,8 +510,12 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
             job, cell = running.pop(job_id)
             try:
                 record = job.result()
-            except Exception as exc:  # noqa: BLE001 - a lost job is a failed cell
-                record = grid._record_failure(cell, exc)
+            except Exception as exc:  # noqa: BLE001 - a lost job is a failed cell...
+                holder = (read_lease(cell.directory) or {}).get("job_id")
+                if holder and str(holder) != job_id:  # ...unless another job holds it now
+                    record = {"status": "duplicate", "job_id": str(holder)}
+                else:
+                    record = grid._record_failure(cell, exc)
             if record.get("status") == "duplicate":
                 holder = record.get("job_id")
                 if holder and holder not in running and is_active(scheduler.state(holder)):
