@@ -225,3 +225,47 @@ def test_top_level_names_are_the_functions_after_submodule_imports():
     assert workbench.prune is workbench.pruning.methods.prune
     assert workbench.importance is workbench.pruning.scores.importance
     assert workbench.gradprobe is workbench.pruning.gradient_probe.gradprobe
+
+
+def test_bad_calibration_tokens_are_clear_errors():
+    model, _ = load_model("tiny-llama", device="cpu")
+    vocab = model.config.vocab_size
+    with pytest.raises(TypeError, match="calibration must hold integer token ids"):
+        prune(model, "wanda", 0.5, calibration=torch.rand(2, 8))
+    with pytest.raises(ValueError, match=f"calibration holds token id {vocab}"):
+        prune(model, "wanda", 0.5, calibration=torch.full((2, 8), vocab))
+    with pytest.raises(ValueError, match="calibration is empty"):
+        prune(model, "wanda", 0.5, calibration=torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="calibration must be a LongTensor"):
+        prune(model, "wanda", 0.5, calibration="some text")
+
+
+def test_every_method_is_registered_with_label_colour_and_runs():
+    from workbench.pruning.registry import METHODS
+
+    colours = [e.props["color"] for e in METHODS]
+    assert all(isinstance(e.props["label"], str) and e.props["label"] for e in METHODS)
+    assert all(c and c.startswith("#") and len(c) == 7 for c in colours)
+    assert len(set(colours)) == len(colours)
+    data = _data(2, 16)
+    for entry in METHODS:
+        if entry.name in ("gradprobe", "obd_true", "obd_empirical"):
+            continue  # covered by their own tests (slower)
+        model, _ = load_model("tiny-llama", device="cpu")
+        res = prune(model, entry.name, 0.5, calibration=data)
+        assert res.info["method"] == entry.name
+        assert res.info["scope"] == entry.props["default_scope"]
+        assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_sweep_scores_once_for_reusable_methods(monkeypatch):
+    from workbench.pruning import methods
+
+    calls = []
+    real = methods.importance
+    monkeypatch.setattr(methods, "importance", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    model, _ = load_model("tiny-llama", device="cpu")
+    sweep(model, "taylor", [0.2, 0.4, 0.6], calibration=_data(2, 16))
+    assert calls == ["taylor"]
+    with pytest.raises(TypeError, match="scop"):
+        sweep(model, "taylor", [0.2], calibration=_data(2, 16), scop="row")

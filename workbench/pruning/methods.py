@@ -53,7 +53,7 @@ from workbench.pruning.masks import (
 from workbench.pruning import layerwise
 from workbench.pruning.registry import METHODS
 from workbench.pruning.sparsegpt import sparsegpt
-from workbench.pruning.scores import accepted_options, importance
+from workbench.pruning.scores import accepted_options, check_calibration, importance
 
 #: Colourblind-safe palette (Okabe & Ito 2008, then Paul Tol's "muted" scheme).
 PALETTE = ("#0072B2", "#D55E00", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000",
@@ -283,6 +283,7 @@ def prune(
     if entry.props["needs_calibration"] and calibration is None and scores is None:
         raise ValueError(f"method {method!r} needs calibration data "
                          "(calibration=LongTensor[n, seq])")
+    check_calibration(model, calibration, "calibration")
     t0 = time.perf_counter()
     modules = prunable_modules(model, include, exclude)
     req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,

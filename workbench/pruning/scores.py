@@ -69,6 +69,29 @@ def accepted_options(fn) -> set[str] | None:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
 
 
+def check_calibration(model: nn.Module, tokens, argument: str) -> None:
+    """Check calibration token ids (a ``LongTensor[n, seq]`` or a list of them) against
+    ``model`` (integer dtype, non-empty, ids below the vocabulary, length within the
+    model's positions); ``None`` passes (the caller decides whether it is needed).
+
+    Raises:
+        TypeError, ValueError: Naming ``argument`` (see
+            :func:`workbench.core.models.check_model_tokens`).
+    """
+    from workbench.core.models import check_model_tokens
+
+    if tokens is None:
+        return
+    if isinstance(tokens, torch.Tensor):
+        check_model_tokens(argument, tokens, model)
+    elif isinstance(tokens, (list, tuple)) and tokens:
+        for i, batch in enumerate(tokens):
+            check_model_tokens(f"{argument}[{i}]", batch, model)
+    else:
+        raise TypeError(f"{argument} must be a LongTensor [n, seq] of token ids or a "
+                        f"non-empty list of them, got {type(tokens).__name__}")
+
+
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``ids [b, seq]`` (float32 log-softmax)."""
     from workbench.core.models import forward_logits
@@ -269,6 +292,7 @@ def importance(
         check_kwargs(f"importance(kind={kind!r})", options, allowed - {"tokens"})
     if entry.props["needs_calibration"] and data is None:
         raise ValueError(f"importance kind {kind!r} needs calibration data (data=...)")
+    check_calibration(model, data, "data")
     return entry.fn(model, tokens=data, include=include, exclude=exclude,
                     batch_size=batch_size, **options)
 
