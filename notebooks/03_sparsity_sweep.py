@@ -9,67 +9,75 @@
 # ---
 
 # %% [markdown]
-# # 03 · How fast does quality fall as sparsity rises?
+# # 03 · How fast does quality fall as sparsity rises, and which differences are real?
 #
-# One-shot pruning of the default model's block linear layers at several sparsities with
-# magnitude (global and per layer), Wanda, Wanda + SparseGPT-style correction and the
-# gradient probe; validation perplexity of each, from the same dense weights.
-# Calibration: random windows of the train split (Wanda's protocol); evaluation:
-# validation blocks.
+# One-shot pruning of the block linear layers with several methods (any registered in
+# `workbench.pruning.registry.METHODS`), layer-sparsity allocations (uniform, OWL) and
+# sparsity patterns (unstructured levels and N:M), each repeated over **calibration
+# seeds** (different random train windows per seed, Wanda's protocol) from the same
+# dense weights. Every run is scored by validation perplexity and, when
+# `zeroshot_task` is set, zero-shot accuracy on a local lm-eval task (the shipped
+# `wiki_lastword`: LAMBADA-style last-word prediction on held-out text). Method and
+# allocation differences are tested paired by calibration seed (t-test, Wilcoxon, d_z,
+# Holm over all comparisons).
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
 corpus = "wiki-excerpt"
-presets = ["magnitude-layer", "magnitude-global", "wanda", "wanda+correction", "gradprobe"]
-sparsities = [0.0, 0.1, 0.3, 0.5, 0.6, 0.7]
-cal_windows = 32
-cal_seq_len = 128
-eval_blocks = 16
-eval_seq_len = 256
+methods = ["magnitude", "wanda", "wanda_obs", "sparsegpt"]
+allocations = ["uniform"]
+sparsities = [0.3, 0.5, 0.6, 0.7, "2:4"]
+seeds = None  # None: 3 calibration seeds on CPU, 5 with CUDA
+n_calibration = 32
+seq_len = 128  # calibration window length
+n_eval = 16
+eval_seq_len = 256  # context length of the perplexity evaluation
+zeroshot_task = "wiki_lastword"  # None: no zero-shot accuracy; or a task YAML path
+zeroshot_limit = 100
 batch_size = 8
-seed = 0
 output_dir = "data/runs/03_sparsity_sweep"
 figure_name = "03_sparsity_sweep"
 
 # %%
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-
 import workbench as wb
-from workbench.core import io
-from workbench.experiments.plots import color, label, save_figure
+from workbench.core import io, paths
+from workbench.experiments import oneshot
+from workbench.experiments.plots import save_figure
 
-wb.seed_everything(seed)
-lm, tokenizer = wb.load_model(model, device="cpu")
-text = wb.load_corpus(corpus, seed=seed)
-cal = wb.calibration_windows(tokenizer, text.train, cal_seq_len, cal_windows, seed=seed)
-val = wb.token_blocks(tokenizer, text.validation, eval_seq_len, n_blocks=eval_blocks, seed=seed)
-results = wb.compare_methods(lm, presets, sparsities, calibration=cal, evaluation=val,
-                             batch_size=batch_size)
-results
-
-# %%
-fig, ax = plt.subplots(figsize=(5.5, 3.6))
-for key, part in results.groupby("preset", sort=False):
-    ax.plot(part["achieved_sparsity"], part["perplexity"], marker="o", color=color(key),
-            label=label(key))
-ax.set_yscale("log")
-ax.set_xlabel("achieved sparsity of the block linear layers")
-ax.set_ylabel("validation perplexity")
-ax.set_title(f"{model}: {cal_windows}x{cal_seq_len} calibration, "
-             f"{eval_blocks}x{eval_seq_len} evaluation tokens", fontsize=9)
-ax.legend(fontsize=8)
-paths = save_figure(fig, figure_name)
-
-# %%
-out = Path(output_dir)
+lm, tokenizer = wb.load_model(model)
+results = oneshot.oneshot_sweep(
+    lm, tokenizer, corpus, methods=methods, sparsities=sparsities, allocations=allocations,
+    seeds=seeds, n_calibration=n_calibration, calibration_seq_len=seq_len, n_eval=n_eval,
+    eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task, zeroshot_limit=zeroshot_limit,
+    batch_size=batch_size, model_name=model)
+out = paths.resolve(output_dir)
 io.write_parquet(out / "results.parquet", results)
-wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
-    model=model, corpus=corpus, presets=presets, sparsities=sparsities,
-    cal_windows=cal_windows, cal_seq_len=cal_seq_len, eval_blocks=eval_blocks,
-    eval_seq_len=eval_seq_len))
-half = results[results["sparsity"] == 0.5].set_index("preset")["perplexity"]
-if len(half):
-    print(f"at 50%: best {half.idxmin()} ({half.min():.1f}), worst {half.idxmax()} "
-          f"({half.max():.1f}); wrote {out}")
+wb.write_manifest(out / "manifest.json", parameters=dict(
+    model=model, corpus=corpus, methods=methods, allocations=allocations,
+    sparsities=sparsities, seeds=sorted(set(results["seed"])), n_calibration=n_calibration,
+    seq_len=seq_len, n_eval=n_eval, eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task,
+    zeroshot_limit=zeroshot_limit), skipped=results.attrs.get("skipped", []))
+
+# %% [markdown]
+# Mean ± sd over calibration seeds (perplexity: geometric mean ×/÷ geometric sd), each
+# seed a faint line; dashed: OWL allocation; dotted: the dense model.
+
+# %%
+fig, axes = oneshot.plot_oneshot(results, "val_ppl")
+save_figure(fig, figure_name)
+
+# %%
+oneshot.results_table(results)
+
+# %% [markdown]
+# Paired tests by calibration seed: perplexity on its logarithm (differences are log
+# ratios), accuracy as is; Holm-corrected over the whole table.
+
+# %%
+table = oneshot.significance(results)
+io.write_parquet(out / "significance.parquet", table)
+table[["factor", "baseline", "level_b", "context", "pattern", "level", "metric", "n",
+       "mean_diff", "d_z", "p_t", "p_wilcoxon", "p_holm", "significant"]]
+
+# %%
+print(oneshot.findings(table))

@@ -1,6 +1,10 @@
 """Papermill smoke runs of notebooks 02 and 03 with tiny parameters."""
 
+from pathlib import Path
+
 import pandas as pd
+
+from workbench.core import paths
 
 from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
@@ -22,14 +26,21 @@ def test_02_importance_runs(tmp_path):
 
 def test_03_sparsity_sweep_runs(tmp_path):
     out = tmp_path / "03"
-    params = dict(model="tiny-llama", corpus="lee", presets=["magnitude-layer", "wanda"],
-                  sparsities=[0.0, 0.5], cal_windows=2, cal_seq_len=32, eval_blocks=2,
-                  eval_seq_len=32, batch_size=2, output_dir=str(out),
-                  figure_name="test_03_sparsity_sweep")
+    params = dict(model="tiny-llama", corpus="lee", methods=["magnitude", "wanda"],
+                  allocations=["uniform"], sparsities=[0.5, "2:4"], seeds=[0, 1],
+                  n_calibration=2, seq_len=16, n_eval=2, eval_seq_len=32,
+                  zeroshot_task="wiki_lastword", zeroshot_limit=3, batch_size=2,
+                  output_dir=str(out), figure_name="test_03_sparsity_sweep")
     assert set(params) <= set(notebook_parameters("03_sparsity_sweep"))
-    run_notebook("03_sparsity_sweep", tmp_path / "03.ipynb", params)
+    nb = run_notebook("03_sparsity_sweep", tmp_path / "03.ipynb", params)
     res = pd.read_parquet(out / "results.parquet")
-    assert len(res) == 4
-    assert res.groupby("sparsity")["achieved_sparsity"].first().round(3).tolist() == [0.0, 0.5]
-    dense = res[res["sparsity"] == 0]["perplexity"]
-    assert dense.nunique() == 1  # the model was restored between presets
+    assert len(res) == 2 + 2 * 2 * 2  # dense per seed + methods x patterns x seeds
+    pruned = res[res["method"] != "dense"]
+    assert pruned["achieved_sparsity"].round(3).eq(0.5).all()
+    assert (res["zeroshot_n"] == 3).all() and res["zeroshot_acc"].between(0, 1).all()
+    assert res["calibration_hash"].nunique() == 2
+    sig = pd.read_parquet(out / "significance.parquet")
+    assert set(sig["metric"]) <= {"val_nll", "zeroshot_acc"} and len(sig) >= 2
+    text = Path(nb).read_text()
+    assert "paired comparisons over n = 2 calibration seeds" in text
+    assert (paths.FIGURES_DIR / "test_03_sparsity_sweep.png").is_file()

@@ -1,0 +1,86 @@
+"""Issue 11 acceptance table: one-shot methods x allocations at 50 % and 2:4 on SmolLM2.
+
+Magnitude, Wanda, Wanda + OBS update and SparseGPT (whichever are registered), each
+with the uniform and the OWL allocation (unstructured only: N:M fixes every layer's
+sparsity), over calibration seeds; validation perplexity and the shipped offline
+zero-shot task (``wiki_lastword``), prune time per method. Sizes are cut for a shared
+2-core CPU (defaults below; see ``--help``). Rows are saved after every method to
+``data/runs/oneshot_acceptance/results.parquet`` and the markdown table is printed.
+
+Run: ``.venv/bin/python benchmarks/oneshot_acceptance.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+import workbench as wb
+from workbench.core import io, paths
+from workbench.experiments import oneshot
+from workbench.pruning.registry import METHODS
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """Perplexity mean ± sd, accuracy mean ± sd (%), prune seconds per row of the table."""
+    g = df.groupby(["pattern", "method", "allocation"], sort=False)
+    lines = ["| pattern | method | allocation | perplexity (mean ± sd) | zero-shot acc % "
+             "(mean ± sd) | prune s (mean) | seeds |", "|---|---|---|---|---|---|---|"]
+    for (pattern, method, allocation), part in g:
+        label = part["method_label"].iloc[0]
+        sd = part["val_ppl"].std(ddof=1)
+        asd = part["zeroshot_acc"].std(ddof=1)
+        lines.append(
+            f"| {pattern} | {label} | {allocation} | {part['val_ppl'].mean():.2f} ± "
+            f"{0 if pd.isna(sd) else sd:.2f} | {100 * part['zeroshot_acc'].mean():.1f} ± "
+            f"{0 if pd.isna(asd) else 100 * asd:.1f} | {part['prune_seconds'].mean():.1f} | "
+            f"{part['seed'].nunique()} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--methods", nargs="+",
+                   default=["magnitude", "wanda", "wanda_obs", "sparsegpt"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--n-calibration", type=int, default=16)
+    p.add_argument("--calibration-seq-len", type=int, default=128)
+    p.add_argument("--n-eval", type=int, default=8)
+    p.add_argument("--eval-seq-len", type=int, default=256)
+    p.add_argument("--zeroshot-limit", type=int, default=100)
+    p.add_argument("--out", default="data/runs/oneshot_acceptance")
+    a = p.parse_args()
+    methods = [m for m in a.methods if m in METHODS]
+    print("methods:", methods, "(not registered:", [m for m in a.methods if m not in METHODS],
+          ")", flush=True)
+    model, tok = wb.load_model(a.model, device="cpu")
+    corpus = wb.load_corpus("wiki-excerpt")
+    out = paths.resolve(a.out)
+    frames = []
+    t0 = time.perf_counter()
+    for i, method in enumerate(methods):
+        allocs = [x for x in ("uniform", "owl") if x in METHODS.get(method).props["allocations"]]
+        df = oneshot.oneshot_sweep(
+            model, tok, corpus, methods=[method], sparsities=[0.5, "2:4"], allocations=allocs,
+            seeds=a.seeds, n_calibration=a.n_calibration,
+            calibration_seq_len=a.calibration_seq_len, n_eval=a.n_eval,
+            eval_seq_len=a.eval_seq_len, zeroshot_task="wiki_lastword",
+            zeroshot_limit=a.zeroshot_limit, model_name=a.model, dense=i == 0, progress=False)
+        frames.append(df)
+        io.write_parquet(out / "results.parquet", pd.concat(frames, ignore_index=True))
+        print(f"{method}: done after {time.perf_counter() - t0:.0f} s", flush=True)
+    df = pd.concat(frames, ignore_index=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; calibration {a.n_calibration}x"
+          f"{a.calibration_seq_len} (train), validation {a.n_eval}x{a.eval_seq_len}, zero-shot "
+          f"wiki_lastword first {a.zeroshot_limit} examples\n")
+    print(markdown(df))
+    table = oneshot.significance(df)
+    io.write_parquet(out / "significance.parquet", table)
+    print("\n" + oneshot.findings(table))
+
+
+if __name__ == "__main__":
+    main()
