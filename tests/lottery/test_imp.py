@@ -193,11 +193,17 @@ def test_resume_after_kill_gives_same_records(data, tmp_path):
     with pytest.raises(Killed):
         imp(data, n_rounds=3, steps_per_round=2, output_dir=tmp_path / "run",
             on_round_end=kill_after_round_1)
-    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == ["round_001.pt"]
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["round_001.json", "round_001.safetensors"]  # round 0's was superseded
     _, resumed = imp(data, n_rounds=3, steps_per_round=2, output_dir=tmp_path / "run")
     assert resumed.resumed_from == 1
     pd.testing.assert_frame_equal(full.records, resumed.records)
     pd.testing.assert_frame_equal(full.losses, resumed.losses)
+    pd.testing.assert_frame_equal(full.layer_sparsity, resumed.layer_sparsity)
+    for n in full.masks:
+        assert torch.equal(full.masks[n], resumed.masks[n])
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "complete.json"]
     # a finished run is not redone; a different config in the same folder is refused
     _, again = imp(data, n_rounds=3, steps_per_round=2, output_dir=tmp_path / "run")
     assert again.resumed_from == 3

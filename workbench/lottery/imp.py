@@ -1,18 +1,33 @@
 """Lottery tickets: iterative magnitude pruning (IMP) with rewinding and retraining.
 
-Semantics follow open_lth's "levels" (Frankle & Carbin 2019; Frankle et al. 2020):
+Semantics follow open_lth's "levels" (Frankle & Carbin 2019; Frankle et al. 2020). Every
+parameter is declared once in :class:`workbench.lottery.schema.IMPConfig`.
 
-* **Round 0** trains the dense model for ``steps_per_round`` steps, starting from the
-  model as passed in (normally the pre-trained weights, ``θ0``). Its record is the dense
-  reference ("before pruning").
-* **Round r >= 1** scores the weights *trained in round r-1* (magnitude by default, or
-  any :func:`workbench.pruning.scores.importance` kind), prunes to the round's target
-  sparsity (entries pruned earlier stay pruned; super weights get score ``+inf`` when
-  ``protect_sw``), **rewinds** the surviving weights, then retrains ``steps_per_round``
-  steps with the mask enforced (:func:`workbench.lottery.train.train_masked`, a fresh AdamW each
-  round, as in open_lth).
+* **θ0** (``init``, :mod:`workbench.lottery.init`): ``pretrained`` keeps the model as
+  passed in; ``xavier`` / ``kaiming`` / ``normal`` replace every parameter by a fresh
+  draw of that scheme (embeddings and head included, norms 1, biases 0, seeded by
+  ``seed``). θ0 is both the weights round 0 trains *and* the rewind target.
+* **Round 0** trains θ0 (dense) for ``steps_per_round`` steps; its record is the dense
+  reference.
+* **Round r >= 1** uses the masks chosen from the weights *trained in round r-1*:
+  ranked (``rank``: the blocks' linear layers, or every weight matrix), scored
+  (magnitude by default, or any importance kind), pruned to the round's cumulative target
+  (entries pruned earlier stay pruned; pre-trained super weights get score ``+inf`` when
+  ``protect_sw``), then every parameter is **rewound** and the pruned entries zeroed, and
+  the model is retrained ``steps_per_round`` steps with the mask enforced
+  (:func:`workbench.lottery.train.train_masked`, a fresh AdamW each round, as in
+  open_lth).
 
-Schedules (targets are *cumulative* sparsities of the prunable weights):
+Rewind targets (``rewind_to``):
+
+* ``init``: θ0, or with ``rewind_step = k > 0`` the weights after ``k`` steps of round 0
+  (late rewinding, Frankle et al. 2020).
+* ``reinit``: the control of Frankle & Carbin: the ranked tensors get a fresh draw of
+  ``reinit_scheme`` (seeded by ``seed``, one fixed draw for all rounds, different from
+  θ0's draw), all other parameters rewind to θ0. ``init="pretrained", rewind_to="reinit"``
+  is the former "train the pre-trained model, rewind to Xavier" arm.
+
+Schedules (targets are *cumulative* sparsities of the ranked weights):
 
 * ``constant``: prune ``prune_pct`` of the *remaining* weights each round, target
   ``1 - (1 - p)^r``. Counts are exact: the kept count after round r is
@@ -22,28 +37,26 @@ Schedules (targets are *cumulative* sparsities of the prunable weights):
 * ``oneshot``: prune ``prune_pct`` at round 1, rewind once; later rounds keep that mask
   and continue training without rewinding (same total budget as the iterative runs).
 
-Rewind targets (``init``), applied to every parameter after pruning:
+Super weights: the pre-trained model's SWs (passed in) are tracked under the masks
+(``sw_*`` columns); after each round's training the detector runs on the trained
+weights (:func:`workbench.lottery.rounds.emergent_super_weights`), the emergent SWs go to
+``IMPResult.emergent`` and their count, coincidence with the pre-trained coordinates and
+survival under the next masks to the ``esw_*`` columns.
 
-* ``pretrained``: the weights at the start of the run (``θ0``).
-* ``rewind``: the weights after ``rewind_step`` steps of round 0 (``k = 0`` is ``θ0``).
-* ``xavier`` / ``kaiming``: the prunable weight matrices get a fresh Xavier-normal
-  (``std = sqrt(2 / (fan_in + fan_out))``) or Kaiming-normal (``std = sqrt(2 /
-  fan_in)``) draw, seeded by ``seed`` and identical in every round (one fixed ``θ0'``);
-  all other parameters (embeddings, norms, head) rewind to ``θ0``.
-
-Controls (seed 002's "positive and negative controls"):
+Controls (the experiment table's positive and negative controls):
 
 * ``positive``: the same procedure with every target 0 (train and rewind, never prune).
 * ``negative``: aggressive pruning, ``negative_prune_pct`` (default 50%) of the remaining
   weights each round, constant schedule, whatever ``schedule`` says.
 
-Per round one tidy record (see :data:`RECORD_COLUMNS`), plus the loss curve and the
-per-tensor sparsity. A checkpoint is written after each finished round
-(``output_dir/checkpoints/round_XXX.pt``, only the latest kept); calling
+Per round one tidy record (see :data:`RECORD_COLUMNS`, plus every config field), the
+loss curve, the per-tensor sparsity and the emergent SWs. A checkpoint is written after
+each finished round (:mod:`workbench.lottery.checkpoint`: safetensors + JSON with
+SHA-256 checksums, bit-packed masks, no pickle; only the latest kept); calling
 :func:`run_imp` again with the same ``output_dir`` and config resumes after the last
 finished round and yields the same records as an uninterrupted run (on CPU).
 
-Robustness summary (seed 000), from the records by :func:`robustness_summary`, with
+Robustness summary (the design notes on robustness), from the records by :func:`robustness_summary`, with
 ``retained_r = ppl_0 / ppl_r`` (quality retained vs the dense round-0 model; 1 = as
 good as dense, > 1 better):
 
@@ -71,25 +84,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.core import io
+from workbench.core.checks import check_kwargs
 from workbench.core.evaluate import perplexity
-from workbench.pruning.scores import importance
-from workbench.pruning.masks import prunable_parameters, select_masks
-from workbench.lottery.superweights import protect_scores, super_weight_status
+from workbench.pruning.params import transposed_names
+from workbench.lottery import checkpoint as ckpt
+from workbench.lottery.init import init_model, reinit_weights  # noqa: F401  (re-exported)
+from workbench.lottery.rounds import (
+    EMERGENT_COLUMNS, TRAIN_LOSS_TAIL, emergent_fields, emergent_super_weights, layer_rows,
+    prune_step, ranked_parameters, rewind, rewinds_in, round_record, sw_fields,
+)
 from workbench.lottery.schema import (  # noqa: F401  (re-exported)
     CONTROLS, IMP_SCOPES, INITS, RANKS, REINIT_SCHEMES, REWIND_TO, SCHEDULES, IMPConfig,
     config_fields, design_keys,
 )
 from workbench.lottery.train import train_masked
 
-#: Fraction of a round's last steps averaged into ``train_loss``.
-TRAIN_LOSS_TAIL = 0.25
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = ckpt.VERSION
 
 RECORD_COLUMNS = (
     "round", "target_sparsity", "sparsity", "density", "n_kept", "n_prunable", "val_ppl",
     "val_ppl_pruned", "train_loss", "sw_total", "sw_kept", "sw_zeroed", "sw_survival",
-    "sw_value_drift", "mask_jaccard_prev", "rewound",
+    "sw_value_drift", "esw_total", "esw_pretrained", "esw_survival", "esw0_survival",
+    "mask_jaccard_prev", "rewound",
 )
 
 
@@ -102,9 +118,12 @@ class IMPResult:
         losses: ``round, step, loss, lr`` per optimizer step.
         layer_sparsity: ``round, param, sparsity`` per prunable tensor.
         summary: :func:`robustness_summary` of ``records``.
-        masks: Final keep-masks (``None`` when returned from a completed checkpoint).
+        masks: Final keep-masks (``None`` when returned from a completed checkpoint
+            written without ``keep_final_weights``).
         resumed_from: Last finished round found in a checkpoint, or ``None``.
         seconds: Wall time of this call, seconds.
+        emergent: Super weights detected after each round's training
+            (:data:`workbench.lottery.rounds.EMERGENT_COLUMNS`).
     """
 
     records: Any
@@ -114,86 +133,7 @@ class IMPResult:
     masks: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     resumed_from: int | None = None
     seconds: float = 0.0
-
-
-# ----------------------------------------------------------------------------- pieces
-def reinit_weights(
-    reference: Mapping[str, torch.Tensor], names: Sequence[str], kind: str, *, seed: int
-) -> dict[str, torch.Tensor]:
-    """Fresh Xavier- or Kaiming-normal draws for ``names`` (2-D weights ``[out, in]``).
-
-    Args:
-        reference: ``{name: tensor}`` giving shapes/dtypes (e.g. a state dict).
-        names: Which tensors to draw, in this order (the draw order is part of the seed).
-        kind: ``"xavier"`` (``std = sqrt(2 / (fan_in + fan_out))``) or ``"kaiming"``
-            (``std = sqrt(2 / fan_in)``, ReLU gain, fan-in mode).
-        seed: Generator seed.
-
-    Returns:
-        ``{name: new CPU tensor}``.
-    """
-    if kind not in ("xavier", "kaiming", "normal"):
-        raise ValueError(f"kind must be one of ('xavier', 'kaiming', 'normal'), got {kind!r}")
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
-    out = {}
-    for name in names:
-        ref = reference[name]
-        w = torch.empty(ref.shape, dtype=torch.float32)
-        if kind == "xavier":
-            nn.init.xavier_normal_(w, generator=gen)
-        elif kind == "normal":
-            nn.init.normal_(w, std=0.02, generator=gen)
-        else:
-            nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=gen)
-        out[name] = w.to(ref.dtype)
-    return out
-
-
-def _scores(model: nn.Module, kind: str, names: Sequence[str], calib: torch.Tensor) -> dict:
-    scores = importance(model, kind, data=None if kind == "magnitude" else calib)
-    missing = [n for n in names if n not in scores]
-    if missing:
-        raise ValueError(f"importance kind {kind!r} gave no scores for {missing[:3]}")
-    return {n: scores[n].detach().float().to(model.get_parameter(n).device) for n in names}
-
-
-def _nested(scores: dict, masks: dict) -> dict:
-    """Entries already pruned get a score below every other, so masks stay nested."""
-    low = min(float(s.amin()) for s in scores.values() if s.numel()) - 1.0
-    if not math.isfinite(low):
-        raise ValueError("importance scores must be finite (got inf or NaN)")
-    return {n: s.masked_fill(~masks[n].to(s.device), low) for n, s in scores.items()}
-
-
-def _jaccard_kept(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """Jaccard index of the kept sets of two mask dicts (same names and shapes)."""
-    both = sum(int(torch.count_nonzero(a[n] & b[n])) for n in a)
-    either = sum(int(torch.count_nonzero(a[n] | b[n])) for n in a)
-    return both / either if either else 1.0
-
-
-def _sw_fields(super_weights, masks, model) -> dict[str, Any]:
-    total = len(super_weights)
-    if not total:
-        return dict(sw_total=0, sw_kept=0, sw_zeroed=0, sw_survival=float("nan"),
-                    sw_value_drift=float("nan"))
-    status = super_weight_status(super_weights, masks=masks, weights=model)
-    kept = [s for s in status if s["kept"]]
-    drifts = [s["rel_drift"] for s in kept if not math.isnan(s["rel_drift"])]
-    return dict(sw_total=total, sw_kept=len(kept), sw_zeroed=total - len(kept),
-                sw_survival=len(kept) / total,
-                sw_value_drift=float(np.mean(drifts)) if drifts else float("nan"))
-
-
-def _tail_mean(losses: list[float]) -> float:
-    if not losses:
-        return float("nan")
-    k = max(1, math.ceil(TRAIN_LOSS_TAIL * len(losses)))
-    return float(np.mean(losses[-k:]))
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    emergent: Any = None
 
 
 # ----------------------------------------------------------------------------- summary
@@ -251,29 +191,204 @@ def robustness_summary(records, *, max_quality_loss: float = 0.05,
     }
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def _checkpoint_dir(output_dir) -> Path | None:
-    return None if output_dir is None else Path(output_dir) / "checkpoints"
+# ----------------------------------------------------------------------------- run state
+@dataclass
+class _Context:
+    """What stays fixed during a run."""
+
+    model: nn.Module
+    cfg: IMPConfig
+    labels: dict[str, Any]
+    super_weights: list[dict]
+    targets: list[float]
+    theta0: dict[str, torch.Tensor]
+    fresh: dict[str, torch.Tensor]
+    train_blocks: torch.Tensor
+    val_blocks: torch.Tensor
+    sw_input: torch.Tensor
+    ckdir: Path | None
+    progress: bool
 
 
-def _latest_checkpoint(ckdir: Path | None) -> Path | None:
-    if ckdir is None or not ckdir.is_dir():
-        return None
-    done = ckdir / "complete.pt"
-    if done.is_file():
-        return done
-    rounds = sorted(ckdir.glob("round_*.pt"))
-    return rounds[-1] if rounds else None
+@dataclass
+class _State:
+    """What a finished round hands to the next one (and to its checkpoint)."""
+
+    masks: dict[str, torch.Tensor]
+    next_masks: dict[str, torch.Tensor] | None = None
+    records: list[dict] = field(default_factory=list)
+    losses: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    emergent: list[dict] = field(default_factory=list)
+    rewind_state: dict[str, torch.Tensor] | None = None
+    last_round: int = -1
+    complete: bool = False
+    final: dict[str, torch.Tensor] | None = None
 
 
-def _save_checkpoint(ckdir: Path, name: str, payload: dict) -> Path:
-    target = ckdir / name
-    with io.atomic_path(target) as tmp:
-        torch.save(payload, tmp)
-    for old in ckdir.glob("round_*.pt"):
-        if old != target:
-            old.unlink(missing_ok=True)
-    return target
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def sw_input_ids(val_blocks: torch.Tensor, cfg: IMPConfig) -> torch.Tensor:
+    """Detector input: the first ``cfg.sw_blocks`` validation blocks cut to
+    ``cfg.sw_seq_len`` tokens (the same tokens for the pre-trained and emergent SWs)."""
+    return val_blocks[: cfg.sw_blocks, : cfg.sw_seq_len]
+
+
+def _prepare(model, cfg, labels, super_weights, train_blocks, val_blocks, sw_input,
+             output_dir, progress) -> _Context:
+    """Set θ0 (in place for the random schemes) and the fixed rewind targets."""
+    if cfg.init != "pretrained":
+        init_model(model, cfg.init, seed=cfg.seed)
+    names = list(ranked_parameters(model, cfg.rank))
+    theta0 = _cpu_state(model)
+    fresh = {}
+    if cfg.rewind_to == "reinit":
+        fresh = reinit_weights(theta0, names, cfg.reinit_scheme, seed=cfg.seed,
+                               transposed=sorted(transposed_names(model)))
+    return _Context(model=model, cfg=cfg, labels=dict(labels or {}),
+                    super_weights=list(super_weights), targets=cfg.round_targets(),
+                    theta0=theta0, fresh=fresh, train_blocks=train_blocks,
+                    val_blocks=val_blocks,
+                    sw_input=sw_input if sw_input is not None else sw_input_ids(val_blocks, cfg),
+                    ckdir=None if output_dir is None else Path(output_dir) / "checkpoints",
+                    progress=progress)
+
+
+def _fresh_state(ctx: _Context) -> _State:
+    device = next(ctx.model.parameters()).device
+    names = ranked_parameters(ctx.model, ctx.cfg.rank)
+    return _State(masks={n: torch.ones(p.shape, dtype=torch.bool, device=device)
+                         for n, p in names.items()})
+
+
+def _resume(ctx: _Context) -> _State:
+    """The state after the last checkpointed round (a fresh state when there is none)."""
+    state = _fresh_state(ctx)
+    path = ckpt.latest_checkpoint(ctx.ckdir)
+    if path is None:
+        return state
+    payload, tensors = ckpt.read_checkpoint(path)
+    if payload.get("config") != ctx.cfg.to_dict() or payload.get("labels") != ctx.labels:
+        raise ValueError(f"output_dir {ctx.ckdir.parent} holds a checkpoint of a different "
+                         "configuration; use a new output_dir or delete its checkpoints/ folder")
+    shapes = payload["shapes"]
+    state.records, state.losses = payload["records"], payload["losses"]
+    state.layers, state.emergent = payload["layer_sparsity"], payload["emergent"]
+    state.last_round, state.complete = int(payload["round"]), bool(payload["complete"])
+    device = next(ctx.model.parameters()).device
+    if any(k.startswith("mask/") for k in tensors):
+        state.masks = {n: m.to(device) for n, m in
+                       ckpt.unpack_masks(tensors, "mask", shapes).items()}
+    if any(k.startswith("next_mask/") for k in tensors):
+        state.next_masks = {n: m.to(device) for n, m in
+                            ckpt.unpack_masks(tensors, "next_mask", shapes).items()}
+    if any(k.startswith("state/") for k in tensors):
+        ckpt.load_state_tensors(ctx.model, tensors)
+        state.final = tensors if state.complete else None
+    if ctx.cfg.rewind_step > 0 and not state.complete:
+        state.rewind_state = ckpt.load_tensors(ctx.ckdir / "rewind.safetensors")
+    return state
+
+
+def _rewind_target(ctx: _Context, state: _State) -> dict[str, torch.Tensor]:
+    if ctx.cfg.rewind_step > 0:
+        return state.rewind_state
+    if ctx.fresh:
+        return {**ctx.theta0, **ctx.fresh}
+    return ctx.theta0
+
+
+def _evaluate(ctx: _Context) -> float:
+    return perplexity(ctx.model, ctx.val_blocks, batch_size=ctx.cfg.eval_batch_size,
+                      progress=False)
+
+
+def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Callable]) -> dict:
+    """Prune + rewind (when this round does), train, evaluate, detect, record."""
+    cfg, model = ctx.cfg, ctx.model
+    target = 0.0 if rnd == 0 else ctx.targets[rnd - 1]
+    prev, rewound, val_pruned = state.masks, False, float("nan")
+    if rewinds_in(cfg, rnd):
+        state.masks = state.next_masks
+        rewind(model, _rewind_target(ctx, state), state.masks)
+        rewound = True
+        if hooks.get("on_rewind") is not None:
+            hooks["on_rewind"](rnd, model, state.masks)
+        if cfg.eval_pruned:
+            val_pruned = _evaluate(ctx)
+    if hooks.get("on_round_start") is not None:
+        hooks["on_round_start"](rnd, model, state.masks)
+    snap = cfg.rewind_step if (rnd == 0 and cfg.rewind_step > 0) else None
+    result = train_masked(model, ctx.train_blocks, steps=cfg.steps_per_round,
+                          masks=state.masks if rnd > 0 else None,
+                          seed=cfg.seed * 100003 + rnd, snapshot_step=snap,
+                          desc=f"round {rnd}", progress=ctx.progress, **cfg.train_kwargs())
+    if snap is not None:
+        state.rewind_state = result.snapshot
+        if ctx.ckdir is not None:
+            ckpt.save_tensors(ctx.ckdir / "rewind.safetensors", result.snapshot)
+    emergent = emergent_super_weights(model, ctx.sw_input, cfg, rnd, state.masks,
+                                      ctx.super_weights)
+    record = round_record(
+        cfg=cfg, labels=ctx.labels, rnd=rnd, target=target, masks=state.masks,
+        prev_masks=prev, val_ppl=_evaluate(ctx), val_ppl_pruned=val_pruned,
+        losses=result.losses, rewound=rewound,
+        sw=sw_fields(ctx.super_weights, state.masks, model),
+        esw=emergent_fields(emergent, state.emergent, rnd, state.masks))
+    state.records.append(record)
+    state.emergent.extend(emergent)
+    state.losses.extend(dict(round=rnd, step=i, loss=loss, lr=lr)
+                        for i, (loss, lr) in enumerate(zip(result.losses, result.lrs)))
+    state.layers.extend(layer_rows(rnd, state.masks))
+    state.last_round = rnd
+    return record
+
+
+def _plan_next(ctx: _Context, state: _State, rnd: int) -> None:
+    """Choose the next round's masks from the weights trained in round ``rnd``."""
+    state.next_masks = None
+    if rnd < len(ctx.targets) and rewinds_in(ctx.cfg, rnd + 1):
+        calibration = ctx.train_blocks[: ctx.cfg.n_calibration]
+        state.next_masks = prune_step(ctx.model, ctx.cfg, state.masks, ctx.targets[rnd],
+                                      calibration, ctx.super_weights)
+
+
+def _payload(ctx: _Context, state: _State, complete: bool) -> dict[str, Any]:
+    return dict(config=ctx.cfg.to_dict(), labels=ctx.labels, round=state.last_round,
+                complete=complete, shapes={n: list(m.shape) for n, m in state.masks.items()},
+                records=state.records, losses=state.losses, layer_sparsity=state.layers,
+                emergent=state.emergent)
+
+
+def _checkpoint_round(ctx: _Context, state: _State, rnd: int) -> None:
+    """Masks (bit-packed), next masks, and the full state only when the next round
+    continues training without rewinding."""
+    tensors = ckpt.pack_masks(state.masks, "mask")
+    if state.next_masks is not None:
+        tensors.update(ckpt.pack_masks(state.next_masks, "next_mask"))
+    else:
+        tensors.update(ckpt.state_tensors(ctx.model))
+    ckpt.write_checkpoint(ctx.ckdir, f"round_{rnd:03d}", _payload(ctx, state, False), tensors)
+
+
+def _finish(ctx: _Context, state: _State, keep_final_weights: bool) -> None:
+    tensors = None
+    if keep_final_weights:
+        tensors = {**ckpt.pack_masks(state.masks, "mask"), **ckpt.state_tensors(ctx.model)}
+    ckpt.finish_checkpoints(ctx.ckdir, _payload(ctx, state, True), tensors)
+
+
+def _result(state: _State, *, masks, resumed_from, max_quality_loss, t_start) -> IMPResult:
+    import pandas as pd
+
+    records = pd.DataFrame(state.records)
+    emergent = pd.DataFrame(state.emergent, columns=list(EMERGENT_COLUMNS))
+    return IMPResult(records, pd.DataFrame(state.losses), pd.DataFrame(state.layers),
+                     robustness_summary(records, max_quality_loss=max_quality_loss),
+                     masks=masks, resumed_from=resumed_from, seconds=time.perf_counter() - t_start,
+                     emergent=emergent)
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -284,6 +399,7 @@ def run_imp(
     config: IMPConfig | None = None,
     *,
     super_weights: Sequence[Mapping[str, Any]] = (),
+    sw_input: torch.Tensor | None = None,
     output_dir: str | os.PathLike | None = None,
     labels: Mapping[str, Any] | None = None,
     keep_final_weights: bool = False,
@@ -291,184 +407,61 @@ def run_imp(
     progress: bool = True,
     on_round_end: Callable[[dict], None] | None = None,
     on_rewind: Callable[[int, nn.Module, dict], None] | None = None,
+    on_round_start: Callable[[int, nn.Module, dict], None] | None = None,
     **overrides: Any,
 ) -> IMPResult:
-    """Run iterative magnitude pruning with rewinding and retraining.
+    """Run iterative magnitude pruning with rewinding and retraining (module docstring).
 
     Args:
-        model: The model in its starting state (``θ0``, normally pre-trained). Trained
-            and pruned in place. When resuming, pass it freshly loaded again: the
-            checkpoint restores the round weights, ``θ0`` is read from this model.
+        model: The model as loaded (normally pre-trained). For a random ``init`` its
+            parameters are replaced in place by θ0 first. Trained and pruned in place.
+            When resuming, pass it freshly loaded again: θ0 is re-created from it.
         train_blocks: ``LongTensor[n, seq_len]`` training tokens.
         val_blocks: ``LongTensor[m, val_seq_len]`` validation tokens.
-        config: An :class:`IMPConfig`; ``overrides`` replace its fields (or build one).
-        super_weights: SW records (:func:`workbench.find_super_weights`) to protect (if
-            ``config.protect_sw``) and track.
+        config: An :class:`IMPConfig`; ``overrides`` (config field names only) replace
+            its fields.
+        super_weights: The pre-trained model's SW records
+            (:func:`workbench.find_super_weights`) to protect (``protect_sw``) and track.
+        sw_input: Detector input for the emergent SWs (default :func:`sw_input_ids`).
         output_dir: Folder for ``checkpoints/``; ``None`` disables checkpointing.
-        labels: Extra constant columns for every record (e.g. ``experiment``, ``model``).
-        keep_final_weights: Keep the last round's weights and masks in the final
-            checkpoint (otherwise it keeps only the tables, a few kB).
+        labels: Extra constant columns for every record.
+        keep_final_weights: Keep the final weights and masks in ``complete.safetensors``.
         max_quality_loss: For :func:`robustness_summary`.
         progress: Progress bars.
         on_round_end: Called with each finished record after its checkpoint is written.
-        on_rewind: Called as ``on_rewind(round, model, masks)`` right after prune +
-            rewind, before retraining (for inspection).
+        on_rewind: ``on_rewind(round, model, masks)`` right after prune + rewind.
+        on_round_start: ``on_round_start(round, model, masks)`` right before each
+            round's training (round 0 included).
 
     Returns:
         An :class:`IMPResult`.
 
     Raises:
-        ValueError: Bad configuration, or a checkpoint in ``output_dir`` from a different
-            configuration.
+        ValueError: Bad configuration, a damaged checkpoint, or a checkpoint in
+            ``output_dir`` from a different configuration.
+        TypeError: An override that is not a config field.
     """
-    import pandas as pd
-
     t_start = time.perf_counter()
-    config = dataclasses.replace(config or IMPConfig(), **overrides) if overrides else (
-        config or IMPConfig())
-    cfg = config
-    labels = dict(labels or {})
-    super_weights = list(super_weights)
-    targets = cfg.round_targets()
-    n_rounds = len(targets)
-    device = next(model.parameters()).device
-    names = list(prunable_parameters(model))
-    if not names:
-        raise ValueError("model has no prunable weight matrices inside transformer blocks")
-    theta0 = _cpu_state(model)
-    if cfg.init != "pretrained":
-        raise NotImplementedError("random θ0 (init != 'pretrained') lands in the next commit")
-    fresh = (reinit_weights(theta0, names, cfg.reinit_scheme, seed=cfg.seed)
-             if cfg.rewind_to == "reinit" else {})
-    calib = train_blocks[: cfg.n_calibration]
-    ckdir = _checkpoint_dir(output_dir)
-
-    records: list[dict] = []
-    loss_rows: list[dict] = []
-    layer_rows: list[dict] = []
-    masks = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in names}
-    rewind_state: dict | None = None
-    start_round = 0
-    resumed_from = None
-
-    ckpt = _latest_checkpoint(ckdir)
-    if ckpt is not None:
-        payload = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if payload.get("config") != cfg.to_dict() or payload.get("labels") != labels:
-            raise ValueError(
-                f"output_dir {output_dir} holds a checkpoint of a different configuration; "
-                "use a new output_dir or delete its checkpoints/ folder"
-            )
-        records, loss_rows, layer_rows = (payload["records"], payload["losses"],
-                                          payload["layer_sparsity"])
-        resumed_from = int(payload["round"])
-        if payload.get("complete"):
-            if payload.get("state") is not None:
-                model.load_state_dict(payload["state"])
-            final_masks = payload.get("masks")
-            recs = pd.DataFrame(records)
-            return IMPResult(recs, pd.DataFrame(loss_rows), pd.DataFrame(layer_rows),
-                             robustness_summary(recs, max_quality_loss=max_quality_loss),
-                             masks=final_masks, resumed_from=resumed_from,
-                             seconds=time.perf_counter() - t_start)
-        model.load_state_dict(payload["state"])
-        masks = {n: m.to(device) for n, m in payload["masks"].items()}
-        start_round = resumed_from + 1
-        if cfg.rewind_step > 0:
-            rewind_state = torch.load(ckdir / "rewind.pt", map_location="cpu",
-                                      weights_only=True)
-    masks = {n: m.to(device) for n, m in masks.items()}
-
-    def rewind_to() -> dict[str, torch.Tensor]:
-        if cfg.rewind_step > 0:
-            return rewind_state
-        if fresh:
-            return {**theta0, **fresh}
-        return theta0
-
-    train_kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
-                    warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
-                    weight_decay=cfg.weight_decay, autocast=cfg.autocast,
-                    compile=cfg.compile, progress=progress)
-    n_prunable = sum(m.numel() for m in masks.values())
-
-    for rnd in range(start_round, n_rounds + 1):
-        target = 0.0 if rnd == 0 else targets[rnd - 1]
-        prev = masks
-        rewound = False
-        val_pruned = float("nan")
-        if rnd > 0 and not (cfg.schedule == "oneshot" and cfg.control != "negative"
-                            and rnd >= 2):
-            scores = _nested(_scores(model, cfg.importance_kind, names, calib), masks)
-            if cfg.protect_sw and super_weights:
-                scores = protect_scores(scores, super_weights)
-            masks = select_masks(scores, target, scope=cfg.scope)
-            masks = {n: masks[n].to(device) for n in names}
-            model.load_state_dict(rewind_to())
-            with torch.no_grad():
-                for n in names:
-                    model.get_parameter(n).mul_(masks[n])
-            rewound = True
-            if on_rewind is not None:
-                on_rewind(rnd, model, masks)
-            if cfg.eval_pruned:
-                val_pruned = perplexity(model, val_blocks, batch_size=cfg.eval_batch_size,
-                                        progress=False)
-        snap = cfg.rewind_step if (rnd == 0 and cfg.rewind_step > 0) else None
-        result = train_masked(model, train_blocks, steps=cfg.steps_per_round,
-                              masks=masks if rnd > 0 else None, seed=cfg.seed * 100003 + rnd,
-                              snapshot_step=snap, desc=f"round {rnd}", **train_kw)
-        if snap is not None:
-            rewind_state = result.snapshot
-            if ckdir is not None:
-                with io.atomic_path(ckdir / "rewind.pt") as tmp:
-                    torch.save(rewind_state, tmp)
-        val = perplexity(model, val_blocks, batch_size=cfg.eval_batch_size, progress=False)
-        kept_per = {n: int(torch.count_nonzero(m)) for n, m in masks.items()}
-        n_kept = sum(kept_per.values())
-        record = {
-            **labels,
-            "round": rnd,
-            "target_sparsity": target,
-            "sparsity": 1.0 - n_kept / n_prunable,
-            "density": n_kept / n_prunable,
-            "n_kept": n_kept,
-            "n_prunable": n_prunable,
-            "val_ppl": val,
-            "val_ppl_pruned": val_pruned,
-            "train_loss": _tail_mean(result.losses),
-            **_sw_fields(super_weights, masks, model),
-            "mask_jaccard_prev": _jaccard_kept(prev, masks) if rnd > 0 else float("nan"),
-            "rewound": rewound,
-            **{k: v for k, v in cfg.to_dict().items() if k != "targets"},
-            "targets": None if cfg.targets is None else ",".join(map(str, cfg.targets)),
-        }
-        records.append(record)
-        loss_rows.extend(dict(round=rnd, step=i, loss=loss, lr=lr)
-                         for i, (loss, lr) in enumerate(zip(result.losses, result.lrs)))
-        layer_rows.extend(dict(round=rnd, param=n, sparsity=1.0 - kept_per[n] / m.numel())
-                          for n, m in masks.items())
-        if ckdir is not None:
-            _save_checkpoint(ckdir, f"round_{rnd:03d}.pt", dict(
-                version=CHECKPOINT_VERSION, config=cfg.to_dict(), labels=labels, round=rnd,
-                complete=False, state=_cpu_state(model),
-                masks={n: m.cpu() for n, m in masks.items()},
-                records=records, losses=loss_rows, layer_sparsity=layer_rows,
-            ))
+    check_kwargs("run_imp", overrides, [f.name for f in dataclasses.fields(IMPConfig)])
+    cfg = dataclasses.replace(config or IMPConfig(), **overrides)
+    ctx = _prepare(model, cfg, labels, super_weights, train_blocks, val_blocks, sw_input,
+                   output_dir, progress)
+    state = _resume(ctx)
+    resumed_from = state.last_round if state.last_round >= 0 else None
+    if state.complete:
+        return _result(state, masks=state.masks if state.final is not None else None,
+                       resumed_from=resumed_from, max_quality_loss=max_quality_loss,
+                       t_start=t_start)
+    n_rounds = len(ctx.targets)
+    for rnd in range(state.last_round + 1, n_rounds + 1):
+        record = _run_round(ctx, state, rnd, dict(on_rewind=on_rewind,
+                                                  on_round_start=on_round_start))
+        _plan_next(ctx, state, rnd)
+        if ctx.ckdir is not None and rnd < n_rounds:
+            _checkpoint_round(ctx, state, rnd)
         if on_round_end is not None:
             on_round_end(record)
-
-    if ckdir is not None:
-        _save_checkpoint(ckdir, "complete.pt", dict(
-            version=CHECKPOINT_VERSION, config=cfg.to_dict(), labels=labels, round=n_rounds,
-            complete=True, state=_cpu_state(model) if keep_final_weights else None,
-            masks={n: m.cpu() for n, m in masks.items()} if keep_final_weights else None,
-            records=records, losses=loss_rows, layer_sparsity=layer_rows,
-        ))
-        for old in list(ckdir.glob("round_*.pt")) + [ckdir / "rewind.pt"]:
-            old.unlink(missing_ok=True)
-    recs = pd.DataFrame(records)
-    return IMPResult(recs, pd.DataFrame(loss_rows), pd.DataFrame(layer_rows),
-                     robustness_summary(recs, max_quality_loss=max_quality_loss),
-                     masks=masks, resumed_from=resumed_from,
-                     seconds=time.perf_counter() - t_start)
+    if ctx.ckdir is not None:
+        _finish(ctx, state, keep_final_weights)
+    return _result(state, masks=state.masks, resumed_from=resumed_from,
+                   max_quality_loss=max_quality_loss, t_start=t_start)

@@ -57,6 +57,24 @@ def _is_transposed(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def projection_module_name(model: nn.Module) -> str:
+    """The MLP output projection inside a block: ``"mlp.down_proj"`` (Llama family) or
+    ``"mlp.c_proj"`` (GPT-2).
+
+    Raises:
+        ValueError: The first block has neither.
+    """
+    block = transformer_blocks(model)[0]
+    for name in (DEFAULT_MODULE, "mlp.c_proj"):
+        try:
+            block.get_submodule(name)
+            return name
+        except AttributeError:
+            continue
+    raise ValueError("no MLP output projection found in the first block (looked for "
+                     f"{DEFAULT_MODULE!r} and 'mlp.c_proj'); pass module_name explicitly")
+
+
 def _projection_modules(model: nn.Module, module_name: str) -> list[tuple[int, str, nn.Module]]:
     out = []
     for layer, block_name in enumerate(_block_names(model)):
