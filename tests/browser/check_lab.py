@@ -3,7 +3,8 @@
 What it does:
 
 1. Copies ``notebooks/<name>.py`` into a scratch project (``WORKBENCH_HOME`` points there,
-   so outputs cannot touch the real ``data/``), with tiny parameters unless ``--as-is``.
+   so outputs cannot touch the real ``data/runs``; the model and corpus caches are
+   linked in), with tiny parameters unless ``--as-is``.
 2. Starts JupyterLab on a free localhost port with a random token and the repository's
    Jupyter config (``jupyter-config/``, as ``make lab`` does), its root the scratch
    project; workspaces and user settings live in the scratch folder too.
@@ -171,6 +172,11 @@ def run_check(out_dir: Path, notebook: str = "00_quickstart", as_is: bool = Fals
     findings: dict = {"notebook": notebook, "scratch": str(scratch)}
     try:
         (scratch / "notebooks").mkdir()
+        # Share the model and corpus caches (they are caches, not outputs).
+        (scratch / "data").mkdir()
+        for cache in ("models", "corpora"):
+            if (ROOT / "data" / cache).is_dir():
+                (scratch / "data" / cache).symlink_to(ROOT / "data" / cache)
         source = (ROOT / "notebooks" / f"{notebook}.py").read_text(encoding="utf-8")
         if not as_is and notebook in TINY:
             source = with_parameters(source, TINY[notebook])
@@ -279,8 +285,8 @@ def run_check(out_dir: Path, notebook: str = "00_quickstart", as_is: bool = Fals
             "\"application/vnd.jupyter.stderr\"] .ansi-red-fg, .jp-RenderedText .ansi-red-intense-fg').length")
         page.close()
 
-        outputs = sorted(str(p.relative_to(scratch)) for p in (scratch / "data").rglob("*")
-                         if p.is_file()) if (scratch / "data").exists() else []
+        outputs = sorted(str(p.relative_to(scratch)) for p in (scratch / "data" / "runs").rglob("*")
+                         if p.is_file()) if (scratch / "data" / "runs").exists() else []
         findings["outputs"] = outputs
         if notebook == "00_quickstart":
             if "data/runs/quickstart/results.parquet" not in outputs:
