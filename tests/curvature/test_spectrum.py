@@ -10,7 +10,6 @@ from workbench.curvature import (
     condition_number,
     dense_matrix,
     effective_rank,
-    fisher_weighted_damage,
     ggn_vector_product,
     hutchinson_trace,
     lanczos_topk,
@@ -64,24 +63,6 @@ def test_effective_rank_condition_number_summary():
     assert s["rank"] == 2
     with pytest.raises(ValueError, match="damping"):
         condition_number(lam, damping=-1.0)
-
-
-def test_fisher_weighted_damage_against_quadratic_form():
-    g = torch.Generator().manual_seed(0)
-    F = {"a": torch.rand(3, 2, generator=g), "b": torch.rand(4, generator=g)}
-    ta = {k: torch.randn(v.shape, generator=g) for k, v in F.items()}
-    tb = {k: torch.randn(v.shape, generator=g) for k, v in F.items()}
-    f = torch.cat([F[k].reshape(-1) for k in F]).double()
-    d = torch.cat([(tb[k] - ta[k]).reshape(-1) for k in F]).double()
-    ref = float(d @ torch.diag(f) @ d)
-    assert fisher_weighted_damage(F, ta, tb) == pytest.approx(ref, rel=1e-6)
-    assert fisher_weighted_damage(F, ta, tb, normalize=True) == pytest.approx(
-        ref / float(f.sum()), rel=1e-6)
-    assert fisher_weighted_damage(F, ta, ta) == 0.0
-    with pytest.raises(ValueError, match="missing"):
-        fisher_weighted_damage(F, {"a": ta["a"]}, tb)
-    with pytest.raises(ValueError, match="shapes"):
-        fisher_weighted_damage(F, {**ta, "b": torch.zeros(5)}, tb)
 
 
 def test_bad_inputs():

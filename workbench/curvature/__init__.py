@@ -9,16 +9,29 @@ terms of all batches, or ``sum``), and every one can be checked against a dense 
 * :mod:`.verify`: :func:`verify_fisher_ggn` (a pandas table of checks), Monte Carlo
   convergence, HVP variance reduction.
 * :mod:`.diagonal`: diagonal empirical / true Fisher at LM scale, :class:`FisherAccumulator`.
-* :mod:`.groups`: channel and attention-head group Fisher.
-* :mod:`.kfac`: :class:`KFAC` factors, products, damped inverse, natural gradient.
-* :mod:`.spectrum`: Hutchinson trace, Lanczos top-k, effective rank, condition number,
-  Fisher-weighted damage.
-* :mod:`.examples`: the digits classifier and LM tables/figures of notebook 01.
+* :mod:`.groups`: channel / input-channel / attention-head (GQA) group Fisher, reduced
+  from a diagonal or collected directly with ``O(groups)`` memory; expansion back.
+* :mod:`.kfac`: :class:`KFAC` for linear layers with sequence inputs (expand / reduce),
+  products, damped inverse, natural gradient of a language model.
+* :mod:`.spectrum`: Hutchinson trace, Lanczos top-k, effective rank, condition number.
+* :mod:`.capacity`: Fisher-weighted damage, PAC-Bayes complexity, sharpness,
+  :func:`capacity_summary`.
+* :mod:`.registry`: the names: :class:`FisherType` (``empirical`` / ``true``) and
+  ``CURVATURE_MATRICES`` (``hessian``, ``ggn``, ``empirical_fisher``, ``true_fisher``).
+* :mod:`.examples`: the digits classifier and LM tables/figures of notebooks 01 and 07.
 """
 
+from workbench.curvature.capacity import (
+    capacity_summary,
+    fisher_damage,
+    fisher_weighted_damage,
+    pac_bayes,
+    sharpness,
+)
 from workbench.curvature.diagonal import FisherAccumulator, diagonal_fisher
-from workbench.curvature.groups import group_fisher
-from workbench.curvature.kfac import KFAC
+from workbench.curvature.groups import collect_group_fisher, expand_groups, group_fisher
+from workbench.curvature.kfac import KFAC, natural_gradient
+from workbench.curvature.registry import CURVATURE_MATRICES, FISHER_TYPES, FisherType
 from workbench.curvature.products import (
     curvature_matmat,
     dense_matrix,
@@ -35,7 +48,6 @@ from workbench.curvature.products import (
 from workbench.curvature.spectrum import (
     condition_number,
     effective_rank,
-    fisher_weighted_damage,
     hutchinson_trace,
     lanczos_topk,
     spectrum_summary,
@@ -49,8 +61,13 @@ from workbench.curvature.verify import (
 )
 
 __all__ = [
+    "CURVATURE_MATRICES",
+    "FISHER_TYPES",
     "KFAC",
     "FisherAccumulator",
+    "FisherType",
+    "capacity_summary",
+    "collect_group_fisher",
     "condition_number",
     "convergence_slope",
     "curvature_matmat",
@@ -59,6 +76,8 @@ __all__ = [
     "diagonal_fisher",
     "effective_rank",
     "empirical_fisher_vector_product",
+    "expand_groups",
+    "fisher_damage",
     "fisher_weighted_damage",
     "flat_params",
     "ggn_vector_product",
@@ -68,9 +87,12 @@ __all__ = [
     "hvp_variance_reduction",
     "lanczos_topk",
     "mc_fisher_convergence",
+    "natural_gradient",
     "num_params",
+    "pac_bayes",
     "param_names",
     "per_term_jacobian",
+    "sharpness",
     "spectrum_summary",
     "subspace_alignment",
     "true_fisher_vector_product",

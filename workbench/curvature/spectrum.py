@@ -1,4 +1,5 @@
-"""Spectra and capacity metrics of curvature matrices, and Fisher-weighted damage.
+"""Spectra of curvature matrices: Hutchinson trace, Lanczos top-k, effective rank,
+condition number (capacity and damage measures built on them: :mod:`.capacity`).
 
 All matrix-free estimators take ``matvec``: a function mapping a flat ``[D]`` tensor to
 the flat product (e.g. ``lambda v: ggn_vector_product(model, batches, v)``), or a dense
@@ -7,7 +8,7 @@ symmetric ``[D, D]`` tensor.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,11 +53,14 @@ def hutchinson_trace(A, dim: int | None = None, *, n_samples: int = 100, seed: i
 
 
 def lanczos_topk(A, k: int = 5, dim: int | None = None, *, which: str = "LA",
-                 tol: float = 0.0, seed: int = 0) -> np.ndarray:
+                 tol: float = 0.0, seed: int = 0, ncv: int | None = None,
+                 maxiter: int | None = None) -> np.ndarray:
     """Top-``k`` eigenvalues (descending) of a symmetric matrix by Lanczos.
 
     Uses ``scipy.sparse.linalg.eigsh`` (implicitly restarted Lanczos, ARPACK) on a
     ``LinearOperator``; ``which="LA"`` = largest algebraic, ``"LM"`` = largest magnitude.
+    ``tol`` (relative accuracy, 0 = machine precision), ``ncv`` (Lanczos vectors, ``> k``)
+    and ``maxiter`` (restarts) trade accuracy for matrix-vector products.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
@@ -73,7 +77,10 @@ def lanczos_topk(A, k: int = 5, dim: int | None = None, *, which: str = "LA",
 
     op = LinearOperator((D, D), matvec=f, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(D)
-    vals = eigsh(op, k=k, which=which, tol=tol, v0=v0, return_eigenvectors=False)
+    if ncv is not None:
+        ncv = min(max(int(ncv), k + 1), D)
+    vals = eigsh(op, k=k, which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter,
+                 return_eigenvectors=False)
     return np.sort(vals)[::-1]
 
 
@@ -139,39 +146,3 @@ def spectrum_summary(matrix_or_eigs, *, rtol: float = 1e-10, damping: float = 0.
         "effective_rank": effective_rank(vals, rtol=rtol),
         "condition_number": condition_number(vals, damping=damping, rtol=rtol),
     }
-
-
-def fisher_weighted_damage(
-    fisher: Mapping[str, Tensor],
-    theta_a: Mapping[str, Tensor],
-    theta_b: Mapping[str, Tensor],
-    *,
-    normalize: bool = False,
-) -> float:
-    """Fisher-weighted damage ``sum_i F_i (theta_b,i - theta_a,i)^2`` (seed 004).
-
-    This is twice the quadratic (diagonal-Fisher) estimate of the loss increase of
-    moving from ``theta_a`` to ``theta_b``. With ``normalize=True`` it is divided by
-    ``sum_i F_i`` (a Fisher-weighted mean squared change).
-
-    Args:
-        fisher: Diagonal Fisher ``{name: tensor}``.
-        theta_a, theta_b: Parameter dicts (e.g. ``state_dict()`` s) with those names.
-
-    Raises:
-        ValueError: Missing names or mismatched shapes.
-    """
-    total, mass = 0.0, 0.0
-    for name, f in fisher.items():
-        if name not in theta_a or name not in theta_b:
-            raise ValueError(f"theta_a/theta_b: parameter {name!r} is missing")
-        a, b = theta_a[name], theta_b[name]
-        if a.shape != f.shape or b.shape != f.shape:
-            raise ValueError(f"{name}: shapes differ (fisher {tuple(f.shape)}, "
-                             f"theta_a {tuple(a.shape)}, theta_b {tuple(b.shape)})")
-        d = (b.detach().double().cpu() - a.detach().double().cpu())
-        total += float((f.detach().double().cpu() * d * d).sum())
-        mass += float(f.detach().double().sum())
-    if normalize:
-        return total / mass if mass > 0 else 0.0
-    return total
