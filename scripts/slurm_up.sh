@@ -206,7 +206,7 @@ esac
 
 # ------------------------------------------------------------------ check
 out=$(srun -N1 -n1 -c1 --time=1 hostname 2>&1) || die "srun failed: $out"
-jid=$(sbatch --parsable --wrap true -c1 --time=1)
+jid=$(sbatch --parsable -o /dev/null --wrap true -c1 --time=1)
 for _ in $(seq 30); do
   st=$(sacct -j "$jid" -n -X -P -o State 2>/dev/null | head -1)
   [ "$st" = COMPLETED ] && break

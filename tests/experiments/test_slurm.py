@@ -554,7 +554,8 @@ def test_stale_lease_of_a_cancelled_job_is_released_and_resubmitted_once(tmp_pat
     spec = _write_spec(tmp_path, log, (0,), round_sleep=0.0)
     runs = tmp_path / "runs"
     (cell,) = grid.plan(spec, None, runs)
-    dead = subprocess.run(["sbatch", "--parsable", "-J", "wb-test-dead", "--wrap", "sleep 30"],
+    dead = subprocess.run(["sbatch", "--parsable", "-J", "wb-test-dead", "-o", "/dev/null",
+                           "--wrap", "sleep 30"],
                           capture_output=True, text=True, check=True).stdout.strip()
     subprocess.run(["scancel", dead], check=True)
     write_lease(cell.directory, dead, host="gone")
