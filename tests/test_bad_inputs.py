@@ -13,7 +13,6 @@ with a single ``workbench: error: ...`` line naming the problem.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -141,7 +140,8 @@ CORE_CASES = [
          ("dtype", "float8", "bfloat16")),
     Case("load_model device name", lambda e: load_model("tiny-llama", device="gpu0"), ValueError,
          ("device", "gpu0")),
-    Case("load_model cuda without CUDA", _cuda_without_cuda, ValueError, ("device", "cuda", "CUDA")),
+    Case("load_model cuda without CUDA", _cuda_without_cuda, ValueError,
+         ("device", "cuda", "CUDA")),
     Case("load_model seed negative", lambda e: load_model("tiny-llama", seed=-1), ValueError,
          ("seed", "-1")),
     Case("load_model seed string", lambda e: load_model("tiny-llama", seed="0"), TypeError,
@@ -237,7 +237,8 @@ CORE_CASES = [
     Case("token_blocks text not text", lambda e: wb.token_blocks(e.tokenizer, 123, 8), TypeError,
          ("text", "int")),
     Case("token_blocks list with a non-string",
-         lambda e: wb.token_blocks(e.tokenizer, ["a document", 3], 8), TypeError, ("text[1]", "int")),
+         lambda e: wb.token_blocks(e.tokenizer, ["a document", 3], 8), TypeError,
+         ("text[1]", "int")),
     Case("token_blocks empty text", lambda e: wb.token_blocks(e.tokenizer, "  ", 8), ValueError,
          ("text", "empty")),
     Case("token_blocks seq_len 1", lambda e: wb.token_blocks(e.tokenizer, _docs(), 1), ValueError,

@@ -18,10 +18,8 @@ import os
 import sys
 import time
 
-from workbench.experiments import notebooks
-
 from workbench.core import paths
-
+from workbench.experiments import notebooks
 
 #: Exceptions that mean "the user asked for something wrong", not "the workbench broke".
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)

@@ -265,7 +265,8 @@ def run_check(out_dir: Path, notebook: str = "00_quickstart", as_is: bool = Fals
 
         def all_executed():
             prompts = page.js("""[...document.querySelectorAll(
-                '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')].map(p => p.textContent.trim())""")
+                '.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
+                .map(p => p.textContent.trim())""")
             done = prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
             busy = [s for s in api("/api/sessions") if s["kernel"]["execution_state"] != "idle"]
             return prompts if done and not busy else None
@@ -280,13 +281,11 @@ def run_check(out_dir: Path, notebook: str = "00_quickstart", as_is: bool = Fals
             time.sleep(1.0)
             page.screenshot(out_dir / "ran.png")
         findings["prompts"] = prompts
-        findings["errors_in_page"] = page.js(
-            "document.querySelectorAll('.jp-OutputArea-output[data-mime-type="
-            "\"application/vnd.jupyter.stderr\"] .ansi-red-fg, .jp-RenderedText .ansi-red-intense-fg').length")
         page.close()
 
-        outputs = sorted(str(p.relative_to(scratch)) for p in (scratch / "data" / "runs").rglob("*")
-                         if p.is_file()) if (scratch / "data" / "runs").exists() else []
+        runs = scratch / "data" / "runs"
+        outputs = sorted(str(p.relative_to(scratch)) for p in runs.rglob("*")
+                         if p.is_file()) if runs.exists() else []
         findings["outputs"] = outputs
         if notebook == "00_quickstart":
             if "data/runs/quickstart/results.parquet" not in outputs:

@@ -118,10 +118,10 @@ def test_default_model_is_the_real_pretrained_smollm2(smollm2):
     ("HuggingFaceTB/SmolLM2-135M", False), ("owner/name", False), ("tiny-lama", False),
 ])
 def test_path_or_hub_id(spec, is_path):
+    import os
+
     from workbench.core import paths
     from workbench.core.models import _looks_like_path
-
-    import os
     cwd = os.getcwd()
     os.chdir(paths.ROOT)  # "tests/" exists relative to the project root
     try:
