@@ -1,0 +1,145 @@
+"""One cell of the lottery grid, end to end: the protocol behind notebook 04.
+
+:func:`run_cell` takes a config (an :class:`~workbench.lottery.schema.IMPConfig` or a
+plain dict of overrides, validated by :meth:`IMPConfig.from_params`) and a run folder,
+loads the model and the corpus the config names, detects the starting model's super
+weights, runs :func:`workbench.lottery.imp.run_imp` (resuming from the folder's
+checkpoints) and returns the tables, summary and manifest of the finished run, ready for
+:func:`workbench.experiments.runs.write_run` (which lives one layer up, so the notebook
+calls it). Nothing here depends on the notebook: adding a schema field needs no edit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from workbench.lottery.imp import IMPResult, run_imp, sw_input_ids
+from workbench.lottery.rounds import EMERGENT_COLUMNS
+from workbench.lottery.schema import IMPConfig
+from workbench.lottery.superweights import find_super_weights, projection_module_name
+
+#: Columns notebook 04 shows of the records.
+DISPLAY_COLUMNS = ("round", "target_sparsity", "sparsity", "val_ppl_pruned", "val_ppl",
+                   "train_loss", "sw_kept", "sw_total", "sw_value_drift", "esw_total",
+                   "esw_pretrained", "esw_survival", "mask_jaccard_prev")
+#: Columns of the pre-trained rows of the super-weight table (emergent rows add
+#: ``round``, ``pretrained``, ``kept``; see :data:`EMERGENT_COLUMNS`).
+SW_COLUMNS = ("source", "layer", "param", "row", "col", "in_channel", "out_channel", "value",
+              "input_activation", "output_activation", "output_ratio", "iteration")
+
+
+@dataclass
+class CellRun:
+    """A finished cell.
+
+    Attributes:
+        config: The validated config.
+        result: What :func:`run_imp` returned.
+        super_weights: The starting model's super weights (detector records).
+        tables: ``{records, losses, layer_sparsity, super_weights}`` DataFrames.
+        manifest: JSON-able manifest (seed, parameters, design, timings, sizes).
+    """
+
+    config: IMPConfig
+    result: IMPResult
+    super_weights: list[dict]
+    tables: dict[str, Any] = field(repr=False)
+    manifest: dict[str, Any]
+
+
+def as_config(config: IMPConfig | Mapping[str, Any] | None) -> IMPConfig:
+    """An :class:`IMPConfig` from a config or a dict of overrides (validated)."""
+    return config if isinstance(config, IMPConfig) else IMPConfig.from_params(config or {})
+
+
+def load_inputs(cfg: IMPConfig):
+    """``(model, train_blocks, val_blocks)`` the config names (seeded by ``cfg.seed``)."""
+    from workbench.core.data import load_corpus, token_blocks
+    from workbench.core.models import load_model
+    from workbench.core.repro import seed_everything
+
+    seed_everything(cfg.seed)
+    model, tokenizer = load_model(cfg.model, device=None if cfg.device == "auto" else cfg.device)
+    text = load_corpus(cfg.corpus)  # fixed document split; the seed drives batches and θ0
+    train_blocks = token_blocks(tokenizer, text.train, cfg.seq_len)
+    val_blocks = token_blocks(tokenizer, text.validation, cfg.val_seq_len,
+                              n_blocks=cfg.n_val_blocks)
+    return model, train_blocks, val_blocks
+
+
+def detect_super_weights(model: torch.nn.Module, val_blocks: torch.Tensor,
+                         cfg: IMPConfig) -> list[dict]:
+    """Super weights of the starting model on :func:`sw_input_ids` (the same detector
+    settings and tokens as the emergent ones)."""
+    return find_super_weights(model, sw_input_ids(val_blocks, cfg), threshold=cfg.sw_threshold,
+                              spike_ratio=cfg.sw_spike_ratio,
+                              module_name=projection_module_name(model))
+
+
+def run_tables(result: IMPResult, super_weights: list[dict]) -> dict[str, Any]:
+    """The run's tables: pre-trained SWs (``source="pretrained"``) and emergent ones
+    (``source="emergent"``, one row per round found) share ``super_weights``."""
+    import pandas as pd
+
+    pre = pd.DataFrame([dict(s, source="pretrained") for s in super_weights],
+                       columns=list(SW_COLUMNS))
+    em = result.emergent if result.emergent is not None else pd.DataFrame(
+        columns=list(EMERGENT_COLUMNS))
+    frames = [f for f in (pre, em) if len(f)]
+    sw = (pd.concat(frames, ignore_index=True) if frames else
+          pd.DataFrame(columns=list(dict.fromkeys(SW_COLUMNS + EMERGENT_COLUMNS))))
+    if "round" in sw:
+        sw["round"] = sw["round"].astype("Int64")
+    return dict(records=result.records, losses=result.losses,
+                layer_sparsity=result.layer_sparsity, super_weights=sw)
+
+
+def run_manifest(cfg: IMPConfig, result: IMPResult, *, seconds: float,
+                 n_train_blocks: int) -> dict[str, Any]:
+    """Manifest of a cell: seed, every parameter, the design factors, timings."""
+    return dict(seed=cfg.seed, parameters=cfg.to_dict(), design=cfg.design(),
+                rank=cfg.rank, seconds=seconds, resumed_from=result.resumed_from,
+                n_train_blocks=int(n_train_blocks))
+
+
+def run_cell(config: IMPConfig | Mapping[str, Any] | None,
+             run_dir: str | os.PathLike | None, *, progress: bool = True) -> CellRun:
+    """Run one cell (resuming from ``run_dir/checkpoints``); see the module docstring.
+
+    Args:
+        config: An :class:`IMPConfig` or a dict of overrides.
+        run_dir: Run folder (checkpoints go to ``run_dir/checkpoints``); ``None``: no
+            checkpoints.
+        progress: Progress bars.
+
+    Returns:
+        A :class:`CellRun`.
+    """
+    t0 = time.perf_counter()
+    cfg = as_config(config)
+    model, train_blocks, val_blocks = load_inputs(cfg)
+    sws = detect_super_weights(model, val_blocks, cfg)
+    result = run_imp(model, train_blocks, val_blocks, cfg, super_weights=sws,
+                     output_dir=None if run_dir is None else Path(run_dir), progress=progress)
+    manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
+                            n_train_blocks=int(train_blocks.shape[0]))
+    return CellRun(cfg, result, sws, run_tables(result, sws), manifest)
+
+
+def sentence(run: CellRun) -> str:
+    """One line: final sparsity, perplexity change, SW survival, winning-ticket score."""
+    rec = run.result.records
+    last = rec.iloc[-1]
+    cfg = run.config
+    return (f"{cfg.experiment} seed {cfg.seed} (θ0 {cfg.init}, rank {cfg.rank}): sparsity "
+            f"{last['sparsity']:.3f} after {len(rec) - 1} rounds of {cfg.steps_per_round} "
+            f"steps, val ppl {rec['val_ppl'].iloc[0]:.2f} -> {last['val_ppl']:.2f}; "
+            f"{int(last['sw_kept'])}/{int(last['sw_total'])} pre-trained and "
+            f"{int(last['esw_total'])} emergent super weights; winning-ticket score "
+            f"{run.result.summary['winning_ticket_score']:.3f}")
