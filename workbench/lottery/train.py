@@ -88,6 +88,41 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     )
 
 
+def _check_arguments(blocks, *, steps, batch_size, grad_accum, warmup_steps, lr_schedule,
+                     autocast, lr, snapshot_step) -> None:
+    """Validate :func:`train_masked`'s arguments (``ValueError`` naming the argument)."""
+    _positive_int("steps", steps, 0)
+    _positive_int("batch_size", batch_size)
+    _positive_int("grad_accum", grad_accum)
+    _positive_int("warmup_steps", warmup_steps, 0)
+    _check("lr_schedule", lr_schedule, LR_SCHEDULES)
+    _check("autocast", autocast, AUTOCAST)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long:
+        raise ValueError("blocks must be a LongTensor of shape [n_blocks, seq_len]")
+    if blocks.shape[0] < 1 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks must have n >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
+    if snapshot_step is not None:
+        _positive_int("snapshot_step", snapshot_step, 0)
+        if snapshot_step > steps:
+            raise ValueError(f"snapshot_step must be in [0, steps={steps}], got {snapshot_step}")
+
+
+def _optimizer(params, *, steps, lr, betas, weight_decay, lr_schedule, warmup_steps):
+    """AdamW (fused when supported) and its LR schedule."""
+    # The fused kernel (CUDA and CPU) is one pass over the parameters: on CPU it is
+    # ~25x faster than the foreach path for SmolLM2-135M (0.3 s vs 8.6 s a step).
+    opt_kwargs: dict[str, Any] = {"fused": True} if _fused_ok(params) else {"foreach": True}
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                  **opt_kwargs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_lambda(s, steps=steps, schedule=lr_schedule, warmup_steps=warmup_steps),
+    )
+    return optimizer, scheduler
+
+
 def train_masked(
     model: nn.Module,
     blocks: torch.Tensor,
@@ -145,23 +180,9 @@ def train_masked(
     Raises:
         ValueError: Bad sizes, schedule, autocast mode, or masks not matching the model.
     """
-    _positive_int("steps", steps, 0)
-    _positive_int("batch_size", batch_size)
-    _positive_int("grad_accum", grad_accum)
-    _positive_int("warmup_steps", warmup_steps, 0)
-    _check("lr_schedule", lr_schedule, LR_SCHEDULES)
-    _check("autocast", autocast, AUTOCAST)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long:
-        raise ValueError("blocks must be a LongTensor of shape [n_blocks, seq_len]")
-    if blocks.shape[0] < 1 or blocks.shape[1] < 2:
-        raise ValueError(f"blocks must have n >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
-    if snapshot_step is not None:
-        _positive_int("snapshot_step", snapshot_step, 0)
-        if snapshot_step > steps:
-            raise ValueError(f"snapshot_step must be in [0, steps={steps}], got {snapshot_step}")
-
+    _check_arguments(blocks, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+                     warmup_steps=warmup_steps, lr_schedule=lr_schedule, autocast=autocast,
+                     lr=lr, snapshot_step=snapshot_step)
     device = model_device(model)
     named = dict(model.named_parameters())
     masks = dict(masks or {})
@@ -176,15 +197,9 @@ def train_masked(
 
     params = [p for p in model.parameters() if p.requires_grad]
     cuda = device.type == "cuda"
-    # The fused kernel (CUDA and CPU) is one pass over the parameters: on CPU it is
-    # ~25x faster than the foreach path for SmolLM2-135M (0.3 s vs 8.6 s a step).
-    opt_kwargs: dict[str, Any] = {"fused": True} if _fused_ok(params) else {"foreach": True}
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                  **opt_kwargs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_lambda(s, steps=steps, schedule=lr_schedule, warmup_steps=warmup_steps),
-    )
+    optimizer, scheduler = _optimizer(params, steps=steps, lr=lr, betas=betas,
+                                      weight_decay=weight_decay, lr_schedule=lr_schedule,
+                                      warmup_steps=warmup_steps)
     use_bf16 = autocast == "bf16" or (autocast == "auto" and cuda)
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
     forward = torch.compile(model) if compile else model
