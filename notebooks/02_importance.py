@@ -67,7 +67,7 @@ sns.heatmap(overlap.astype(float), annot=True, fmt=".2f", vmin=0, vmax=1, cmap="
             xticklabels=[SCORE_KINDS.get(k).label for k in overlap.columns],
             yticklabels=[SCORE_KINDS.get(k).label for k in overlap.index], ax=ax)
 ax.set_title(f"Jaccard of pruned sets, {sparsity:.0%} {scope} sparsity")
-paths = save_figure(fig, figure_name)
+figure_files = save_figure(fig, figure_name)
 
 # %%
 out = paths.resolve(output_dir)
