@@ -284,6 +284,9 @@ def prune(
         raise ValueError(f"method {method!r} needs calibration data "
                          "(calibration=LongTensor[n, seq])")
     check_calibration(model, calibration, "calibration")
+    if scores is not None and entry.props["score_kind"] is None:
+        raise ValueError(f"scores= is only used by score methods "
+                         f"{METHODS.names(reusable_scores=True)}, not {method!r}")
     t0 = time.perf_counter()
     modules = prunable_modules(model, include, exclude)
     req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,
