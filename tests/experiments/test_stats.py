@@ -103,11 +103,14 @@ def test_compare_factor_matches_by_first_arrival_and_round(runs):
     one["target_sparsity"] = np.where(one["round"] > 0, 0.2, 0.0)
     one["val_ppl"] = one["val_ppl"] + one["round"]
     df = pd.concat([df, one], ignore_index=True)
-    t = stats.compare_factor(df, "schedule", "val_ppl")
-    assert list(t.level) == [0.2] and t.experiment_b.iloc[0] == "I1"
-    assert t.mean_diff.iloc[0] == pytest.approx(1.0)  # round 1 of I1 vs round 1 of B2
+    # first arrival at 0.2: round 1 of both, the same procedure -> never compared
+    assert stats.compare_factor(df, "schedule", "val_ppl").empty
+    # last round at 0.2: I1 trained on for 3 rounds without rewinding -> compared
     last = stats.compare_factor(df, "schedule", "val_ppl", take="last")
-    assert last.mean_b.iloc[0] > t.mean_b.iloc[0]
+    assert list(last.level) == [0.2] and last.experiment_b.iloc[0] == "I1"
+    b2 = df[(df.experiment == "B2") & (df["round"] == 1)].sort_values("seed").val_ppl
+    i1 = df[(df.experiment == "I1") & (df["round"] == 3)].sort_values("seed").val_ppl
+    assert last.mean_diff.iloc[0] == pytest.approx((i1.to_numpy() - b2.to_numpy()).mean())
     by_round = stats.compare_factor(runs, "init", "val_ppl", at="round")
     assert list(by_round.level) == [0, 1, 2, 3]
 

@@ -18,7 +18,8 @@ seed, matched by ``at``:
 * ``sparsity``: the target sparsity both runs reached (``levels`` restricts it; the dense
   level 0 is never tested); ``take: first`` uses the first round that reached a level
   (default), ``take: last`` the last one (a one-shot run that keeps training at 0.2).
-* ``round``: the same pruning round (rounds >= 1).
+* ``round``: the same round (round 0, the dense training, is compared only when the two
+  procedures already differ there, e.g. in their initial weights θ0).
 * ``run``: one value per run from its summary (``winning_ticket_score``,
   ``optimal_sparsity``, ``critical_sparsity``).
 
@@ -266,10 +267,10 @@ def _procedure_key(params: Mapping[str, Any], rnd: int) -> tuple:
 
 def planned_rounds(params: Mapping[str, Any], at: str, take: str = "first") -> dict:
     """``{level: round}`` a run reaches: sparsity levels (rounded to :data:`DECIMALS`,
-    dense excluded) with the first or last round at each, or rounds 1..R."""
+    dense excluded) with the first or last round at each, or rounds 0..R."""
     targets = round_targets(params)
-    if at == "round":
-        return {r: r for r in range(1, len(targets) + 1)}
+    if at == "round":  # round 0 (dense training) too: it differs when e.g. theta0 does
+        return {r: r for r in range(0, len(targets) + 1)}
     out: dict = {}
     for r, t in enumerate(targets, start=1):
         level = round(float(t), DECIMALS)

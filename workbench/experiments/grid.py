@@ -59,8 +59,9 @@ class Cell:
         experiment: Experiment id.
         seed: Seed.
         notebook: Notebook name or path.
-        parameters: Everything injected into the notebook (seed, experiment and
-            output_dir included).
+        parameters: Everything injected into the notebook: ``{run_dir, config: {...,
+            experiment, seed}}`` for a notebook that takes a config dict (notebook 04),
+            else the flat parameters with ``experiment``, ``seed`` and ``output_dir``.
         directory: The cell's folder.
     """
 
@@ -126,6 +127,15 @@ def _process_start(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[19]  # field 22 of proc(5)
 
 
+def _process_state(pid: int) -> str | None:
+    """State letter of ``pid`` from ``/proc/<pid>/stat`` (``Z``: zombie), else ``None``."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
 def _owner_alive(status: Mapping[str, Any]) -> bool | None:
     """Is the process named in a status record alive? ``None`` when it cannot be told
     (another host, no pid recorded). A recycled pid is told apart by its start time."""
@@ -138,6 +148,8 @@ def _owner_alive(status: Mapping[str, Any]) -> bool | None:
         return False
     except PermissionError:
         return True
+    if _process_state(pid) in ("Z", "X"):  # killed, not yet reaped (no init in containers)
+        return False
     started = status.get("pid_start")
     return started is None or _process_start(pid) in (None, started)
 
@@ -188,13 +200,29 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
     """
     spec = load_spec(spec)
     root = spec.runs_dir(profile, runs_dir)
+    config_mode = _takes_config(spec.notebook)
     cells = []
     for name, params in spec.resolve(profile).items():
         for seed in spec.experiments[name].seeds:
-            d = root / name / f"seed{seed}"
-            full = {**params, "experiment": name, "seed": seed, "output_dir": str(d)}
+            d = runs.run_dir(root, name, seed)
+            if config_mode:  # notebook 04: one config dict of schema fields + the run folder
+                full = {"run_dir": str(d),
+                        "config": {**params, "experiment": name, "seed": seed}}
+            else:  # flat parameters (fixture notebooks)
+                full = {**params, "experiment": name, "seed": seed, "output_dir": str(d)}
             cells.append(Cell(name, seed, spec.notebook, full, d))
     return cells
+
+
+def _takes_config(notebook: str | os.PathLike) -> bool:
+    """Does the notebook take ``run_dir`` + ``config`` (see
+    :func:`workbench.experiments.specs.takes_config`)? ``False`` when it cannot be read."""
+    from workbench.experiments.specs import takes_config
+
+    try:
+        return takes_config(notebooks.notebook_parameters(notebook))
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def status(spec: str | os.PathLike | Spec, profile: str | None = "cpu",

@@ -11,14 +11,26 @@ experiment (``defaults``) and the experiments themselves::
       B2: {purpose: Baseline, steps_per_round: 10000, prune_pct: 0.2}
       C2: {purpose: Init, init: xavier, steps_per_round: 10000, prune_pct: 0.2}
 
-Keys of an experiment are notebook parameters, except the metadata keys in
-:data:`EXPERIMENT_META_KEYS` (``purpose``, ``tracked``, ``notes``, ``seeds``).
+Keys of an experiment are run parameters, except the metadata keys in
+:data:`EXPERIMENT_META_KEYS` (``purpose``, ``tracked``, ``notes``, ``seeds``, ``label``,
+``color``, ``reference``).
+
+**Parameters are validated by the lottery schema** (:mod:`workbench.lottery.schema`), not
+by a list restated here: a key that is a field of
+:class:`~workbench.lottery.schema.IMPConfig` is checked against its metadata (choices,
+range, integer, type) and the cross-field rules of
+:meth:`~workbench.lottery.schema.IMPConfig.from_params`. For a notebook that takes one
+``config`` dict (notebook 04), every parameter must be a schema field; for a notebook
+with flat parameters (test fixtures), names and types come from its parameters cell.
+Adding a field to the schema therefore makes it settable here with no other edit.
 
 A **profile** (``data/experiments/profiles.yaml`` or a ``profiles:`` section of the spec)
 scales budgets and data sizes without changing the design: ``scale`` multiplies numeric
 parameters (``steps_per_round: {factor: 0.0004, min: 1}``) and ``set`` overrides sizes
-(``batch_size``, ``seq_len``, ...). A profile may not touch the design keys in
-:data:`DESIGN_KEYS`; ``profile=None`` runs the spec as written.
+(``batch_size``, ``seq_len``, ...). A profile may not touch a design key
+(:func:`workbench.lottery.schema.design_keys`), except that it may *scale* one the schema
+marks ``scalable`` (steps per round: the ordering 3k < 10k < 20k is kept);
+``profile=None`` runs the spec as written.
 
 Every problem is reported as a ``ValueError`` naming the key and the allowed values, when
 the spec is loaded, before anything runs. The runs of a spec live in
@@ -49,24 +61,25 @@ EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label", "color"
 #: Keys of a profile.
 PROFILE_KEYS = ("description", "scale", "set")
 #: Parameters the grid fills in per cell (a spec may not set them).
-RESERVED_KEYS = ("experiment", "seed", "output_dir")
-#: Parameters that define the experimental design: a profile may not change them.
-DESIGN_KEYS = ("init", "rewind_step", "schedule", "prune_pct", "targets", "n_rounds",
-               "scope", "importance_kind", "lr", "lr_schedule", "protect_sw", "control")
+RESERVED_KEYS = ("experiment", "seed", "output_dir", "run_dir", "config")
 
-#: Allowed values of categorical parameters of the lottery notebook.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "init": ("pretrained", "xavier", "kaiming", "rewind"),
-    "schedule": ("constant", "gradual", "oneshot"),
-    "scope": ("global", "layer"),
-    "lr_schedule": ("constant", "warmup_cosine"),
-    "control": ("none", "positive", "negative"),
-}
-#: Integer parameters and their smallest allowed value.
-INT_MIN: dict[str, int] = {
-    "rewind_step": 0, "n_rounds": 1, "steps_per_round": 0, "warmup_steps": 0,
-    "batch_size": 1, "seq_len": 2, "grad_accum": 1, "n_val_blocks": 1, "val_seq_len": 2,
-}
+
+def _schema():
+    """The lottery schema module (imported on use: it loads torch)."""
+    from workbench.lottery import schema
+
+    return schema
+
+
+def schema_fields() -> dict[str, Any]:
+    """``{name: FieldSpec}`` of the lottery schema's fields."""
+    return {f.name: f for f in _schema().config_fields()}
+
+
+def design_keys() -> tuple[str, ...]:
+    """Design factors of the lottery schema (:func:`workbench.lottery.schema.design_keys`)."""
+    return tuple(_schema().design_keys())
+
 
 DEFAULT_PROFILES_FILE = "profiles.yaml"
 
@@ -263,50 +276,40 @@ def _check_seeds(seeds: Any, where: str) -> list[int]:
 
 
 def check_values(params: Mapping[str, Any], where: str,
-                 defaults: Mapping[str, Any] | None = None) -> None:
-    """Check parameter values of one experiment (after any profile).
+                 defaults: Mapping[str, Any] | None = None, *, strict: bool = False) -> None:
+    """Check parameter values of one experiment (after any profile) against the schema.
 
-    Categorical values must be in :data:`CHOICES`, integers respect :data:`INT_MIN`,
-    ``prune_pct`` lies in (0, 1), ``lr`` is positive, ``targets`` is an increasing list in
-    (0, 1) whose length equals ``n_rounds`` when ``schedule`` is ``gradual``. With the
-    notebook's ``defaults``, a value must also have the type of the default.
+    Keys that are fields of the lottery schema are checked by their metadata and, all
+    together, by :meth:`~workbench.lottery.schema.IMPConfig.from_params` (cross-field
+    rules such as "gradual needs targets"). With ``strict`` every key must be a schema
+    field (a notebook taking one ``config`` dict). With the notebook's ``defaults``
+    (flat notebooks), a value must also have the type of the default.
 
     Raises:
-        ValueError: Naming ``where``, the key and the allowed values.
+        ValueError: Naming ``where``, the key, the value and the allowed values.
     """
+    fields = schema_fields()
+    if strict:
+        allowed = set(fields) - set(RESERVED_KEYS)
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown parameter(s) {unknown}; allowed (fields of "
+                             f"the lottery schema): {sorted(allowed)}")
+    known = {k: v for k, v in params.items() if k in fields and k not in RESERVED_KEYS}
+    try:
+        _schema().IMPConfig.from_params(known)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
     for key, value in params.items():
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ValueError(f"{where}: {key}={value!r} is not allowed; "
-                             f"allowed: {list(CHOICES[key])}")
-        if key in INT_MIN and (isinstance(value, bool) or not isinstance(value, int)
-                               or value < INT_MIN[key]):
-            raise ValueError(f"{where}: {key} must be an integer >= {INT_MIN[key]}, "
-                             f"got {value!r}")
-        if defaults is not None and key in defaults:
+        if defaults is not None and key in defaults and key not in fields:
             _check_type(key, value, defaults[key], where)
-    pct = params.get("prune_pct")
-    if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float))
-                            or not 0 < pct < 1):
-        raise ValueError(f"{where}: prune_pct must be a fraction in (0, 1), got {pct!r}")
-    lr = params.get("lr")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-        raise ValueError(f"{where}: lr must be a positive number, got {lr!r}")
-    targets = params.get("targets")
-    if targets is not None:
-        ok = (isinstance(targets, list) and targets
-              and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1
-                      for t in targets)
-              and all(a < b for a, b in zip(targets, targets[1:])))
-        if not ok:
-            raise ValueError(f"{where}: targets must be an increasing list of sparsities in "
-                             f"(0, 1), got {targets!r}")
-    if params.get("schedule") == "gradual":
-        if targets is None:
-            raise ValueError(f"{where}: schedule='gradual' needs targets (cumulative "
-                             "sparsities per round, e.g. [0.05, 0.1, 0.15, 0.2])")
-        if "n_rounds" in params and params["n_rounds"] != len(targets):
-            raise ValueError(f"{where}: n_rounds={params['n_rounds']} but targets has "
-                             f"{len(targets)} entries; they must match for schedule='gradual'")
+
+
+def takes_config(notebook_defaults: Mapping[str, Any] | None) -> bool:
+    """Does a notebook with this parameters cell take one ``config`` dict (plus
+    ``run_dir``) instead of flat parameters? (Notebook 04 does: its config is an
+    :class:`~workbench.lottery.schema.IMPConfig` as a dict.)"""
+    return notebook_defaults is not None and "config" in notebook_defaults
 
 
 def known_metrics() -> tuple[str, ...]:
@@ -351,11 +354,17 @@ def _validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
         for section in ("scale", "set"):
             if prof.get(section) is not None and not isinstance(prof[section], Mapping):
                 raise ValueError(f"{w}.{section} must be a mapping of parameter -> value")
+        design = set(design_keys())
+        scalable = set(_schema().scalable_keys())
         for section in ("scale", "set"):
-            design = sorted(set(prof.get(section) or {}) & set(DESIGN_KEYS))
-            if design:
-                raise ValueError(f"{w}.{section} changes design key(s) {design}; a profile "
-                                 f"may only scale budgets and sizes, not {list(DESIGN_KEYS)}")
+            touched = set(prof.get(section) or {}) & design
+            if section == "scale":
+                touched -= scalable
+            if touched:
+                raise ValueError(
+                    f"{w}.{section} changes design key(s) {sorted(touched)}; a profile may "
+                    f"only set budget/runtime parameters and scale "
+                    f"{sorted(scalable)}, not the design keys {sorted(design)}")
             reserved = sorted(set(prof.get(section) or {}) & set(RESERVED_KEYS))
             if reserved:
                 raise ValueError(f"{w}.{section} sets {reserved}, which the grid fills in")
@@ -403,7 +412,8 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
         where: Name used in error messages (the file).
         profiles: Profiles shared by all specs; the spec's own ``profiles`` win.
         notebook_defaults: The notebook's parameters cell (name -> default). When given,
-            every parameter name must be declared there and have the default's type.
+            every parameter name must be declared there and have the default's type, or,
+            for a notebook that takes a ``config`` dict, be a lottery-schema field.
 
     Raises:
         ValueError: On unknown keys or bad values, naming the key and the allowed values.
@@ -430,7 +440,8 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
         raise ValueError(f"{where}: slurm must be a mapping of submitit parameters")
 
     allowed_params = None
-    if notebook_defaults is not None:
+    strict = takes_config(notebook_defaults)
+    if notebook_defaults is not None and not strict:
         allowed_params = set(notebook_defaults) - set(RESERVED_KEYS)
     exps: dict[str, Experiment] = {}
     for name, body in experiments.items():
@@ -448,7 +459,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
             _check_keys(params, allowed_params, f"{w} (notebook {raw['notebook']} parameters)")
         meta = {k: v for k, v in body.items() if k in EXPERIMENT_META_KEYS and k != "seeds"}
         exp_seeds = _check_seeds(body["seeds"], f"{w}: seeds") if "seeds" in body else seeds
-        check_values(params, w, notebook_defaults)
+        check_values(params, w, notebook_defaults, strict=strict)
         exps[name] = Experiment(name=name, parameters=params, seeds=exp_seeds, meta=meta)
 
     from workbench.experiments.contrasts import parse_questions
@@ -463,7 +474,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
     for prof in all_profiles:  # every profile must give valid values
         for name, params in spec.resolve(prof).items():
             check_values(params, f"{where}: experiment {name} under profile {prof!r}",
-                         notebook_defaults)
+                         notebook_defaults, strict=strict)
             if allowed_params is not None:
                 _check_keys(params, allowed_params, f"{where}: profile {prof!r}")
     return spec

@@ -16,31 +16,38 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 TESTS = ("t", "wilcoxon")
 AT = ("sparsity", "round")
-#: Design columns that change together with a factor (ignored when pairing experiments).
-LINKED: dict[str, tuple[str, ...]] = {
-    "schedule": ("prune_pct", "targets", "n_rounds"),
-    "lr_schedule": ("warmup_steps",),
-    "init": ("rewind_step",),
-}
-#: Level used as the reference of a factor when ``baseline`` is not given.
-BASELINES: dict[str, Any] = {"init": "pretrained", "schedule": "constant", "scope": "global",
-                             "lr_schedule": "constant", "control": "none"}
 #: Leading columns of a :func:`compare_factor` table.
 TABLE_COLUMNS = ("factor", "baseline", "level_b", "experiment_a", "experiment_b", "metric", "at",
                  "level", "n", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "d_z",
                  "p_t", "p_wilcoxon", "test", "p_holm", "significant", "note")
-#: Columns that describe how a run was made (used to find one-factor pairs).
-DESIGN_COLUMNS = ("init", "rewind_step", "schedule", "prune_pct", "targets", "n_rounds",
-                  "scope", "importance_kind", "steps_per_round", "lr", "lr_schedule",
-                  "warmup_steps", "protect_sw", "control", "batch_size", "seq_len", "model",
-                  "corpus")
+
+
+def design_columns() -> tuple[str, ...]:
+    """Columns that describe how a run was made: the lottery schema's design keys
+    (:func:`workbench.lottery.schema.design_keys`)."""
+    from workbench.experiments.specs import design_keys
+
+    return design_keys()
+
+
+def baseline_level(factor: str, levels) -> Any:
+    """Reference level of a factor: the schema's default for that field when some run has
+    it (``init=pretrained``, ``schedule=constant``, ``protect_sw=False``, ...), else the
+    smallest level."""
+    from workbench.experiments.specs import schema_fields
+
+    levels = list(levels)
+    spec = schema_fields().get(factor)
+    if spec is not None and str(spec.default) in {str(v) for v in levels}:
+        return next(v for v in levels if str(v) == str(spec.default))
+    return sorted(set(levels), key=str)[0]
 
 
 def wilcoxon_min_p(n: int) -> float:
@@ -202,37 +209,88 @@ def compare_experiments(df: pd.DataFrame, a: str, b: str, metric: str, *,
     return pd.DataFrame(rows)
 
 
-def _design(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """One row per experiment with its design columns (as strings, for grouping)."""
+def _experiment_parameters(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, dict]:
+    """``{experiment: {column: value}}`` from the first row of each experiment (list
+    columns stored as text are parsed back)."""
+    import ast
+
     cols = [c for c in columns if c in df]
-    first = df.groupby("experiment", sort=True).head(1).set_index("experiment")[cols]
-    return first.astype(str).sort_index()
+    out = {}
+    for exp, row in df.groupby("experiment", sort=True).head(1).set_index("experiment")[
+            cols].iterrows():
+        params = {}
+        for c, v in row.items():
+            if isinstance(v, str) and v[:1] in "[(":
+                try:
+                    v = ast.literal_eval(v)
+                except (ValueError, SyntaxError):
+                    pass
+            elif not isinstance(v, (list, tuple)) and pd.isna(v):
+                v = None
+            params[c] = v.item() if hasattr(v, "item") else v
+        out[str(exp)] = params
+    return out
+
+
+def one_factor_pair(factor: str, pa: Mapping[str, Any], pb: Mapping[str, Any]) -> bool:
+    """Do two runs differ in ``factor`` and in nothing else that matters?
+
+    Every other design column must be equal, except a schedule-shaping key
+    (:data:`workbench.experiments.contrasts.SCHEDULE_KEYS`) that one of the two runs
+    ignores: giving it the other run's value leaves that run's per-round targets
+    unchanged (``targets`` under a constant schedule, ``n_rounds`` under a gradual one).
+    That is what moves together with a factor, derived from the lottery's own
+    ``round_targets`` rather than listed here.
+    """
+    from workbench.experiments.contrasts import SCHEDULE_KEYS, round_targets
+
+    if str(pa.get(factor)) == str(pb.get(factor)):
+        return False
+
+    def ignores(params, key, value) -> bool:
+        try:
+            return round_targets({**params, key: value}) == round_targets(params)
+        except (TypeError, ValueError):
+            return False
+
+    for key in set(pa) | set(pb):
+        if key == factor or str(pa.get(key)) == str(pb.get(key)):
+            continue
+        if key not in SCHEDULE_KEYS:
+            return False
+        if not (ignores(pa, key, pb.get(key)) or ignores(pb, key, pa.get(key))):
+            return False
+    return True
 
 
 def compare_factor(df: pd.DataFrame, factor: str, metric: str, *, at: str = "sparsity",
                    baseline: Any = None, test: str = "t", alpha: float = 0.05,
                    decimals: int = 3, exclude_dense: bool = True, take: str = "first",
-                   design_columns: Sequence[str] = DESIGN_COLUMNS,
+                   design: Sequence[str] | None = None,
+                   parameters: Mapping[str, Mapping[str, Any]] | None = None,
                    **kwargs: Any) -> pd.DataFrame:
     """Does ``factor`` change ``metric`` at matched sparsity (or round)?
 
-    Experiments are paired when they differ in ``factor`` (and the columns in
-    :data:`LINKED` that move with it) and agree on every other design column; each pair
-    is compared by :func:`compare_experiments` against the ``baseline`` level. All rows of
-    the table form one family for the Holm correction of ``test``'s p-values.
+    Experiments are paired when :func:`one_factor_pair` says they differ in ``factor``
+    alone; each pair is compared by :func:`compare_experiments` against the
+    ``baseline`` level, skipping levels at which the two are the same procedure
+    (:func:`workbench.experiments.contrasts.testable_levels`). All rows of the table form
+    one family for the Holm correction of ``test``'s p-values.
 
     Args:
         df: Runs from :func:`workbench.experiments.aggregate.load_runs`.
         factor: Design column, e.g. ``"init"``, ``"schedule"``, ``"steps_per_round"``.
-        metric: Numeric column, e.g. ``"val_ppl"``, ``"sw_survival"``.
+        metric: Numeric column, e.g. ``"val_nll"``, ``"sw_survival"``.
         at: ``"sparsity"`` (matched target sparsity) or ``"round"``.
-        baseline: Reference level (default from :data:`BASELINES`, else the smallest).
+        baseline: Reference level (default :func:`baseline_level`).
         test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the Holm family.
         alpha: Family-wise error rate.
         decimals: Rounding of the sparsity used for matching.
         exclude_dense: Skip sparsity 0 (before pruning).
         take: Round used when a run stays at one level (see :func:`matched_values`).
-        design_columns: Columns that define an experiment's design.
+        design: Columns that define an experiment's design (default
+            :func:`design_columns`).
+        parameters: ``{experiment: parameters}`` of the runs (default: read from ``df``).
         **kwargs: Passed to :func:`paired_test` (confidence, n_resamples, random_state).
 
     Returns:
@@ -243,40 +301,46 @@ def compare_factor(df: pd.DataFrame, factor: str, metric: str, *, at: str = "spa
     Raises:
         ValueError: Naming a bad ``factor``, ``metric``, ``test`` or ``at``.
     """
+    from workbench.experiments.contrasts import Contrast, testable_levels
+
     if test not in TESTS:
         raise ValueError(f"test={test!r} is not allowed; allowed: {list(TESTS)}")
     if at not in AT:
         raise ValueError(f"at={at!r} is not allowed; allowed: {list(AT)}")
+    design = tuple(design) if design is not None else design_columns()
     if factor not in df:
-        present = [c for c in design_columns if c in df]
+        present = [c for c in design if c in df]
         raise ValueError(f"factor={factor!r} is not a column of the runs; allowed: {present}")
     if metric not in df:
         raise ValueError(f"metric={metric!r} is not a column; allowed: "
                          f"{sorted(df.select_dtypes('number').columns)}")
-    others = [c for c in design_columns if c != factor and c not in LINKED.get(factor, ())]
-    design = _design(df, others)
+    from_df = _experiment_parameters(df, design)
+    params = {e: {**from_df[e], **dict((parameters or {}).get(e, {}))} for e in from_df}
+    params = {e: {k: v for k, v in p.items() if k in design} for e, p in params.items()}
     levels = df.groupby("experiment")[factor].first()
     if baseline is None:
-        known = BASELINES.get(factor)
-        baseline = known if known in set(levels) else sorted(set(levels), key=str)[0]
+        baseline = baseline_level(factor, levels)
     tables = []
-    groups: dict[tuple, list[str]] = {}
-    for exp, row in design.iterrows():
-        groups.setdefault(tuple(row), []).append(exp)
-    for members in groups.values():
-        refs = [e for e in members if str(levels[e]) == str(baseline)]
-        for ref in refs:
-            for other in members:
-                if str(levels[other]) == str(baseline):
-                    continue
-                t = compare_experiments(df, ref, other, metric, at=at, decimals=decimals,
-                                        exclude_dense=exclude_dense, take=take, alpha=alpha,
-                                        **kwargs)
-                if len(t):
-                    t.insert(0, "level_b", levels[other])
-                    t.insert(0, "baseline", baseline)
-                    t.insert(0, "factor", factor)
-                    tables.append(t)
+    for ref in [e for e in levels.index if str(levels[e]) == str(baseline)]:
+        for other in levels.index:
+            if str(levels[other]) == str(baseline) or not one_factor_pair(
+                    factor, params[ref], params[other]):
+                continue
+            t = compare_experiments(df, ref, other, metric, at=at, decimals=decimals,
+                                    exclude_dense=exclude_dense, take=take, alpha=alpha,
+                                    **kwargs)
+            try:
+                keep = testable_levels(Contrast("auto", "auto", ref, other, at, (metric,),
+                                                None, take), params[ref], params[other])
+            except (TypeError, ValueError):
+                keep = None
+            if keep is not None and len(t):
+                t = t[[lv in keep or round(float(lv), decimals) in keep for lv in t["level"]]]
+            if len(t):
+                t.insert(0, "level_b", levels[other])
+                t.insert(0, "baseline", baseline)
+                t.insert(0, "factor", factor)
+                tables.append(t)
     if not tables:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     out = pd.concat(tables, ignore_index=True)
