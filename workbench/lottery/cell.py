@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from workbench.lottery.imp import IMPResult, run_imp, sw_input_ids
+from workbench.lottery.imp import IMPResult, run_imp
 from workbench.lottery.rounds import EMERGENT_COLUMNS
 from workbench.lottery.schema import IMPConfig
 from workbench.lottery.superweights import find_super_weights, projection_module_name
@@ -59,7 +59,9 @@ def as_config(config: IMPConfig | Mapping[str, Any] | None) -> IMPConfig:
 
 
 def load_inputs(cfg: IMPConfig):
-    """``(model, train_blocks, val_blocks)`` the config names (seeded by ``cfg.seed``)."""
+    """``(model, train_blocks, val_blocks, sw_input)`` the config names (seeded by
+    ``cfg.seed``); ``sw_input`` is the super-weight detector's input: the first
+    ``cfg.sw_blocks`` blocks of ``cfg.sw_seq_len`` tokens of the validation text."""
     from workbench.core.data import load_corpus, token_blocks
     from workbench.core.models import load_model
     from workbench.core.repro import seed_everything
@@ -70,14 +72,15 @@ def load_inputs(cfg: IMPConfig):
     train_blocks = token_blocks(tokenizer, text.train, cfg.seq_len)
     val_blocks = token_blocks(tokenizer, text.validation, cfg.val_seq_len,
                               n_blocks=cfg.n_val_blocks)
-    return model, train_blocks, val_blocks
+    sw_input = token_blocks(tokenizer, text.validation, cfg.sw_seq_len, n_blocks=cfg.sw_blocks)
+    return model, train_blocks, val_blocks, sw_input
 
 
-def detect_super_weights(model: torch.nn.Module, val_blocks: torch.Tensor,
+def detect_super_weights(model: torch.nn.Module, sw_input: torch.Tensor,
                          cfg: IMPConfig) -> list[dict]:
-    """Super weights of the starting model on :func:`sw_input_ids` (the same detector
-    settings and tokens as the emergent ones)."""
-    return find_super_weights(model, sw_input_ids(val_blocks, cfg), threshold=cfg.sw_threshold,
+    """Super weights of the starting model on ``sw_input`` (the same detector settings and
+    tokens as the emergent ones)."""
+    return find_super_weights(model, sw_input, threshold=cfg.sw_threshold,
                               spike_ratio=cfg.sw_spike_ratio,
                               module_name=projection_module_name(model))
 
@@ -123,9 +126,9 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
     """
     t0 = time.perf_counter()
     cfg = as_config(config)
-    model, train_blocks, val_blocks = load_inputs(cfg)
-    sws = detect_super_weights(model, val_blocks, cfg)
-    result = run_imp(model, train_blocks, val_blocks, cfg, super_weights=sws,
+    model, train_blocks, val_blocks, sw_input = load_inputs(cfg)
+    sws = detect_super_weights(model, sw_input, cfg)
+    result = run_imp(model, train_blocks, val_blocks, cfg, super_weights=sws, sw_input=sw_input,
                      output_dir=None if run_dir is None else Path(run_dir), progress=progress)
     manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
                             n_train_blocks=int(train_blocks.shape[0]))
