@@ -37,26 +37,36 @@ zeroshot_limit = 100
 batch_size = 8
 output_dir = "data/runs/03_sparsity_sweep"
 figure_name = "03_sparsity_sweep"
+experiment = "03_sparsity_sweep"  # set by the grid runner (workbench grid run <spec>)
+seed = None  # set by the grid runner: this cell's one calibration seed (overrides seeds)
 
 # %%
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot
+from workbench.experiments import oneshot, runs
 from workbench.experiments.plots import save_figure
 
+if seed is not None:
+    seeds = [seed]
 lm, tokenizer = wb.load_model(model)
 results = oneshot.oneshot_sweep(
     lm, tokenizer, corpus, methods=methods, sparsities=sparsities, allocations=allocations,
     seeds=seeds, n_calibration=n_calibration, calibration_seq_len=seq_len, n_eval=n_eval,
     eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task, zeroshot_limit=zeroshot_limit,
     batch_size=batch_size, model_name=model)
+results.insert(0, "experiment", experiment)
 out = paths.resolve(output_dir)
-io.write_parquet(out / "results.parquet", results)
-wb.write_manifest(out / "manifest.json", parameters=dict(
-    model=model, corpus=corpus, methods=methods, allocations=allocations,
-    sparsities=sparsities, seeds=sorted(set(results["seed"])), n_calibration=n_calibration,
-    seq_len=seq_len, n_eval=n_eval, eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task,
-    zeroshot_limit=zeroshot_limit), skipped=results.attrs.get("skipped", []))
+table = oneshot.significance(results)
+io.write_parquet(out / "significance.parquet", table)
+# records.parquet + summary.json + manifest.json, records last (a grid cell's completion mark)
+parameters = dict(model=model, corpus=corpus, methods=methods, allocations=allocations,
+                  sparsities=sparsities, seeds=sorted(set(results["seed"])),
+                  n_calibration=n_calibration, seq_len=seq_len, n_eval=n_eval,
+                  eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task,
+                  zeroshot_limit=zeroshot_limit)
+runs.write_run(out, {"records": results}, summary=dict(findings=oneshot.findings(table)),
+               manifest=dict(seed=seed, parameters=parameters,
+                             skipped=results.attrs.get("skipped", [])))
 
 # %% [markdown]
 # Mean ± sd over calibration seeds (perplexity: geometric mean ×/÷ geometric sd), each
@@ -74,8 +84,6 @@ oneshot.results_table(results)
 # ratios), accuracy as is; Holm-corrected over the whole table.
 
 # %%
-table = oneshot.significance(results)
-io.write_parquet(out / "significance.parquet", table)
 table[["factor", "baseline", "level_b", "context", "pattern", "level", "metric", "n",
        "mean_diff", "d_z", "p_t", "p_wilcoxon", "p_holm", "significant"]]
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.core import paths
+from workbench.experiments import runs
 
 from workbench.experiments.notebooks import notebook_parameters, run_notebook
 
@@ -33,7 +34,8 @@ def test_03_sparsity_sweep_runs(tmp_path):
                   output_dir=str(out), figure_name="test_03_sparsity_sweep")
     assert set(params) <= set(notebook_parameters("03_sparsity_sweep"))
     nb = run_notebook("03_sparsity_sweep", tmp_path / "03.ipynb", params)
-    res = pd.read_parquet(out / "results.parquet")
+    assert runs.is_complete(out)
+    res = pd.read_parquet(out / runs.RECORDS)
     assert len(res) == 2 + 2 * 2 * 2  # dense per seed + methods x patterns x seeds
     pruned = res[res["method"] != "dense"]
     assert pruned["achieved_sparsity"].round(3).eq(0.5).all()
@@ -44,3 +46,12 @@ def test_03_sparsity_sweep_runs(tmp_path):
     text = Path(nb).read_text()
     assert "paired comparisons over n = 2 calibration seeds" in text
     assert (paths.FIGURES_DIR / "test_03_sparsity_sweep.png").is_file()
+
+
+def test_03_grid_spec_is_valid():
+    from workbench.experiments.specs import load_spec
+
+    spec = load_spec("oneshot_calibration")  # checked against notebook 03's parameters
+    assert spec.notebook == "03_sparsity_sweep"
+    cpu = spec.resolve("cpu")
+    assert {e: p["n_calibration"] for e, p in cpu.items()} == {"cal16": 16, "cal64": 64}

@@ -137,6 +137,25 @@ def test_allocation_factor_and_family():
     assert t["mean_diff"].iloc[0] == pytest.approx(-0.2)
 
 
+def test_experiments_of_a_grid_are_compared_within_method():
+    rng = np.random.default_rng(2)
+    a = _synthetic(rng, {"wanda": 0.0, "sparsegpt": -0.1}).assign(experiment="cal16")
+    b = a.assign(experiment="cal64", val_nll=a["val_nll"] - 0.05)
+    t = significance(pd.concat([a, b], ignore_index=True), metrics=["val_nll"])
+    by = t.groupby("factor")
+    assert by.size().to_dict() == {"experiment": 2, "method": 2}
+    exp = t[t.factor == "experiment"]
+    assert set(exp["context"]) == {"wanda, uniform", "sparsegpt, uniform"}
+    assert exp["mean_diff"].to_numpy() == pytest.approx([-0.05, -0.05])
+    meth = t[t.factor == "method"]  # within each experiment, never across
+    assert set(meth["context"]) == {"uniform, cal16", "uniform, cal64"}
+    effect = {"wanda": 0.0, "sparsegpt": -0.1}
+    for _, r in meth.iterrows():  # pairing across experiments would add +-0.05
+        assert r["mean_diff"] == pytest.approx(effect[r["level_b"]] - effect[r["baseline"]],
+                                               abs=0.02)
+    assert meth["mean_diff"].iloc[0] == pytest.approx(meth["mean_diff"].iloc[1])
+
+
 def test_bad_inputs_are_clear(sweep):
     model, tok, corpus, *_ = sweep
     with pytest.raises(ValueError, match="method.*magnitude"):

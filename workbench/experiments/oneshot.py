@@ -59,6 +59,8 @@ COLUMNS = (
 )
 #: Identifies one curve point (a method configuration at one sparsity).
 KEYS = ("method", "allocation", "pattern", "sparsity")
+#: Factors compared by :func:`paired_comparisons` (``experiment``: grid cells of a spec).
+FACTORS = ("method", "allocation", "experiment")
 #: Metrics tested by :func:`significance` and which direction is better.
 METRICS = {"val_nll": "lower", "zeroshot_acc": "higher"}
 
@@ -344,16 +346,19 @@ def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = 
                        **kwargs: Any) -> pd.DataFrame:
     """Paired tests (by calibration seed) between levels of ``factor`` at every point.
 
-    Runs are compared when they agree on every other key (:data:`KEYS`) and are paired
-    by seed (only seeds present in both). ``factor="method"`` compares every pair of
-    methods (or each against ``baseline``); ``factor="allocation"`` compares each
-    allocation against ``baseline`` (default ``"uniform"``). Dense rows are left out.
+    Runs are compared when they agree on the other factors of :data:`FACTORS` present in
+    the rows and on the pattern and sparsity, and are paired by seed (only seeds present
+    in both). ``factor="method"`` compares every pair of methods (or each against
+    ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
+    (default ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid
+    (rows of several cells concatenated; the grid's seed is the calibration seed). Dense
+    rows are left out.
 
     Args:
         df: Rows of :func:`oneshot_sweep`.
         metric: ``"val_nll"`` (log perplexity: differences are log ratios) or
             ``"zeroshot_acc"`` (or any numeric column).
-        factor: ``"method"`` or ``"allocation"``.
+        factor: ``"method"``, ``"allocation"`` or ``"experiment"``.
         baseline: Reference level (``a``); ``None``: all pairs for methods, ``"uniform"``
             for allocations.
         alpha: Family-wise error rate of the Holm correction over this table's rows.
@@ -365,17 +370,22 @@ def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = 
         :func:`workbench.experiments.stats.describe` reads it) plus ``pattern``,
         ``context`` (the shared level of the other factor) and the ``paired_test`` fields.
     """
-    check_choice("factor", factor, ("method", "allocation"))
+    check_choice("factor", factor, FACTORS)
     check_choice("test", test, stats.TESTS)
     if metric not in df:
         raise ValueError(f"metric={metric!r} is not a column; allowed: "
                          f"{sorted(df.select_dtypes('number').columns)}")
-    other = "allocation" if factor == "method" else "method"
+    if factor not in df:
+        raise ValueError(f"factor={factor!r} is not a column of the rows")
     data = df[(df["method"] != "dense") & df[metric].notna()]
     if baseline is None and factor == "allocation":
         baseline = "uniform"
+    others = [c for c in FACTORS if c != factor and c in data
+              and (c != "experiment" or data[c].nunique() > 1)]
     rows = []
-    for (ctx, pattern, s), part in data.groupby([other, "pattern", "sparsity"], sort=False):
+    for key, part in data.groupby(others + ["pattern", "sparsity"], sort=False):
+        ctx = ", ".join(str(v) for v in key[:len(others)])
+        pattern, s = key[len(others):]
         levels = list(dict.fromkeys(part[factor]))
         if baseline is not None:
             pairs = [(baseline, b) for b in levels if b != baseline and baseline in levels]
@@ -403,15 +413,16 @@ def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = 
 
 
 def significance(df: pd.DataFrame, *, metrics: Sequence[str] = ("val_nll", "zeroshot_acc"),
-                 factors: Sequence[str] = ("method", "allocation"), alpha: float = 0.05,
+                 factors: Sequence[str] = FACTORS, alpha: float = 0.05,
                  test: str = "t", **kwargs: Any) -> pd.DataFrame:
     """:func:`paired_comparisons` for every factor x metric, Holm-corrected as one family.
 
-    Metrics with no values (zero-shot not run) and factors with one level are skipped.
+    Metrics with no values (zero-shot not run) and factors absent or with one level are
+    skipped.
     """
     tables = []
     for factor in factors:
-        if df.loc[df["method"] != "dense", factor].nunique() < 2:
+        if factor not in df or df.loc[df["method"] != "dense", factor].nunique() < 2:
             continue
         for metric in metrics:
             if metric in df and df[metric].notna().any():
