@@ -160,3 +160,26 @@ def test_final_weights_kept_on_request(data, tmp_path):
         assert torch.equal(again_model.state_dict()[k], v), k
     for n in res.masks:
         assert torch.equal(res.masks[n].cpu(), again.masks[n])
+
+
+OLD_SMOLLM2_CHECKPOINT_BYTES = 757.6e6  # the former pickled round checkpoint (measured)
+
+
+@pytest.mark.slow
+def test_smollm2_round_checkpoint_is_under_40_percent_of_the_old_one(tmp_path):
+    model = load_model("smollm2-135m", device="cpu")[0]  # own copy: trained in place
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 49152, (4, 16), generator=gen)
+    val = torch.randint(0, 49152, (1, 16), generator=gen)
+    cfg = IMPConfig(steps_per_round=1, n_rounds=2, batch_size=1, eval_batch_size=1,
+                    eval_pruned=False, sw_blocks=1, sw_seq_len=16)
+    with pytest.raises(Killed):
+        run_imp(model, train, val, cfg, output_dir=tmp_path, progress=False,
+                on_round_end=kill_after(1))
+    files = {p.name: p.stat().st_size for p in (tmp_path / "checkpoints").iterdir()}
+    assert set(files) == {"round_001.json", "round_001.safetensors"}
+    assert sum(files.values()) <= 0.4 * OLD_SMOLLM2_CHECKPOINT_BYTES
+    payload, tensors = ckpt.read_checkpoint(tmp_path / "checkpoints" / "round_001.json")
+    masks = ckpt.unpack_masks(tensors, "mask", payload["shapes"])
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == payload["records"][1]["n_kept"]
