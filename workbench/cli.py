@@ -9,6 +9,10 @@ A user error (a bad argument, a missing file, a malformed spec, a notebook param
 notebook rejects) prints one line ``workbench: error: ...`` on stderr and exits with
 status 2; ``--debug`` (or ``WORKBENCH_DEBUG=1``) shows the full traceback instead.
 Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
+
+Paths: ``-o`` is relative to the working directory (as for any command); notebook
+parameters that are paths (``-p output_dir data/runs/x``) are read by the notebook
+against the project root (``workbench.core.paths.resolve``), wherever it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from workbench.core import paths
 from workbench.experiments import notebooks
@@ -47,7 +52,8 @@ def _parse_params(pairs) -> dict:
 
 def _notebook(args: argparse.Namespace) -> int:
     params = _parse_params(args.param)
-    out = paths.resolve(args.output) if args.output else (
+    # A path typed on the command line is relative to the shell's working directory.
+    out = Path(args.output).resolve() if args.output else (
         paths.RUNS_DIR / "notebooks" / f"{args.name}.ipynb")
     t0 = time.perf_counter()
     notebooks.run_notebook(args.name, out, params, progress=True)
