@@ -116,11 +116,9 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
 
 def _config_fields() -> set[str]:
     """Names of the lottery configuration's fields (records carry them as columns)."""
-    import dataclasses
+    from workbench.lottery import schema
 
-    from workbench.lottery.imp import IMPConfig
-
-    return {f.name for f in dataclasses.fields(IMPConfig)}
+    return {f.name for f in schema.config_fields()}
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

@@ -29,7 +29,7 @@ the verdict is judged against.
 **Identical procedures are refused.** Two runs are the same procedure up to round ``k``
 when every parameter that is not part of the pruning schedule is equal (the
 experiment's resolved parameters, the schedule keys :data:`SCHEDULE_KEYS` excepted),
-their per-round target sparsities (:meth:`workbench.lottery.imp.IMPConfig.round_targets`)
+their per-round target sparsities (:meth:`workbench.lottery.schema.IMPConfig.round_targets`)
 agree on rounds ``1..k`` and, for ``k > 1``, the schedule is the same (round 1 of every
 schedule prunes the dense-trained model to its first target and rewinds; later rounds of
 a one-shot schedule do not rewind). Comparing them tests noise against itself (e.g. I1
@@ -45,7 +45,6 @@ naming the contrast and the allowed values.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -246,14 +245,12 @@ def questions_to_raw(questions: Mapping[str, Question]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- procedures
 def round_targets(params: Mapping[str, Any]) -> list[float]:
     """Cumulative target sparsity of rounds 1..R of a run with these parameters, from
-    :meth:`workbench.lottery.imp.IMPConfig.round_targets` (the lottery's own rule)."""
-    from workbench.lottery.imp import IMPConfig
+    :meth:`workbench.lottery.schema.IMPConfig.round_targets` (the lottery's own rule)."""
+    from workbench.lottery import schema
 
-    names = {f.name for f in dataclasses.fields(IMPConfig)}
-    cfg = {k: v for k, v in params.items() if k in names}
-    if hasattr(IMPConfig, "from_params"):
-        return list(IMPConfig.from_params(cfg).round_targets())
-    return list(IMPConfig(**cfg).round_targets())
+    names = {f.name for f in schema.config_fields()}
+    cfg = {k: v for k, v in params.items() if k in names and k not in IDENTITY_KEYS}
+    return list(schema.IMPConfig.from_params(cfg).round_targets())
 
 
 def _procedure_key(params: Mapping[str, Any], rnd: int) -> tuple:
