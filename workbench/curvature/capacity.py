@@ -272,6 +272,7 @@ def capacity_summary(
     fisher_type: str = "true",
     params: Any = None,
     sharpness_params: Any = None,
+    sharpness_tokens: Any = None,
     matrix: str = "ggn",
     n: int | None = None,
     prior_precision: float = 1.0,
@@ -291,6 +292,9 @@ def capacity_summary(
             but the output head).
         sharpness_params: Parameters of ``lambda_max`` (default: the weights of the
             last linear layer of ``params``: a full-model Lanczos is expensive).
+        sharpness_tokens: Tokens of ``lambda_max`` (default ``tokens``; every Lanczos
+            step is a forward and a double backward pass). When they differ from
+            ``tokens``, the normalised sharpness uses a Hutchinson trace on them.
         matrix: Curvature matrix of the sharpness (``"ggn"`` or ``"hessian"``, ...).
         n: Training-set size of the PAC-Bayes bound (default: the tokens measured on).
         prior_precision, confidence: Of the PAC-Bayes bound.
@@ -317,9 +321,11 @@ def capacity_summary(
                            chunk_size=chunk_size)
     values = torch.cat([t.double().reshape(-1) for t in diag.values()])
     sharp_trace = None  # the diagonal true Fisher's trace is the GGN's (softmax CE)
-    if fisher_type == "true" and matrix in ("ggn", "true_fisher") and set(sharp) <= set(diag):
+    if (sharpness_tokens is None and fisher_type == "true" and matrix in ("ggn", "true_fisher")
+            and set(sharp) <= set(diag)):
         sharp_trace = float(sum(diag[k].double().sum() for k in sharp))
-    s = sharpness(model, batches, matrix=matrix, params=sharp, trace=sharp_trace,
+    s_batches = batches if sharpness_tokens is None else P.as_batch_list(sharpness_tokens)
+    s = sharpness(model, s_batches, matrix=matrix, params=sharp, trace=sharp_trace,
                   seed=seed, tol=lanczos_tol)
     named = dict(model.named_parameters())
     pb = pac_bayes(diag, {k: named[k] for k in names}, n=n or n_tok,

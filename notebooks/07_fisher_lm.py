@@ -1,0 +1,133 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python (workbench)
+#     language: python
+#     name: workbench
+# ---
+
+# %% [markdown]
+# # 07 · Fisher, K-FAC and capacity of a language model
+#
+# On the default model: the true vs empirical Fisher per layer type and per attention
+# head (group Fisher collected with O(groups) memory), the K-FAC factor spectra per
+# block, a natural-gradient sanity check, and the capacity (diagonal-Fisher trace,
+# sharpness, PAC-Bayes complexity) of the dense model next to a 50 % Wanda model,
+# with the Fisher-weighted damage of that pruning.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+corpus = "wiki-excerpt"
+tokens = 256                 # tokens the curvature is measured on (seq_len-token blocks)
+seq_len = 64
+fisher_type = "true"         # Fisher type of K-FAC, the capacity table and the damage
+n_calibration = 16           # Wanda calibration windows (seq_len tokens each)
+sparsity = 0.5
+damping = 1e-3               # K-FAC damping (added to the Kronecker product)
+sharpness_tokens = 32        # tokens of the Lanczos lambda_max (double backward per step)
+seed = 0
+threads = 0                  # torch intra-op threads, 0 for the torch default
+output_dir = "data/runs/07_fisher_lm"
+figures_dir = ""             # empty for figures/
+
+# %%
+import copy
+
+import pandas as pd
+import torch
+
+import workbench as wb
+from workbench import curvature as cv
+from workbench.core import io, paths
+from workbench.curvature import examples as ex
+from workbench.experiments.plots import save_figure
+
+if threads:
+    torch.set_num_threads(int(threads))
+wb.seed_everything(seed)
+out = paths.resolve(output_dir)
+figdir = paths.resolve(figures_dir) if figures_dir else None
+lm, tokenizer = wb.load_model(model)
+text = wb.load_corpus(corpus, seed=seed)
+blocks = wb.token_blocks(tokenizer, text.split("validation"), seq_len,
+                         n_blocks=max(1, tokens // seq_len), seed=seed)
+calibration = wb.calibration_windows(tokenizer, text.split("train"), seq_len, n_calibration,
+                                     seed=seed)
+chunks = list(blocks.split(2))
+print(f"{model}: {blocks.shape[0]} x {seq_len} tokens, Fisher type {fisher_type!r}")
+
+# %% [markdown]
+# ## True vs empirical Fisher per layer type and per attention head
+
+# %%
+groups = {ft: cv.collect_group_fisher(lm, chunks, fisher_type=ft, seed=seed)
+          for ft in ("true", "empirical")}
+by_type = ex.fisher_by_layer_type(groups["true"], groups["empirical"])
+by_head = ex.fisher_by_head(groups["true"], groups["empirical"])
+io.write_parquet(out / "fisher_by_type.parquet", by_type)
+io.write_parquet(out / "fisher_by_head.parquet", by_head)
+fig, _ = ex.plot_fisher_lm(by_type, by_head)
+_ = save_figure(fig, "07_fisher_true_vs_empirical", folder=figdir)
+by_type.groupby("type")[["true", "empirical"]].sum().assign(
+    ratio=lambda d: d.empirical / d.true)
+
+# %% [markdown]
+# ## K-FAC factor spectra per block
+
+# %%
+kfac = cv.KFAC(lm, chunks, fisher_type=fisher_type,
+               n_samples=1 if fisher_type == "true" else None, seed=seed)
+spectra = ex.kfac_spectra(kfac)
+io.write_parquet(out / "kfac_spectra.parquet", spectra)
+fig, _ = ex.plot_kfac_spectra(kfac, "up_proj")
+_ = save_figure(fig, "07_kfac_spectra", folder=figdir)
+spectra.groupby("type")[["A_max", "G_max", "A_erank", "G_erank"]].median()
+
+# %% [markdown]
+# ## Natural-gradient sanity check
+# One step along `-(K + λI)⁻¹ g` and along `-g` (block linears), loss on the same tokens.
+
+# %%
+natgrad = ex.natural_gradient_check(lm, chunks, kfac, damping=damping)
+io.write_parquet(out / "natural_gradient.parquet", natgrad)
+natgrad
+
+# %% [markdown]
+# ## Capacity: dense vs 50 % Wanda, and the Fisher damage of the pruning
+
+# %%
+del kfac
+pruned = copy.deepcopy(lm)
+wb.prune(pruned, "wanda", sparsity, calibration=calibration)
+sharp = blocks[:1, :max(2, sharpness_tokens)]
+capacity = pd.concat({name: cv.capacity_summary(m, chunks, fisher_type=fisher_type, seed=seed,
+                                                sharpness_tokens=sharp, lanczos_tol=1e-2).value
+                      for name, m in (("dense", lm), (f"wanda {sparsity:.0%}", pruned))},
+                     axis=1)
+io.write_parquet(out / "capacity.parquet", capacity.reset_index())
+damage = cv.fisher_damage(lm, pruned, chunks, symmetric=True, fisher_type=fisher_type,
+                          seed=seed)
+capacity
+
+# %%
+summary = dict(
+    empirical_over_true_trace=float(by_type.empirical.sum() / by_type.true.sum()),
+    natural_step_best_change=float(natgrad[natgrad.step == "natural"].change.min()),
+    gradient_step_best_change=float(natgrad[natgrad.step == "gradient"].change.min()),
+    capacity=capacity.to_dict(), damage=damage)
+io.write_json(out / "summary.json", summary)
+wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
+    model=model, corpus=corpus, tokens=tokens, seq_len=seq_len, fisher_type=fisher_type,
+    n_calibration=n_calibration, sparsity=sparsity, damping=damping,
+    sharpness_tokens=sharpness_tokens), summary=summary)
+cols = list(capacity.columns)
+print(f"Empirical/true Fisher trace {summary['empirical_over_true_trace']:.2f}; one natural "
+      f"step changes the loss by {summary['natural_step_best_change']:+.4f} nats (gradient "
+      f"step {summary['gradient_step_best_change']:+.4f}); {cols[1]} vs dense: Fisher trace "
+      f"{capacity.loc['fisher_trace', cols[1]] / capacity.loc['fisher_trace', cols[0]]:.2f}x, "
+      f"lambda_max {capacity.loc['lambda_max', cols[1]] / capacity.loc['lambda_max', cols[0]]:.2f}x, "
+      f"PAC-Bayes complexity {capacity.loc['pac_bayes_complexity', cols[1]]:.3f} vs "
+      f"{capacity.loc['pac_bayes_complexity', cols[0]]:.3f}; symmetric Fisher damage removes "
+      f"{damage['normalized']:.1%} of the Fisher-weighted parameter norm.")
