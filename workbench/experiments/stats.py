@@ -220,6 +220,8 @@ def _experiment_parameters(df: pd.DataFrame, columns: Sequence[str]) -> dict[str
             cols].iterrows():
         params = {}
         for c, v in row.items():
+            if isinstance(v, np.ndarray):  # list column read back from parquet
+                v = v.tolist()
             if isinstance(v, str) and v[:1] in "[(":
                 try:
                     v = ast.literal_eval(v)
