@@ -365,9 +365,10 @@ def figures(a: Analysis, out_dir: str | os.PathLike, *, prefix: str | None = Non
 
     prefix = prefix or a.name
     title = scale_title(a)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    plots.plot_sparsity_curve(a.records, "val_ppl", ax=axes[0], spec=a.spec, title=title)
-    plots.plot_sw_survival(a.records, ax=axes[1], spec=a.spec, title=title)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0))
+    plots.plot_sparsity_curve(a.records, "val_ppl", ax=axes[0], spec=a.spec)
+    plots.plot_sw_survival(a.records, ax=axes[1], spec=a.spec)
+    fig.suptitle(title, fontsize=9)
     out = {"sparsity": plots.save_figure(fig, f"{prefix}_sparsity", folder=out_dir)}
     if not a.losses.empty:
         fig2, _ = plots.plot_loss_curves(a.losses, spec=a.spec, title=title)
