@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from workbench.experiments import specs
+from workbench.experiments import profiles, specs
 from workbench.experiments.notebooks import notebook_source
 
 BASE = {
@@ -89,12 +89,12 @@ def test_cpu_profile_scales_budget_and_keeps_design():
 def test_apply_profile_rounding_and_minimum():
     prof = {"scale": {"steps_per_round": {"factor": 0.001, "min": 2}, "lr": 0.5},
             "set": {"batch_size": 7}}
-    out = specs.apply_profile({"steps_per_round": 3000, "lr": 1e-3, "batch_size": 1}, prof)
+    out = profiles.apply_profile({"steps_per_round": 3000, "lr": 1e-3, "batch_size": 1}, prof)
     assert out == {"steps_per_round": 3, "lr": 5e-4, "batch_size": 7}
-    assert specs.apply_profile({"steps_per_round": 1000}, prof)["steps_per_round"] == 2
-    assert specs.apply_profile({"steps_per_round": 2500}, {"scale": {"steps_per_round": 0.001}}
+    assert profiles.apply_profile({"steps_per_round": 1000}, prof)["steps_per_round"] == 2
+    assert profiles.apply_profile({"steps_per_round": 2500}, {"scale": {"steps_per_round": 0.001}}
                                )["steps_per_round"] == 3  # 2.5 rounds half up
-    assert specs.apply_profile({"steps_per_round": 0}, prof)["steps_per_round"] == 0
+    assert profiles.apply_profile({"steps_per_round": 0}, prof)["steps_per_round"] == 0
 
 
 @pytest.mark.parametrize("mutate, words", [

@@ -30,7 +30,11 @@ parameters (``steps_per_round: {factor: 0.0004, min: 1}``) and ``set`` overrides
 (``batch_size``, ``seq_len``, ...). A profile may not touch a design key
 (:func:`workbench.lottery.schema.design_keys`), except that it may *scale* one the schema
 marks ``scalable`` (steps per round: the ordering 3k < 10k < 20k is kept);
-``profile=None`` runs the spec as written.
+``profile=None`` runs the spec as written. Profiles live in
+:mod:`workbench.experiments.profiles`.
+
+**Questions** (``questions:``) declare what the grid answers, as named contrasts
+(:mod:`workbench.experiments.contrasts`), validated when the spec is loaded.
 
 Every problem is reported as a ``ValueError`` naming the key and the allowed values, when
 the spec is loaded, before anything runs. The runs of a spec live in
@@ -40,10 +44,8 @@ experiment (after the profile), not the seeds, so adding a seed reuses finished 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,14 +54,14 @@ from typing import Any, Mapping
 import yaml
 
 from workbench.core import paths
+from workbench.experiments.profiles import (DEFAULT_PROFILES_FILE, apply_profile,
+                                            load_profiles, validate_profiles)
 SPEC_KEYS = ("name", "description", "notebook", "seeds", "defaults", "experiments",
              "profiles", "slurm", "notes", "questions")
 #: Keys of an experiment that are metadata, not notebook parameters (``label`` and
 #: ``color`` are its display name and colour in figures; ``reference`` marks a control
 #: drawn as a reference line).
 EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label", "color", "reference")
-#: Keys of a profile.
-PROFILE_KEYS = ("description", "scale", "set")
 #: Parameters the grid fills in per cell (a spec may not set them).
 RESERVED_KEYS = ("experiment", "seed", "output_dir", "run_dir", "config")
 
@@ -81,7 +83,6 @@ def design_keys() -> tuple[str, ...]:
     return tuple(_schema().design_keys())
 
 
-DEFAULT_PROFILES_FILE = "profiles.yaml"
 
 
 @dataclass
@@ -209,51 +210,6 @@ def spec_hash(spec: Spec, profile: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def apply_profile(parameters: Mapping[str, Any], profile: Mapping[str, Any],
-                  *, where: str = "profile") -> dict[str, Any]:
-    """Scale and override ``parameters`` with a profile; the design stays as it is.
-
-    ``scale: {key: factor}`` or ``{key: {factor: f, min: m}}`` replaces a non-zero integer
-    ``v`` with ``max(m, round(v * f))`` (``m`` defaults to 1; halves round up) and a float
-    with ``v * f`` (at least ``m`` when given); zero stays zero. ``set: {key: value}``
-    replaces the value.
-    """
-    out = dict(parameters)
-    for key, rule in (profile.get("scale") or {}).items():
-        if key not in out:
-            continue
-        factor, minimum = _scale_rule(rule, f"{where}: scale.{key}")
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: scale.{key} needs a numeric parameter, got {value!r}")
-        if value == 0:
-            continue  # zero stays zero (no warmup stays no warmup)
-        if isinstance(value, int):
-            m = minimum if minimum is not None else 1
-            out[key] = max(int(m), int(math.floor(value * factor + 0.5)))
-        else:
-            out[key] = max(minimum, value * factor) if minimum is not None else value * factor
-    for key, value in (profile.get("set") or {}).items():
-        out[key] = copy.deepcopy(value)
-    return out
-
-
-def _scale_rule(rule: Any, where: str) -> tuple[float, float | None]:
-    if isinstance(rule, Mapping):
-        unknown = sorted(set(rule) - {"factor", "min"})
-        if unknown or "factor" not in rule:
-            raise ValueError(f"{where} must be a number or {{factor: f, min: m}}; "
-                             f"bad keys {unknown}; allowed: ['factor', 'min']")
-        factor, minimum = rule["factor"], rule.get("min")
-    else:
-        factor, minimum = rule, None
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-        raise ValueError(f"{where}: factor must be a positive number, got {factor!r}")
-    if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, (int, float))):
-        raise ValueError(f"{where}: min must be a number, got {minimum!r}")
-    return float(factor), minimum
-
-
 # ----------------------------------------------------------------------------- validation
 
 
@@ -342,46 +298,6 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> None:
                          f"notebook's default {default!r} is {type(default).__name__}")
 
 
-def _validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
-    if profiles is None:
-        return {}
-    if not isinstance(profiles, Mapping):
-        raise ValueError(f"{where} must be a mapping of profile name -> profile")
-    out = {}
-    for name, prof in profiles.items():
-        w = f"{where}.{name}"
-        _check_keys(prof, PROFILE_KEYS, w)
-        for section in ("scale", "set"):
-            if prof.get(section) is not None and not isinstance(prof[section], Mapping):
-                raise ValueError(f"{w}.{section} must be a mapping of parameter -> value")
-        design = set(design_keys())
-        scalable = set(_schema().scalable_keys())
-        for section in ("scale", "set"):
-            touched = set(prof.get(section) or {}) & design
-            if section == "scale":
-                touched -= scalable
-            if touched:
-                raise ValueError(
-                    f"{w}.{section} changes design key(s) {sorted(touched)}; a profile may "
-                    f"only set budget/runtime parameters and scale "
-                    f"{sorted(scalable)}, not the design keys {sorted(design)}")
-            reserved = sorted(set(prof.get(section) or {}) & set(RESERVED_KEYS))
-            if reserved:
-                raise ValueError(f"{w}.{section} sets {reserved}, which the grid fills in")
-        for key, rule in (prof.get("scale") or {}).items():
-            _scale_rule(rule, f"{w}.scale.{key}")
-        out[str(name)] = dict(prof)
-    return out
-
-
-def load_profiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """Read and validate a profiles file (default ``data/experiments/profiles.yaml``)."""
-    path = Path(path) if path is not None else paths.EXPERIMENTS_DIR / DEFAULT_PROFILES_FILE
-    if not path.is_file():
-        return {}
-    return _validate_profiles(yaml.safe_load(path.read_text()) or {}, str(path))
-
-
 def spec_path(name: str | os.PathLike) -> Path:
     """Resolve a spec name (``"pilot"``) or path to the YAML file.
 
@@ -434,7 +350,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
     if not isinstance(experiments, Mapping) or not experiments:
         raise ValueError(f"{where}: experiments must be a non-empty mapping of id -> parameters")
     all_profiles = {**dict(profiles or {}),
-                    **_validate_profiles(raw.get("profiles"), f"{where}: profiles")}
+                    **validate_profiles(raw.get("profiles"), f"{where}: profiles")}
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, Mapping):
         raise ValueError(f"{where}: slurm must be a mapping of submitit parameters")
