@@ -154,3 +154,22 @@ def test_matches_plain_adamw_loop_and_masked_moments_stay_zero(blocks):
     assert res.losses == pytest.approx(ref_losses, rel=1e-5)
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6), n
+
+
+def test_dropout_is_seeded_by_the_round_seed_not_the_process_history():
+    # tiny-gpt2 trains with dropout (global RNG): the same seed must give the same losses
+    # whatever the global RNG state was (a resumed run starts a fresh process)
+    from workbench.core.models import load_model
+
+    blocks = torch.randint(0, 256, (8, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for state in (1, 2):
+        model = load_model("tiny-gpt2", device="cpu", seed=0)[0]
+        assert model.config.resid_pdrop > 0
+        torch.manual_seed(state)
+        losses.append(train_masked(model, blocks, steps=3, lr=1e-3, seed=5,
+                                   progress=False).losses)
+        after = torch.rand(1)
+        torch.manual_seed(state)
+        assert torch.equal(after, torch.rand(1))  # the caller's RNG stream is untouched
+    assert losses[0] == losses[1]

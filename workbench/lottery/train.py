@@ -11,7 +11,9 @@ stay on the device until the end of training, so a step costs no Python-level lo
 parameters and no host-device synchronisation.
 
 Batches are drawn from a fixed ``LongTensor[n, seq_len]`` of token blocks with a seeded
-``torch.Generator`` (with replacement), so the same seed gives the same batches.
+``torch.Generator`` (with replacement), so the same seed gives the same batches; the
+global RNG (dropout) is forked and seeded with the same seed for the loop, so the same
+seed gives the same training whatever ran before in the process.
 """
 
 from __future__ import annotations
@@ -220,6 +222,11 @@ def train_masked(
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     every = max(1, steps // 20)
     t0 = time.perf_counter()
+    # Dropout (GPT-2 configs) draws from the global RNG: fork it and seed it with `seed`,
+    # so a round's training is the same whether the process ran earlier rounds or resumed.
+    rng = torch.random.fork_rng(devices=[device] if cuda else [])
+    rng.__enter__()
+    torch.manual_seed(int(seed))
     try:
         for step in range(steps):
             lrs.append(optimizer.param_groups[0]["lr"])
@@ -254,6 +261,7 @@ def train_masked(
             if progress and ((step + 1) % every == 0 or step + 1 == steps):
                 bar.set_postfix(loss=f"{float(losses[step]):.3f}")
     finally:
+        rng.__exit__(None, None, None)
         bar.close()
         model.train(was_training)
     if cuda:
