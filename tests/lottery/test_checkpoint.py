@@ -37,7 +37,7 @@ def data():
 
 
 def run(data, out, **kw):
-    model = load_model("tiny-llama", device="cpu", seed=0)[0]
+    model = load_model(kw.pop("_model", "tiny-llama"), device="cpu", seed=0)[0]
     hook = kw.pop("on_round_end", None)
     return run_imp(model, *data, IMPConfig(**{**FAST, **kw}), output_dir=out,
                    progress=False, on_round_end=hook)
@@ -130,9 +130,12 @@ def test_mask_bit_packing_round_trip(shape):
     dict(rewind_step=1),                                # late rewinding: rewind.safetensors
     dict(init="xavier", rewind_to="reinit", reinit_scheme="kaiming"),
     dict(rank="all_matrices", schedule="gradual", targets=[0.1, 0.2, 0.3]),
+    # tied head, Conv1D, biases and dropout
+    dict(_model="tiny-gpt2", rank="all_matrices", init="kaiming", schedule="oneshot"),
 ])
 def test_resume_after_round_1_equals_an_uninterrupted_run(data, tmp_path, kw):
     full = run(data, tmp_path / "full", **kw)
+    assert (full.records["sparsity"].iloc[1:] > 0).all()
     with pytest.raises(Killed):
         run(data, tmp_path / "run", on_round_end=kill_after(1), **kw)
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -267,3 +267,8 @@ def test_robustness_summary_definitions():
 def test_bad_config_raises(kwargs, word):
     with pytest.raises(ValueError, match=word):
         IMPConfig(**kwargs)
+
+
+def test_unknown_override_is_refused(data):
+    with pytest.raises(TypeError, match=r"run_imp\(\) got unknown keyword.*stepz"):
+        run_imp(tiny(), *data, IMPConfig(), stepz=3)
