@@ -47,6 +47,8 @@ _EXPORTS = {
     "load_spec": "experiments.specs",
     "run_grid": "experiments.grid",
     "load_runs": "experiments.aggregate",
+    "load_summaries": "experiments.aggregate",
+    "write_run": "experiments.runs",
     "summarize": "experiments.aggregate",
     "paired_test": "experiments.stats",
     "compare_factor": "experiments.stats",
