@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--scope", default=None, help="e.g. 2:4 (default: each method's own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--include", nargs="*", default=None,
+                    help=r"prune only these weights, e.g. 'model\.layers\.[0-5]\..*proj'")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,13 +48,15 @@ def main() -> None:
     corpus = load_corpus()
     cal = calibration_windows(tok, corpus.train, args.seq_len, args.windows, seed=0)
     val = token_blocks(tok, corpus.validation, args.seq_len, n_blocks=args.eval, seed=0)
-    dense = {n: m.weight.detach().clone() for n, m in prunable_modules(model).items()}
+    dense = {n: m.weight.detach().clone()
+             for n, m in prunable_modules(model, args.include).items()}
     rows, masks = [], {}
     for method in METHODS:
         restore(model, dense)
         scope = args.scope
         res, sec, peak = timed(lambda: wb.prune(model, method, args.sparsity, scope=scope,
-                                                calibration=cal), device)
+                                                calibration=cal, include=args.include),
+                               device)
         masks[method] = res.masks
         row_sp = torch.cat([(~mk).float().mean(1) for mk in res.masks.values()])
         rows.append(dict(method=method, scope=res.info["scope"], seconds=sec,
@@ -66,7 +70,7 @@ def main() -> None:
     frame["mem_vs_wanda_obs"] = frame["peak_mib"] / base["peak_mib"]
     print(f"{args.model}: {args.windows}x{args.seq_len} calibration, {args.eval}x"
           f"{args.seq_len} evaluation, sparsity {args.sparsity}, device {device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {len(dense)} weight matrices pruned")
     with pd.option_context("display.width", 200, "display.max_columns", None,
                            "display.precision", 4):
         print(frame)
