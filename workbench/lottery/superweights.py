@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from workbench.core.evaluate import perplexity
-from workbench.core.models import model_device, transformer_blocks
+from workbench.core.models import check_model_tokens, model_device, transformer_blocks
 
 DEFAULT_THRESHOLD = 1000.0
 DEFAULT_SPIKE_RATIO = 2.0
@@ -140,6 +140,7 @@ def activation_profile(
         output_second`` (activation magnitudes in the model's activation units;
         ``output_second`` is the largest activation of any other output channel).
     """
+    check_model_tokens("input_ids", input_ids, model)
     modules = _projection_modules(model, module_name)
     stats = _activation_maxima(model, input_ids, modules)
     return [
@@ -191,8 +192,7 @@ def find_super_weights(
     Raises:
         ValueError: Bad ``threshold``, ``max_iter``, ``input_ids`` or ``module_name``.
     """
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a LongTensor of shape [batch, seq]")
+    check_model_tokens("input_ids", input_ids, model)
     if not (isinstance(threshold, (int, float)) and threshold > 0):
         raise ValueError(f"threshold must be a positive number, got {threshold!r}")
     if not (isinstance(spike_ratio, (int, float)) and spike_ratio >= 1):
@@ -351,6 +351,7 @@ def super_weight_effect(
     """
     if not isinstance(n_controls, int) or n_controls < 0:
         raise ValueError(f"n_controls must be a non-negative integer, got {n_controls!r}")
+    check_model_tokens("blocks", blocks, model)
     sws = list(_positions(super_weights))
     if not sws:
         raise ValueError("super_weights must list at least one weight")

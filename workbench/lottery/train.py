@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.core.evaluate import causal_lm_loss
-from workbench.core.models import logits_of, model_device
+from workbench.core.models import check_model_tokens, logits_of, model_device
 
 LR_SCHEDULES = ("constant", "warmup_cosine")
 AUTOCAST = ("auto", "bf16", "off")
@@ -90,7 +90,7 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     )
 
 
-def _check_arguments(blocks, *, steps, batch_size, grad_accum, warmup_steps, lr_schedule,
+def _check_arguments(model, blocks, *, steps, batch_size, grad_accum, warmup_steps, lr_schedule,
                      autocast, lr, snapshot_step) -> None:
     """Validate :func:`train_masked`'s arguments (``ValueError`` naming the argument)."""
     _positive_int("steps", steps, 0)
@@ -101,8 +101,7 @@ def _check_arguments(blocks, *, steps, batch_size, grad_accum, warmup_steps, lr_
     _check("autocast", autocast, AUTOCAST)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long:
-        raise ValueError("blocks must be a LongTensor of shape [n_blocks, seq_len]")
+    check_model_tokens("blocks", blocks, model)
     if blocks.shape[0] < 1 or blocks.shape[1] < 2:
         raise ValueError(f"blocks must have n >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
     if snapshot_step is not None:
@@ -182,7 +181,7 @@ def train_masked(
     Raises:
         ValueError: Bad sizes, schedule, autocast mode, or masks not matching the model.
     """
-    _check_arguments(blocks, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+    _check_arguments(model, blocks, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                      warmup_steps=warmup_steps, lr_schedule=lr_schedule, autocast=autocast,
                      lr=lr, snapshot_step=snapshot_step)
     device = model_device(model)
