@@ -27,10 +27,12 @@ and in-process executors, for tests and debugging).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -286,13 +288,11 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
     }
     io.write_json(d / runs.PARAMS, cell.parameters)
     io.write_json(d / runs.STATUS, {**record, "status": "running"})
-    runtime = d / KERNEL_RUNTIME_DIR
-    previous = os.environ.get("JUPYTER_RUNTIME_DIR")
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
     t0 = time.perf_counter()
     try:
-        notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
-                               kernel_name=kernel_name, timeout=timeout)
+        with _kernel_files_in(d / KERNEL_RUNTIME_DIR):
+            notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
+                                   kernel_name=kernel_name, timeout=timeout)
         problem = runs.completion_problem(d)
         if problem is not None:
             raise RuntimeError(f"the notebook finished but the run is not complete: {problem}")
@@ -300,16 +300,31 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {_short(exc)}",
                       traceback=traceback.format_exc(limit=5))
-    finally:
-        if previous is None:
-            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
-        else:
-            os.environ["JUPYTER_RUNTIME_DIR"] = previous
-        shutil.rmtree(runtime, ignore_errors=True)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["finished"] = _now()
     io.write_json(d / runs.STATUS, record)
     return record
+
+
+@contextlib.contextmanager
+def _kernel_files_in(folder: Path):
+    """Put the Jupyter connection file of the cell's kernel in ``folder`` (removed at
+    the end, and by :func:`clean_cell` after a kill): jupyter_client writes it with
+    :func:`tempfile.mkstemp` (``/tmp/tmp*.json``) or under ``JUPYTER_RUNTIME_DIR``; both
+    point into the cell folder while the notebook runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous_env, previous_tmp = os.environ.get("JUPYTER_RUNTIME_DIR"), tempfile.tempdir
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(folder)
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous_tmp
+        if previous_env is None:
+            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        else:
+            os.environ["JUPYTER_RUNTIME_DIR"] = previous_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _short(exc: Exception, limit: int = 2000) -> str:
