@@ -167,3 +167,27 @@ def test_load_spec_from_file_checks_the_notebook(tmp_path):
     assert s.notebook == str(tmp_path / "nb.py")
     with pytest.raises(FileNotFoundError, match="available"):
         specs.load_spec("no-such-spec")
+
+
+def test_profiles_resolve_for_a_spec_outside_the_project(tmp_path):
+    """profiles.yaml beside the spec first, then data/experiments/profiles.yaml."""
+    from workbench.core import paths
+
+    raw = copy.deepcopy(BASE)
+    raw.pop("profiles")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    project = profiles.load_profiles(paths.EXPERIMENTS_DIR / "profiles.yaml")
+    s = specs.load_spec(tmp_path / "s.yaml", check_notebook=False)
+    assert set(s.profiles) == set(project) and "cpu" in project
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump(
+        {"tiny": {"scale": {"steps_per_round": {"factor": 0.5, "min": 1}}}}))
+    s = specs.load_spec(tmp_path / "s.yaml", check_notebook=False)
+    assert set(s.profiles) == {"tiny"}
+    assert s.resolve("tiny")["X"]["steps_per_round"] == 1500
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\nexperiments: {A: [1, 2}\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: YAML syntax error at line 2"):
+        specs.load_spec(bad, check_notebook=False)

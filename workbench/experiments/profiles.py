@@ -120,9 +120,31 @@ def validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column.
+
+    Raises:
+        ValueError: ``<path>: YAML syntax error at line L, column C: <problem>``.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(f"{path}: YAML syntax error{where}: {problem}") from None
+
+
+def profiles_path(spec_file: str | os.PathLike) -> Path:
+    """The shared profiles of a spec file: ``profiles.yaml`` beside it when there is one,
+    else the project's ``data/experiments/profiles.yaml`` (which may not exist)."""
+    beside = Path(spec_file).parent / DEFAULT_PROFILES_FILE
+    return beside if beside.is_file() else paths.EXPERIMENTS_DIR / DEFAULT_PROFILES_FILE
+
+
 def load_profiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Read and validate a profiles file (default ``data/experiments/profiles.yaml``)."""
     path = Path(path) if path is not None else paths.EXPERIMENTS_DIR / DEFAULT_PROFILES_FILE
     if not path.is_file():
         return {}
-    return validate_profiles(yaml.safe_load(path.read_text()) or {}, str(path))
+    return validate_profiles(read_yaml(path) or {}, str(path))

@@ -55,7 +55,8 @@ import yaml
 
 from workbench.core import paths
 from workbench.experiments.profiles import (DEFAULT_PROFILES_FILE, apply_profile,
-                                            load_profiles, validate_profiles)
+                                            load_profiles, profiles_path, read_yaml,
+                                            validate_profiles)
 SPEC_KEYS = ("name", "description", "notebook", "seeds", "defaults", "experiments",
              "profiles", "slurm", "notes", "questions")
 #: Keys of an experiment that are metadata, not notebook parameters (``label`` and
@@ -387,11 +388,14 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
     spec = Spec(name=raw["name"], notebook=raw["notebook"], experiments=exps,
                 profiles=all_profiles, description=str(raw.get("description") or ""),
                 slurm=dict(slurm), path=path, questions=questions)
+    own = set(raw.get("profiles") or {})
     for prof in all_profiles:  # every profile must give valid values
         for name, params in spec.resolve(prof).items():
             check_values(params, f"{where}: experiment {name} under profile {prof!r}",
                          notebook_defaults, strict=strict)
-            if allowed_params is not None:
+            # the spec's own profiles must fit its notebook now; a shared profile only when
+            # it is used (run_grid checks every name against the notebook before dispatch)
+            if allowed_params is not None and prof in own:
                 _check_keys(params, allowed_params, f"{where}: profile {prof!r}")
     return spec
 
@@ -419,13 +423,13 @@ def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,
     if isinstance(name, Spec):
         return name
     path = spec_path(name)
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml(path)
     if raw is None:
         raise ValueError(f"{path}: the spec file is empty")
     shared: dict[str, dict[str, Any]] = {}
     if profiles_file is None:
-        # profiles.yaml beside the spec (data/experiments/profiles.yaml for the real specs)
-        profiles_file = path.parent / DEFAULT_PROFILES_FILE
+        # profiles.yaml beside the spec first, then the project's data/experiments/profiles.yaml
+        profiles_file = profiles_path(path)
     if Path(profiles_file).is_file():
         shared = load_profiles(profiles_file)
     defaults = None
