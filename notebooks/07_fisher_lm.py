@@ -26,6 +26,8 @@ fisher_type = "true"         # Fisher type of K-FAC, the capacity table and the 
 n_calibration = 16           # Wanda calibration windows (seq_len tokens each)
 sparsity = 0.5
 damping = 1e-3               # K-FAC damping (added to the Kronecker product)
+kfac_types = ["q_proj", "k_proj", "v_proj", "o_proj"]  # K-FAC layers (None: all block
+                             # linears; the 1536-wide MLP factors cost ~1 min each on CPU)
 sharpness_tokens = 32        # tokens of the Lanczos lambda_max (double backward per step)
 seed = 0
 threads = 0                  # torch intra-op threads, 0 for the torch default
@@ -77,17 +79,17 @@ by_type.groupby("type")[["true", "empirical"]].sum().assign(
 # ## K-FAC factor spectra per block
 
 # %%
-kfac = cv.KFAC(lm, chunks, fisher_type=fisher_type,
+kfac = cv.KFAC(lm, chunks, fisher_type=fisher_type, modules=ex.modules_of_type(lm, kfac_types),
                n_samples=1 if fisher_type == "true" else None, seed=seed)
 spectra = ex.kfac_spectra(kfac)
 io.write_parquet(out / "kfac_spectra.parquet", spectra)
-fig, _ = ex.plot_kfac_spectra(kfac, "up_proj")
+fig, _ = ex.plot_kfac_spectra(kfac, "o_proj")
 _ = save_figure(fig, "07_kfac_spectra", folder=figdir)
 spectra.groupby("type")[["A_max", "G_max", "A_erank", "G_erank"]].median()
 
 # %% [markdown]
 # ## Natural-gradient sanity check
-# One step along `-(K + λI)⁻¹ g` and along `-g` (block linears), loss on the same tokens.
+# One step along `-(K + λI)⁻¹ g` and along `-g` (the K-FAC layers), loss on the same tokens.
 
 # %%
 natgrad = ex.natural_gradient_check(lm, chunks, kfac, damping=damping)
@@ -101,14 +103,19 @@ natgrad
 del kfac
 pruned = copy.deepcopy(lm)
 wb.prune(pruned, "wanda", sparsity, calibration=calibration)
+models = {"dense": lm, f"wanda {sparsity:.0%}": pruned}
+weights = [f"{n}.weight" for n in ex.modules_of_type(lm, None)]
+fisher = {name: cv.diagonal_fisher(m, chunks, kind=fisher_type, params=weights, seed=seed,
+                                   chunk_size=2) for name, m in models.items()}
 sharp = blocks[:1, :max(2, sharpness_tokens)]
-capacity = pd.concat({name: cv.capacity_summary(m, chunks, fisher_type=fisher_type, seed=seed,
-                                                sharpness_tokens=sharp, lanczos_tol=1e-2).value
-                      for name, m in (("dense", lm), (f"wanda {sparsity:.0%}", pruned))},
-                     axis=1)
+capacity = pd.concat({name: cv.capacity_summary(m, chunks, fisher=fisher[name], seed=seed,
+                                                fisher_type=fisher_type, sharpness_tokens=sharp,
+                                                lanczos_tol=1e-2).value
+                      for name, m in models.items()}, axis=1)
 io.write_parquet(out / "capacity.parquet", capacity.reset_index())
-damage = cv.fisher_damage(lm, pruned, chunks, symmetric=True, fisher_type=fisher_type,
-                          seed=seed)
+named = {name: dict(m.named_parameters()) for name, m in models.items()}
+damage = cv.fisher_weighted_damage(fisher["dense"], named["dense"], named[f"wanda {sparsity:.0%}"],
+                                   fisher_b=fisher[f"wanda {sparsity:.0%}"], symmetric=True)
 capacity
 
 # %%
@@ -120,7 +127,7 @@ summary = dict(
 io.write_json(out / "summary.json", summary)
 wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
     model=model, corpus=corpus, tokens=tokens, seq_len=seq_len, fisher_type=fisher_type,
-    n_calibration=n_calibration, sparsity=sparsity, damping=damping,
+    n_calibration=n_calibration, sparsity=sparsity, damping=damping, kfac_types=kfac_types,
     sharpness_tokens=sharpness_tokens), summary=summary)
 cols = list(capacity.columns)
 print(f"Empirical/true Fisher trace {summary['empirical_over_true_trace']:.2f}; one natural "

@@ -19,7 +19,7 @@ def test_fisher_lm_notebook_runs_under_papermill(tmp_path):
     assert len(heads) == 2 * 4  # tiny-llama: 2 blocks x 4 query heads
     assert (heads[["true", "empirical"]] > 0).all().all()
     spectra = pd.read_parquet(out / "kfac_spectra.parquet")
-    assert len(spectra) == 14 and (spectra.A_max > 0).all()
+    assert len(spectra) == 8 and (spectra.A_max > 0).all()  # q/k/v/o of 2 blocks
     cap = pd.read_parquet(out / "capacity.parquet").set_index("metric")
     assert cap.shape[1] == 2 and (cap.loc["lambda_max"] > 0).all()
     assert 0 < summary["damage"]["normalized"] < 1

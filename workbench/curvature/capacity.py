@@ -280,6 +280,7 @@ def capacity_summary(
     seed: int = 0,
     chunk_size: int = 2,
     lanczos_tol: float = 1e-3,
+    fisher: Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:
     """One capacity table of a model on ``tokens``.
 
@@ -300,6 +301,8 @@ def capacity_summary(
         prior_precision, confidence: Of the PAC-Bayes bound.
         seed, chunk_size: Sampled labels / memory of the diagonal Fisher.
         lanczos_tol: Relative accuracy of ``lambda_max``.
+        fisher: A diagonal Fisher of ``fisher_type`` on ``tokens`` already computed (its
+            names replace ``params``); default: computed here.
 
     Returns:
         DataFrame indexed by ``metric`` with columns ``value`` and ``definition``:
@@ -311,14 +314,17 @@ def capacity_summary(
     from workbench.curvature.kfac import default_modules
     from workbench.curvature.spectrum import effective_rank
 
-    names = list(params) if params is not None else [
-        f"{m}.weight" for m in default_modules(model)]
+    if fisher is not None:
+        names = list(fisher)
+    else:
+        names = list(params) if params is not None else [
+            f"{m}.weight" for m in default_modules(model)]
     sharp = list(sharpness_params) if sharpness_params is not None else names[-1:]
     batches = P.as_batch_list(tokens)
     loss_fn = nn.CrossEntropyLoss()
     n_tok = sum(P.count_terms(b, "ce", loss_fn) for b in batches)
-    diag = diagonal_fisher(model, batches, kind=fisher_type, params=names, seed=seed,
-                           chunk_size=chunk_size)
+    diag = fisher if fisher is not None else diagonal_fisher(
+        model, batches, kind=fisher_type, params=names, seed=seed, chunk_size=chunk_size)
     values = torch.cat([t.double().reshape(-1) for t in diag.values()])
     sharp_trace = None  # the diagonal true Fisher's trace is the GGN's (softmax CE)
     if (sharpness_tokens is None and fisher_type == "true" and matrix in ("ggn", "true_fisher")

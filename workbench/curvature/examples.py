@@ -290,6 +290,20 @@ def fisher_by_head(true: Mapping[str, Tensor], empirical: Mapping[str, Tensor]) 
     return pd.DataFrame(rows)
 
 
+def modules_of_type(model: nn.Module, types) -> list[str]:
+    """K-FAC default modules (linear layers but the head) whose last name is in ``types``
+    (e.g. ``["q_proj", "o_proj"]``); ``types=None``: all of them."""
+    from workbench.curvature.kfac import default_modules
+
+    names = default_modules(model)
+    if types is None:
+        return names
+    out = [n for n in names if n.rsplit(".", 1)[-1] in set(types)]
+    if not out:
+        raise ValueError(f"types: no linear layer named {list(types)} in the model")
+    return out
+
+
 def kfac_spectra(kfac) -> pd.DataFrame:
     """Per covered layer: largest eigenvalue, trace and effective rank of both K-FAC
     factors (``A``: input covariance, ``G``: output-gradient covariance).
@@ -339,7 +353,7 @@ def plot_fisher_lm(by_type: pd.DataFrame, by_head: pd.DataFrame, *,
     return fig, (a1, a2)
 
 
-def plot_kfac_spectra(kfac, module_type: str = "up_proj"):
+def plot_kfac_spectra(kfac, module_type: str = "o_proj"):
     """Sorted eigenvalues of ``A`` (left) and ``G`` (right) of every block's
     ``module_type`` layer, coloured by depth (log scale)."""
     import matplotlib.pyplot as plt
