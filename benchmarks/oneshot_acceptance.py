@@ -44,15 +44,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", nargs="+",
-                   default=["magnitude", "wanda", "wanda_obs", "sparsegpt"])
+                   default=["sparsegpt", "wanda", "wanda_obs", "magnitude"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n-calibration", type=int, default=16)
     p.add_argument("--calibration-seq-len", type=int, default=128)
     p.add_argument("--n-eval", type=int, default=8)
     p.add_argument("--eval-seq-len", type=int, default=256)
-    p.add_argument("--zeroshot-limit", type=int, default=100)
+    p.add_argument("--zeroshot-limit", type=int, default=64)
     p.add_argument("--out", default="data/runs/oneshot_acceptance")
+    p.add_argument("--report", nargs="+", metavar="DIR",
+                   help="only print the table of finished runs (results.parquet in each "
+                        "DIR, e.g. of runs split over processes)")
     a = p.parse_args()
+    if a.report:
+        report(pd.concat([pd.read_parquet(paths.resolve(d) / "results.parquet")
+                          for d in a.report], ignore_index=True))
+        return
     methods = [m for m in a.methods if m in METHODS]
     print("methods:", methods, "(not registered:", [m for m in a.methods if m not in METHODS],
           ")", flush=True)
@@ -68,18 +75,28 @@ def main() -> None:
             seeds=a.seeds, n_calibration=a.n_calibration,
             calibration_seq_len=a.calibration_seq_len, n_eval=a.n_eval,
             eval_seq_len=a.eval_seq_len, zeroshot_task="wiki_lastword",
-            zeroshot_limit=a.zeroshot_limit, model_name=a.model, dense=i == 0, progress=False)
+            zeroshot_limit=a.zeroshot_limit, model_name=a.model, dense=i == 0, progress=True)
         frames.append(df)
         io.write_parquet(out / "results.parquet", pd.concat(frames, ignore_index=True))
         print(f"{method}: done after {time.perf_counter() - t0:.0f} s", flush=True)
     df = pd.concat(frames, ignore_index=True)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; calibration {a.n_calibration}x"
-          f"{a.calibration_seq_len} (train), validation {a.n_eval}x{a.eval_seq_len}, zero-shot "
-          f"wiki_lastword first {a.zeroshot_limit} examples\n")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    io.write_parquet(out / "significance.parquet", report(df))
+
+
+def report(df: pd.DataFrame) -> pd.DataFrame:
+    """Print the settings, the markdown table and the findings; return the tests."""
+    df = df[~df.duplicated(["method", "allocation", "pattern", "sparsity", "seed"])]
+    r = df.iloc[0]
+    print(f"{r['model']}, calibration {r['calibration_n']}x{r['calibration_seq_len']} "
+          f"({r['calibration_split']}), validation {r['eval_n_blocks']}x"
+          f"{r['eval_context_length']} ({r['eval_n_tokens']} predicted tokens), zero-shot "
+          f"{r['zeroshot_task']} ({r['zeroshot_n']} examples); torch {r['torch_version']}, "
+          f"transformers {r['transformers_version']}, lm-eval {r['lm_eval_version']}\n")
     print(markdown(df))
     table = oneshot.significance(df)
-    io.write_parquet(out / "significance.parquet", table)
     print("\n" + oneshot.findings(table))
+    return table
 
 
 if __name__ == "__main__":
