@@ -15,7 +15,8 @@ terms, 1 for sum; see :mod:`workbench.curvature._problem`):
   examples; the natural choice when every position has its own loss term, as in
   causal language modelling)::
 
-      A = 1 / (N_x * S) * sum_{n,s} a_{n,s} a_{n,s}^T        G = c * sum_k sum_{n,s} g_{k,n,s} g_{k,n,s}^T
+      A = 1 / (N_x * S) * sum_{n,s} a_{n,s} a_{n,s}^T
+      G = c * sum_k sum_{n,s} g_{k,n,s} g_{k,n,s}^T
 
 * **reduce** ("K-FAC-reduce": the shared dimension is reduced first, inputs averaged and
   output gradients summed over positions)::
@@ -268,7 +269,8 @@ class KFAC:
         if kind == "ce":
             p = z.softmax(-1)
             sp = p.sqrt()
-            root = torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]  # S_ij = d_ij sqrt(p_i) - p_i sqrt(p_j)
+            # S_ij = delta_ij sqrt(p_i) - p_i sqrt(p_j)
+            root = torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]
         elif kind == "mse":
             C = z.shape[1]
             root = (2.0 ** 0.5) * torch.eye(C, dtype=z.dtype, device=z.device).expand(

@@ -6,7 +6,8 @@
   that takes a Fisher type takes one of these two words (or the enum member).
 * :data:`CURVATURE_MATRICES`: ``hessian``, ``ggn``, ``empirical_fisher``,
   ``true_fisher``, registered by :mod:`workbench.curvature.products` with their
-  properties (``label``, ``color`` (Okabe-Ito hex, used by the figures), ``psd``, ``fisher_type``, ``output_space``, ``description``).
+  properties (``label``, ``color`` (Okabe-Ito hex, used by the figures), ``psd``,
+  ``fisher_type``, ``output_space``, ``description``).
   Adding a matrix = one output-space function + one registration there + one test.
 """
 
