@@ -35,13 +35,11 @@ output_dir = "data/runs/fisher_ggn"
 figures_dir = ""             # empty for figures/
 
 # %%
-from pathlib import Path
-
 import torch
 
 import workbench as wb
 from workbench import curvature as cv
-from workbench.core import io
+from workbench.core import io, paths
 from workbench.curvature import examples as ex
 from workbench.experiments.plots import save_figure
 
@@ -49,8 +47,8 @@ if threads:
     torch.set_num_threads(int(threads))
 wb.seed_everything(seed)
 torch_dtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
-figdir = figures_dir or None
-out = Path(output_dir)
+figdir = paths.resolve(figures_dir) if figures_dir else None
+out = paths.resolve(output_dir)
 prob = ex.digits_classifier(hidden=hidden, epochs=epochs, n_curvature=n_curvature,
                             batch_size=batch_size, seed=seed, dtype=torch_dtype)
 D = cv.num_params(prob.model)
