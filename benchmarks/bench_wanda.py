@@ -26,7 +26,8 @@ import torch
 import workbench as wb
 from _timing import timed
 from workbench.pruning.masks import prunable_modules
-from workbench.core.models import forward_logits, model_device, transformer_blocks
+from workbench.core.devices import model_device
+from workbench.core.models import forward_logits, transformer_blocks
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import time
 import pandas as pd
 
 import workbench as wb
-from workbench.core import evaluate, io, models, paths
+from workbench.core import devices, evaluate, io, paths
 
 wb.seed_everything(seed)
 t0 = time.perf_counter()
@@ -38,7 +38,7 @@ lm, tokenizer = wb.load_model(model)
 load_seconds = time.perf_counter() - t0
 n_params = sum(p.numel() for p in lm.parameters())
 print(f"{model}: {type(lm).__name__}, {n_params / 1e6:.1f}M parameters, "
-      f"loaded in {load_seconds:.1f} s on {models.model_device(lm)}")
+      f"loaded in {load_seconds:.1f} s on {devices.model_device(lm)}")
 
 # %%
 text = wb.load_corpus(corpus, seed=seed)

@@ -153,10 +153,10 @@ def test_forward_logits_passes_declared_keywords(tiny_llama):
 
 
 def test_device_is_checked_before_the_model_is_built(monkeypatch):
-    from workbench.core import models
+    from workbench.core import devices, models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "_random_model", lambda *a, **k: pytest.fail("model built"))
     with pytest.raises(ValueError, match="device='cuda:1' but CUDA is not available"):
         load_model("tiny-llama", device="cuda:1")
-    assert models.resolve_device("cpu") == torch.device("cpu")
+    assert devices.resolve_device("cpu") == torch.device("cpu")

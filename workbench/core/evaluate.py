@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.core.checks import check_range
-from workbench.core.models import check_model_tokens, forward_logits, model_device
+from workbench.core.devices import model_device
+from workbench.core.models import check_model_tokens, forward_logits
 
 
 def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from workbench.core.evaluate import perplexity
-from workbench.core.models import check_model_tokens, model_device, transformer_blocks
+from workbench.core.devices import model_device
+from workbench.core.models import check_model_tokens, transformer_blocks
 
 DEFAULT_THRESHOLD = 1000.0
 DEFAULT_SPIKE_RATIO = 2.0

@@ -28,7 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.core.evaluate import causal_lm_loss
-from workbench.core.models import check_model_tokens, logits_of, model_device
+from workbench.core.devices import model_device
+from workbench.core.models import check_model_tokens, logits_of
 
 LR_SCHEDULES = ("constant", "warmup_cosine")
 AUTOCAST = ("auto", "bf16", "off")

@@ -132,7 +132,8 @@ def batches_of(data, batch_size: int = 8) -> list[torch.Tensor]:
 def collect_input_statistics(model: nn.Module, modules: Mapping[str, nn.Module], data, *,
                              batch_size: int = 8, **options) -> dict[str, InputStats]:
     """Run ``model`` over ``data`` once (all at once, no pruning) and return the stats."""
-    from workbench.core.models import forward_logits, model_device
+    from workbench.core.devices import model_device
+    from workbench.core.models import forward_logits
 
     device = model_device(model)
     with input_statistics(modules, **options) as stats:

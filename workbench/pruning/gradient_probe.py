@@ -133,7 +133,7 @@ def _exact_masks(res: "GradProbeResult", core: dict, base: dict) -> dict:
 def _calibration_loss(model, masks, calibration, batch_size) -> float:
     """Mean next-token loss on the calibration batches with ``masks`` applied (restored
     afterwards)."""
-    from workbench.core.models import model_device
+    from workbench.core.devices import model_device
 
     originals = apply_masks(model, masks, keep_original=True)
     try:

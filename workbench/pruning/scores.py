@@ -106,7 +106,7 @@ def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], data,
 
     Only ``params`` require grad during the passes (restored afterwards).
     """
-    from workbench.core.models import model_device
+    from workbench.core.devices import model_device
 
     batches = batches_of(data, batch_size)
     device = model_device(model)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from workbench.core.models import _is_hf, model_device, transformer_blocks
+from workbench.core.devices import model_device
+from workbench.core.models import _is_hf, transformer_blocks
 from workbench.pruning.calibration import batches_of, input_statistics
 
 
