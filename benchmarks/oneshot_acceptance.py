@@ -19,7 +19,7 @@ import pandas as pd
 
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot
+from workbench.experiments import oneshot, oneshot_analysis
 from workbench.pruning.registry import METHODS
 
 
@@ -105,8 +105,8 @@ def report(df: pd.DataFrame) -> pd.DataFrame:
           f"{r['zeroshot_task']} ({r['zeroshot_n']} examples); torch {r['torch_version']}, "
           f"transformers {r['transformers_version']}, lm-eval {r['lm_eval_version']}\n")
     print(markdown(df))
-    table = oneshot.significance(df)
-    print("\n" + oneshot.findings(table))
+    table = oneshot_analysis.significance(df)
+    print("\n" + oneshot_analysis.findings(table))
     return table
 
 

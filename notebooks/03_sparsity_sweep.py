@@ -43,7 +43,7 @@ seed = None  # set by the grid runner: this cell's one calibration seed (overrid
 # %%
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot, runs
+from workbench.experiments import oneshot, oneshot_analysis, runs
 from workbench.experiments.plots import save_figure
 
 if seed is not None:
@@ -56,7 +56,7 @@ results = oneshot.oneshot_sweep(
     batch_size=batch_size, model_name=model)
 results.insert(0, "experiment", experiment)
 out = paths.resolve(output_dir)
-table = oneshot.significance(results)
+table = oneshot_analysis.significance(results)
 io.write_parquet(out / "significance.parquet", table)
 # records.parquet + summary.json + manifest.json, records last (a grid cell's completion mark)
 parameters = dict(model=model, corpus=corpus, methods=methods, allocations=allocations,
@@ -64,7 +64,7 @@ parameters = dict(model=model, corpus=corpus, methods=methods, allocations=alloc
                   n_calibration=n_calibration, seq_len=seq_len, n_eval=n_eval,
                   eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task,
                   zeroshot_limit=zeroshot_limit)
-runs.write_run(out, {"records": results}, summary=dict(findings=oneshot.findings(table)),
+runs.write_run(out, {"records": results}, summary=dict(findings=oneshot_analysis.findings(table)),
                manifest=dict(seed=seed, parameters=parameters,
                              skipped=results.attrs.get("skipped", [])))
 
@@ -73,11 +73,11 @@ runs.write_run(out, {"records": results}, summary=dict(findings=oneshot.findings
 # seed a faint line; dashed: OWL allocation; dotted: the dense model.
 
 # %%
-fig, axes = oneshot.plot_oneshot(results, "val_ppl")
+fig, axes = oneshot_analysis.plot_oneshot(results, "val_ppl")
 save_figure(fig, figure_name)
 
 # %%
-oneshot.results_table(results)
+oneshot_analysis.results_table(results)
 
 # %% [markdown]
 # Paired tests by calibration seed: perplexity on its logarithm (differences are log
@@ -88,4 +88,4 @@ table[["factor", "baseline", "level_b", "context", "pattern", "level", "metric",
        "mean_diff", "d_z", "p_t", "p_wilcoxon", "p_holm", "significant"]]
 
 # %%
-print(oneshot.findings(table))
+print(oneshot_analysis.findings(table))
