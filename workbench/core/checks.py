@@ -65,6 +65,19 @@ def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str]
                         f"accepted: {allowed}")
 
 
+def check_keys(mapping: Any, allowed: Iterable[str], where: str) -> None:
+    """Refuse a non-mapping ``mapping`` or keys outside ``allowed`` (config files, specs).
+
+    Raises:
+        ValueError: Names ``where``, the unknown keys and the allowed ones.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
+    unknown = sorted(set(map(str, mapping)) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
 def check_token_ids(argument: str, ids: Any, *, vocab_size: int | None = None,
                     max_length: int | None = None, ndim: int | None = 2) -> torch.Tensor:
     """Validate a tensor of token ids (``LongTensor[n, seq]`` by default).

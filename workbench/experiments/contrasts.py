@@ -52,6 +52,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.core.checks import check_keys
+
 AT = ("sparsity", "round", "run")
 TAKE = ("first", "last")
 EXPECT = ("differ", "higher", "lower")
@@ -105,14 +107,6 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _check_keys(mapping: Any, allowed: Sequence[str], where: str) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(map(str, mapping)) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {list(allowed)}")
-
-
 def _choice(value: Any, allowed: Sequence[str], key: str, where: str) -> str:
     if value not in allowed:
         raise ValueError(f"{where}: {key}={value!r} is not allowed; allowed: {list(allowed)}")
@@ -147,7 +141,7 @@ def parse_questions(raw: Any, experiments: Mapping[str, Mapping[str, Any]], *,
     seen: set[str] = set()
     for qid, body in raw.items():
         w = f"{where}.{qid}"
-        _check_keys(body, QUESTION_KEYS, w)
+        check_keys(body, QUESTION_KEYS, w)
         text = body.get("question")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{w}: 'question' (the question in words) is required")
@@ -182,7 +176,7 @@ def _check_metric(metric: str, known: Sequence[str] | None, where: str) -> None:
 
 def _parse_contrast(name: str, qid: str, c: Any, experiments, qmetrics, known,
                     where: str) -> Contrast:
-    _check_keys(c, CONTRAST_KEYS, where)
+    check_keys(c, CONTRAST_KEYS, where)
     for key in ("a", "b"):
         if key not in c:
             raise ValueError(f"{where}: missing {key!r} (an experiment id)")

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from workbench.core import paths
+from workbench.core.checks import check_keys
 
 #: Keys of a profile.
 PROFILE_KEYS = ("description", "scale", "set")
@@ -71,14 +72,6 @@ def _scale_rule(rule: Any, where: str) -> tuple[float, float | None]:
     return float(factor), minimum
 
 
-def _check_keys(mapping: Any, allowed, where: str) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(map(str, mapping)) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
-
-
 def validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
     """Check a ``{name: profile}`` mapping: keys, sections, scale rules, no design key
     set or scaled (unless scalable), no parameter the grid fills in.
@@ -96,7 +89,7 @@ def validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
     out = {}
     for name, prof in profiles.items():
         w = f"{where}.{name}"
-        _check_keys(prof, PROFILE_KEYS, w)
+        check_keys(prof, PROFILE_KEYS, w)
         for section in ("scale", "set"):
             if prof.get(section) is not None and not isinstance(prof[section], Mapping):
                 raise ValueError(f"{w}.{section} must be a mapping of parameter -> value")

@@ -54,6 +54,7 @@ from typing import Any, Mapping
 import yaml
 
 from workbench.core import paths
+from workbench.core.checks import check_keys
 from workbench.experiments.profiles import (DEFAULT_PROFILES_FILE, apply_profile,
                                             load_profiles, profiles_path, read_yaml,
                                             validate_profiles)
@@ -214,14 +215,6 @@ def spec_hash(spec: Spec, profile: str | None = None) -> str:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_keys(mapping: Any, allowed, where: str) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(map(str, mapping)) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
-
-
 def _check_seeds(seeds: Any, where: str) -> list[int]:
     if (not isinstance(seeds, list) or not seeds
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
@@ -335,7 +328,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
     Raises:
         ValueError: On unknown keys or bad values, naming the key and the allowed values.
     """
-    _check_keys(raw, SPEC_KEYS, where)
+    check_keys(raw, SPEC_KEYS, where)
     for key in ("name", "notebook", "experiments"):
         if key not in raw:
             raise ValueError(f"{where}: missing required key {key!r}")
@@ -373,7 +366,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
         if reserved:
             raise ValueError(f"{w}: {reserved} are filled in by the grid; remove them")
         if allowed_params is not None:
-            _check_keys(params, allowed_params, f"{w} (notebook {raw['notebook']} parameters)")
+            check_keys(params, allowed_params, f"{w} (notebook {raw['notebook']} parameters)")
         meta = {k: v for k, v in body.items() if k in EXPERIMENT_META_KEYS and k != "seeds"}
         exp_seeds = _check_seeds(body["seeds"], f"{w}: seeds") if "seeds" in body else seeds
         check_values(params, w, notebook_defaults, strict=strict)
@@ -396,7 +389,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
             # the spec's own profiles must fit its notebook now; a shared profile only when
             # it is used (run_grid checks every name against the notebook before dispatch)
             if allowed_params is not None and prof in own:
-                _check_keys(params, allowed_params, f"{where}: profile {prof!r}")
+                check_keys(params, allowed_params, f"{where}: profile {prof!r}")
     return spec
 
 

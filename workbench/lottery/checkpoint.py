@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from workbench.core import io
+from workbench.pruning.mask_io import split_safetensors
 
 VERSION = 2
 CHECKSUM_KEY = "__sha256__"
@@ -66,14 +66,7 @@ def unpack_masks(tensors: Mapping[str, torch.Tensor], prefix: str,
 
 # ----------------------------------------------------------------------------- files
 def _split(blob: bytes, path) -> tuple[dict, bytes]:
-    try:
-        (n,) = struct.unpack("<Q", blob[:8])
-        header = json.loads(blob[8:8 + n].decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (struct.error, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} is damaged (header unreadable: {err})") from None
-    return header, blob[8 + n:]
+    return split_safetensors(blob, path, what="checkpoint")
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:

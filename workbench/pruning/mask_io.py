@@ -23,15 +23,19 @@ CHECKSUM_KEY = "__sha256__"
 ORDER_KEY = "__order__"
 
 
-def _split(blob: bytes, path) -> tuple[dict, bytes]:
-    """``(header dict, data section)`` of a safetensors byte string."""
+def split_safetensors(blob: bytes, path, what: str = "masks file") -> tuple[dict, bytes]:
+    """``(header dict, data section)`` of a safetensors byte string.
+
+    Raises:
+        ValueError: The header is unreadable; names ``what`` and ``path``.
+    """
     try:
         (n,) = struct.unpack("<Q", blob[:8])
         header = json.loads(blob[8:8 + n].decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (struct.error, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"masks file {path} is damaged or not a safetensors file "
+        raise ValueError(f"{what} {path} is damaged or not a safetensors file "
                          f"(header unreadable: {err})") from None
     return header, blob[8 + n:]
 
@@ -62,10 +66,10 @@ def save_masks(masks: Mapping[str, torch.Tensor], path, *, metadata: dict | None
         raise ValueError(f"metadata keys {reserved} are reserved")
     meta[ORDER_KEY] = json.dumps(list(tensors))
     # The data section does not depend on the metadata: hash it, then write again.
-    _, data = _split(save(tensors, metadata=meta), path)
+    _, data = split_safetensors(save(tensors, metadata=meta), path)
     meta[CHECKSUM_KEY] = hashlib.sha256(data).hexdigest()
     blob = save(tensors, metadata=meta)
-    if _split(blob, path)[1] != data:  # pragma: no cover - safetensors layout changed
+    if split_safetensors(blob, path)[1] != data:  # pragma: no cover - safetensors layout changed
         raise RuntimeError("safetensors data layout depends on metadata; cannot checksum")
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
@@ -85,7 +89,7 @@ def load_masks(path, *, device: str | torch.device = "cpu") -> dict[str, torch.T
     if not path.is_file():
         raise FileNotFoundError(f"masks file {path} does not exist")
     blob = path.read_bytes()
-    header, data = _split(blob, path)
+    header, data = split_safetensors(blob, path)
     meta = header.get("__metadata__") or {}
     expected = meta.get(CHECKSUM_KEY)
     if expected is None:
