@@ -61,7 +61,8 @@ def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str]
     allowed = sorted(set(allowed))
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise TypeError(f"{function}() got unknown keyword argument(s) {unknown}; "
+        call = function if function.endswith(")") else f"{function}()"
+        raise TypeError(f"{call} got unknown keyword argument(s) {unknown}; "
                         f"accepted: {allowed}")
 
 
