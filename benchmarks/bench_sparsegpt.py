@@ -55,7 +55,7 @@ def main() -> None:
         restore(model, dense)
         scope = args.scope
         res, sec, peak = timed(lambda: wb.prune(model, method, args.sparsity, scope=scope,
-                                                calibration=cal, include=args.include),
+                                                calibration_tokens=cal, include=args.include),
                                device)
         masks[method] = res.masks
         row_sp = torch.cat([(~mk).float().mean(1) for mk in res.masks.values()])

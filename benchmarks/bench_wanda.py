@@ -95,14 +95,14 @@ def main():
         return wb.load_model(a.model, dtype=getattr(torch, a.dtype), device=str(device))[0]
 
     warm = fresh()  # warm-up: first-call costs (kernels, allocator) outside the timings
-    wb.prune(warm, "wanda", a.sparsity, calibration=cal[:1], batch_size=1)
+    wb.prune(warm, "wanda", a.sparsity, calibration_tokens=cal[:1], batch_size=1)
     del warm
     rows = []
     for mode in a.modes.split(","):
         seq = mode == "sequential"
         model = fresh()
         res, sec_w, peak_w = timed(lambda: wb.prune(
-            model, "wanda", a.sparsity, calibration=cal, sequential=seq,
+            model, "wanda", a.sparsity, calibration_tokens=cal, sequential=seq,
             batch_size=a.batch_size), device)
         del model
         model = fresh()

@@ -44,7 +44,7 @@ wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")
 text = wb.load_corpus(corpus, seed=seed)
 cal = wb.calibration_windows(tokenizer, text.train, cal_seq_len, cal_windows, seed=seed)
-scores = {k: wb.importance(lm, k, data=cal, batch_size=batch_size) for k in kinds}
+scores = {k: wb.importance(lm, k, tokens=cal, batch_size=batch_size) for k in kinds}
 print(f"{len(scores[kinds[0]])} weight matrices scored with {len(kinds)} kinds "
       f"on {cal_windows} x {cal_seq_len} calibration tokens")
 

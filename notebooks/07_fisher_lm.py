@@ -55,8 +55,8 @@ lm, tokenizer = wb.load_model(model)
 text = wb.load_corpus(corpus, seed=seed)
 blocks = wb.token_blocks(tokenizer, text.split("validation"), seq_len,
                          n_blocks=max(1, tokens // seq_len), seed=seed)
-calibration = wb.calibration_windows(tokenizer, text.split("train"), seq_len, n_calibration,
-                                     seed=seed)
+calibration_tokens = wb.calibration_windows(tokenizer, text.split("train"), seq_len,
+                                            n_calibration, seed=seed)
 chunks = list(blocks.split(2))
 print(f"{model}: {blocks.shape[0]} x {seq_len} tokens, Fisher type {fisher_type!r}")
 
@@ -102,7 +102,7 @@ natgrad
 # %%
 del kfac
 pruned = copy.deepcopy(lm)
-wb.prune(pruned, "wanda", sparsity, calibration=calibration)
+wb.prune(pruned, "wanda", sparsity, calibration_tokens=calibration_tokens)
 models = {"dense": lm, f"wanda {sparsity:.0%}": pruned}
 weights = [f"{n}.weight" for n in ex.modules_of_type(lm, None)]
 fisher = {name: cv.diagonal_fisher(m, chunks, kind=fisher_type, params=weights, seed=seed,

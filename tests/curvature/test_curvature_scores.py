@@ -34,7 +34,7 @@ def test_obs_kfac_equals_dense_obs_saliency(fisher_type):
     opts = dict(fisher_type=fisher_type, damping=damping)
     if fisher_type == "true":
         opts["n_samples"] = None  # exact expectation (curvlinops' type-2)
-    scores = wb.importance(model, "obs_kfac", data=tokens, include=["qkv.weight"],
+    scores = wb.importance(model, "obs_kfac", tokens=tokens, include=["qkv.weight"],
                            batch_size=4, **opts)
     # brute force: dense K-FAC block of qkv (curvlinops), damped, inverted
     ref = copy.deepcopy(model)
@@ -55,7 +55,7 @@ def test_obs_kfac_equals_dense_obs_saliency(fisher_type):
 def test_prune_by_obs_kfac(tiny_llama):
     model = copy.deepcopy(tiny_llama[0])
     tokens = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(1))
-    masks = wb.prune(model, "obs_kfac", 0.5, calibration=tokens,
+    masks = wb.prune(model, "obs_kfac", 0.5, calibration_tokens=tokens,
                      include=["model.layers.0.mlp.*"]).masks
     assert set(masks) == {f"model.layers.0.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
     for name, m in masks.items():
@@ -64,4 +64,4 @@ def test_prune_by_obs_kfac(tiny_llama):
     kept_mag = {n: s >= s.flatten().kthvalue(s.numel() // 2).values for n, s in mag.items()}
     assert any((kept_mag[n] != masks[n]).any() for n in masks)  # curvature changes the mask
     with pytest.raises(ValueError, match="damping"):
-        wb.importance(tiny_llama[0], "obs_kfac", data=tokens, damping=0.0)
+        wb.importance(tiny_llama[0], "obs_kfac", tokens=tokens, damping=0.0)

@@ -23,7 +23,7 @@ def test_rows_equal_fresh_runs_from_the_dense_model(sweep):
         cal = wb.calibration_windows(tok, corpus.train, 16, 2, seed=seed)
         wb.restore(fresh, dense)
         wb.prune(fresh, method, 0.5, scope="2:4" if pattern == "2:4" else None,
-                 calibration=cal, batch_size=2)
+                 calibration_tokens=cal, batch_size=2)
         row = df[(df.method == method) & (df.pattern == pattern) & (df.seed == seed)].iloc[0]
         assert row["val_ppl"] == pytest.approx(wb.perplexity(fresh, val, batch_size=2,
                                                              progress=False), rel=1e-5)

@@ -34,18 +34,18 @@ def test_infeasible_targets_and_bad_options_are_errors():
     model, _ = load_model("tiny-llama", device="cpu")
     data = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"allocation must be one of \('uniform', 'owl'\)"):
-        prune(model, "wanda", 0.5, calibration=data, allocation="owls")
+        prune(model, "wanda", 0.5, calibration_tokens=data, allocation="owls")
     with pytest.raises(ValueError, match=r"allocation must be one of \('uniform',\)"):
-        prune(model, "taylor", 0.5, calibration=data, allocation="owl")
+        prune(model, "taylor", 0.5, calibration_tokens=data, allocation="owl")
     with pytest.raises(ValueError, match="needs calibration"):
         prune(model, "magnitude", 0.5, allocation="owl")
     with pytest.raises(ValueError, match="needs scope"):
-        prune(model, "wanda", 0.5, calibration=data, allocation="owl", scope="2:4")
+        prune(model, "wanda", 0.5, calibration_tokens=data, allocation="owl", scope="2:4")
     with pytest.raises(TypeError, match="lamda"):
-        prune(model, "wanda", 0.5, calibration=data, allocation="owl",
+        prune(model, "wanda", 0.5, calibration_tokens=data, allocation="owl",
               allocation_options={"lamda": 0.1})
     with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
-        prune(model, "wanda", 0.95, calibration=data, allocation="owl")
+        prune(model, "wanda", 0.95, calibration_tokens=data, allocation="owl")
 
 
 def _brute_outlier_ratio(model, data, block, m=5.0):
@@ -72,7 +72,7 @@ def test_planted_outliers_get_lower_sparsity(method):
     with torch.no_grad():  # plant outlier features in block 1's MLP input weights
         model.model.layers[1].mlp.up_proj.weight[:, :3] *= 40.0
     ref = [_brute_outlier_ratio(model, data, b) for b in (0, 1)]
-    res = prune(model, method, 0.5, calibration=data, allocation="owl")
+    res = prune(model, method, 0.5, calibration_tokens=data, allocation="owl")
     info = res.info
     np.testing.assert_allclose(info["owl_outlier_ratio"], ref, rtol=1e-6)
     s0, s1 = info["owl_group_sparsity"]

@@ -12,7 +12,7 @@ from workbench.pruning.checkpoint import load_pruned, save_pruned
 def _round_trip(model, tok, method, tmp_path, *, cal=None, seq=32):
     text = wb.load_corpus("lee")
     val = wb.token_blocks(tok, text.validation, seq, n_blocks=2, seed=0)
-    res = wb.prune(model, method, 0.5, calibration=cal, batch_size=2)
+    res = wb.prune(model, method, 0.5, calibration_tokens=cal, batch_size=2)
     ppl = wb.perplexity(model, val, batch_size=2, progress=False)
     out = save_pruned(model, tok, res.masks, tmp_path / "ckpt",
                       dict(method=method, sparsity=0.5))

@@ -30,7 +30,7 @@ def test_restores_exactly_the_candidates_whose_gradient_rose(threshold):
     data = _data()
     model, _ = load_model("tiny-llama", device="cpu")
     ref_model, _ = load_model("tiny-llama", device="cpu")
-    res = gradprobe(model, 0.5, calibration=data, threshold=threshold, batch_size=2,
+    res = gradprobe(model, 0.5, calibration_tokens=data, threshold=threshold, batch_size=2,
                     reduction_factor=0.1)
     # independent reference
     params = prunable_parameters(ref_model)
@@ -61,7 +61,7 @@ def test_restores_exactly_the_candidates_whose_gradient_rose(threshold):
 def test_layerwise_mode_and_threshold_sweep():
     data = _data()
     model, _ = load_model("tiny-llama", device="cpu")
-    res = gradprobe(model, 0.5, calibration=data, mode="layerwise", base="wanda",
+    res = gradprobe(model, 0.5, calibration_tokens=data, mode="layerwise", base="wanda",
                     scope="row", apply=False, include=[r"layers\.0\.mlp"])
     assert len(res.g1) == 3
     frame = res.sweep([0.0, 0.1, 1.0, 1e9])
@@ -73,17 +73,17 @@ def test_layerwise_mode_and_threshold_sweep():
 def test_errors():
     model, _ = load_model("tiny-llama", device="cpu")
     with pytest.raises(ValueError, match="base must be one of"):
-        gradprobe(model, 0.5, calibration=_data(), base="random")
+        gradprobe(model, 0.5, calibration_tokens=_data(), base="random")
     with pytest.raises(ValueError, match="mode must be one of"):
-        gradprobe(model, 0.5, calibration=_data(), mode="blockwise")
+        gradprobe(model, 0.5, calibration_tokens=_data(), mode="blockwise")
     with pytest.raises(ValueError, match="calibration"):
-        gradprobe(model, 0.5, calibration=None)
+        gradprobe(model, 0.5, calibration_tokens=None)
 
 
 def test_exact_target_keeps_the_base_layer_counts_and_only_swaps_the_margin():
     data = _data()
     model, _ = load_model("tiny-llama", device="cpu")
-    res = gradprobe(model, 0.5, calibration=data, exact_sparsity=True, guard=False,
+    res = gradprobe(model, 0.5, calibration_tokens=data, exact_sparsity=True, guard=False,
                     pool_margin=0.2, batch_size=2, apply=False)
     scores = {n: p.detach().abs() for n, p in prunable_parameters(model).items()}
     base = select_masks(scores, 0.5, scope="global")
@@ -109,10 +109,10 @@ def test_exact_target_guard_never_worse_than_base_on_calibration():
     model, _ = load_model("tiny-llama", device="cpu")
     scores = {n: p.detach().abs() for n, p in prunable_parameters(model).items()}
     base = select_masks(scores, 0.5, scope="global")
-    res = gradprobe(model, 0.5, calibration=data, exact_sparsity=True, batch_size=2,
+    res = gradprobe(model, 0.5, calibration_tokens=data, exact_sparsity=True, batch_size=2,
                     apply=False)
     assert res.info["fallback"] in (True, False)
     assert (_calibration_loss(model, res.masks, data, 2)
             <= _calibration_loss(model, base, data, 2) + 1e-9)
     with pytest.raises(ValueError, match="exact_sparsity takes no"):
-        gradprobe(model, 0.5, calibration=data, exact_sparsity=True, candidate_sparsity=0.7)
+        gradprobe(model, 0.5, calibration_tokens=data, exact_sparsity=True, candidate_sparsity=0.7)

@@ -47,7 +47,7 @@ def test_sequential_wanda_matches_brute_force_full_forward():
     ref_model, _ = load_model("tiny-llama", device="cpu")
     ref = _brute_sequential_wanda(ref_model, data, 0.5)
     model, _ = load_model("tiny-llama", device="cpu")
-    res = prune(model, "wanda", 0.5, calibration=data, batch_size=2)
+    res = prune(model, "wanda", 0.5, calibration_tokens=data, batch_size=2)
     assert isinstance(res, PruneResult) and res.info["mode"] == "sequential"
     for n in ref:
         agree = (res.masks[n] == ref[n]).float().mean()
@@ -61,8 +61,8 @@ def test_sequential_and_all_at_once_agree_on_first_block_only():
     data = _data()
     a, _ = load_model("tiny-llama", device="cpu")
     b, _ = load_model("tiny-llama", device="cpu")
-    ra = prune(a, "wanda", 0.5, calibration=data)
-    rb = prune(b, "wanda", 0.5, calibration=data, sequential=False)
+    ra = prune(a, "wanda", 0.5, calibration_tokens=data)
+    rb = prune(b, "wanda", 0.5, calibration_tokens=data, sequential=False)
     assert rb.info["mode"] == "all-at-once"
     for n in ra.masks:
         if ".layers.0." in n:
@@ -74,8 +74,8 @@ def test_sequential_and_all_at_once_agree_on_first_block_only():
 def test_wanda_obs_keeps_wanda_masks_in_block0_and_changes_kept_weights():
     data = _data()
     models = [load_model("tiny-llama", device="cpu")[0] for _ in range(3)]
-    plain = prune(models[0], "wanda", 0.5, calibration=data)
-    obs = prune(models[2], "wanda_obs", 0.5, calibration=data)
+    plain = prune(models[0], "wanda", 0.5, calibration_tokens=data)
+    obs = prune(models[2], "wanda_obs", 0.5, calibration_tokens=data)
     p0 = dict(models[0].named_parameters())
     p2 = dict(models[2].named_parameters())
     for n in plain.masks:
@@ -91,7 +91,7 @@ def test_wanda_obs_keeps_wanda_masks_in_block0_and_changes_kept_weights():
                                        ("wanda_obs", {}), ("taylor", {})])
 def test_methods_hit_exact_sparsity(spec, method, kw):
     model, _ = load_model(spec, device="cpu")
-    res = prune(model, method, 0.5, calibration=_data(2, 16), **kw)
+    res = prune(model, method, 0.5, calibration_tokens=_data(2, 16), **kw)
     assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=1e-9)
     params = dict(model.named_parameters())
     for n, mk in res.masks.items():
@@ -124,13 +124,13 @@ def test_errors():
     with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['scop'\]"):
         prune(model, "magnitude", 0.5, scop="row")
     with pytest.raises(TypeError, match="corection"):
-        prune(model, "wanda", 0.5, calibration=data, corection="obs")
+        prune(model, "wanda", 0.5, calibration_tokens=data, corection="obs")
     with pytest.raises(TypeError, match="max_samples"):  # a PRAC option, not Wanda's
-        prune(model, "wanda", 0.5, calibration=data, max_samples=3)
+        prune(model, "wanda", 0.5, calibration_tokens=data, max_samples=3)
     with pytest.raises(ValueError, match="allocation must be one of"):
         prune(model, "magnitude", 0.5, allocation="owl2")
     with pytest.raises(ValueError, match="scope='global' is not supported"):
-        prune(model, "wanda_obs", 0.5, calibration=data, scope="global")
+        prune(model, "wanda_obs", 0.5, calibration_tokens=data, scope="global")
 
 
 def test_sweep_reuses_and_restores():
@@ -151,7 +151,7 @@ def test_sweep_reuses_and_restores():
     assert frame["metric"].iloc[0] == pytest.approx(ppl[0])
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n])
-    f2 = sweep(model, "wanda", [0.5], calibration=data)
+    f2 = sweep(model, "wanda", [0.5], calibration_tokens=data)
     assert f2["achieved_sparsity"].iloc[0] == pytest.approx(0.5)
 
 
@@ -165,7 +165,8 @@ def test_real_model_sequential_wanda_smoke():
     cal = calibration_windows(tok, corpus.train[:20], 32, 2, seed=0)
     val = token_blocks(tok, corpus.validation, 32, n_blocks=2)
     dense = perplexity(model, val, progress=False)
-    res = prune(model, "wanda", 0.5, calibration=cal, include=[r"model\.layers\.[0-2]\..*proj"])
+    res = prune(model, "wanda", 0.5, calibration_tokens=cal,
+                include=[r"model\.layers\.[0-2]\..*proj"])
     assert res.info["achieved_sparsity"] == pytest.approx(0.5)
     assert len(res.masks) == 3 * 7
     pruned = perplexity(model, val, progress=False)
@@ -191,8 +192,8 @@ def test_correction_lowers_each_first_block_layer_reconstruction_error():
     X = _block0_inputs(dense, data)
     W = {n: p.detach().clone() for n, p in dense.named_parameters()}
     plain_m, obs_m = (load_model("tiny-llama", device="cpu")[0] for _ in range(2))
-    prune(plain_m, "wanda", 0.5, calibration=data)
-    prune(obs_m, "wanda_obs", 0.5, calibration=data)
+    prune(plain_m, "wanda", 0.5, calibration_tokens=data)
+    prune(obs_m, "wanda_obs", 0.5, calibration_tokens=data)
     plain, obs = dict(plain_m.named_parameters()), dict(obs_m.named_parameters())
     for n, x in X.items():
         err_plain = torch.linalg.norm(x @ (W[n] - plain[n].detach()).t())
@@ -204,9 +205,9 @@ def test_prac_with_all_samples_equals_full_hessian_and_norms_use_all_tokens():
     data = _data()
     n_tokens = data.numel()
     models = [load_model("tiny-llama", device="cpu")[0] for _ in range(3)]
-    obs = prune(models[0], "wanda_obs", 0.5, calibration=data)
-    prac_all = prune(models[1], "wanda_prac", 0.5, calibration=data, max_samples=n_tokens)
-    prac_few = prune(models[2], "wanda_prac", 0.5, calibration=data, max_samples=8)
+    obs = prune(models[0], "wanda_obs", 0.5, calibration_tokens=data)
+    prac_all = prune(models[1], "wanda_prac", 0.5, calibration_tokens=data, max_samples=n_tokens)
+    prac_few = prune(models[2], "wanda_prac", 0.5, calibration_tokens=data, max_samples=8)
     p0, p1 = dict(models[0].named_parameters()), dict(models[1].named_parameters())
     for n in obs.masks:
         assert (obs.masks[n] == prac_all.masks[n]).float().mean() > 0.999, n
@@ -230,14 +231,14 @@ def test_top_level_names_are_the_functions_after_submodule_imports():
 def test_bad_calibration_tokens_are_clear_errors():
     model, _ = load_model("tiny-llama", device="cpu")
     vocab = model.config.vocab_size
-    with pytest.raises(TypeError, match="calibration must hold integer token ids"):
-        prune(model, "wanda", 0.5, calibration=torch.rand(2, 8))
-    with pytest.raises(ValueError, match=f"calibration holds token id {vocab}"):
-        prune(model, "wanda", 0.5, calibration=torch.full((2, 8), vocab))
-    with pytest.raises(ValueError, match="calibration is empty"):
-        prune(model, "wanda", 0.5, calibration=torch.zeros(0, 8, dtype=torch.long))
-    with pytest.raises(TypeError, match="calibration must be a LongTensor"):
-        prune(model, "wanda", 0.5, calibration="some text")
+    with pytest.raises(TypeError, match="calibration_tokens must hold integer token ids"):
+        prune(model, "wanda", 0.5, calibration_tokens=torch.rand(2, 8))
+    with pytest.raises(ValueError, match=f"calibration_tokens holds token id {vocab}"):
+        prune(model, "wanda", 0.5, calibration_tokens=torch.full((2, 8), vocab))
+    with pytest.raises(ValueError, match="calibration_tokens is empty"):
+        prune(model, "wanda", 0.5, calibration_tokens=torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="calibration_tokens must be a LongTensor"):
+        prune(model, "wanda", 0.5, calibration_tokens="some text")
 
 
 def test_every_method_is_registered_with_label_colour_and_runs():
@@ -252,7 +253,7 @@ def test_every_method_is_registered_with_label_colour_and_runs():
         if entry.name in ("gradprobe", "obd_true", "obd_empirical"):
             continue  # covered by their own tests (slower)
         model, _ = load_model("tiny-llama", device="cpu")
-        res = prune(model, entry.name, 0.5, calibration=data)
+        res = prune(model, entry.name, 0.5, calibration_tokens=data)
         assert res.info["method"] == entry.name
         assert res.info["scope"] == entry.props["default_scope"]
         assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
@@ -265,7 +266,7 @@ def test_sweep_scores_once_for_reusable_methods(monkeypatch):
     real = methods.importance
     monkeypatch.setattr(methods, "importance", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     model, _ = load_model("tiny-llama", device="cpu")
-    sweep(model, "taylor", [0.2, 0.4, 0.6], calibration=_data(2, 16))
+    sweep(model, "taylor", [0.2, 0.4, 0.6], calibration_tokens=_data(2, 16))
     assert calls == ["taylor"]
     with pytest.raises(TypeError, match="scop"):
-        sweep(model, "taylor", [0.2], calibration=_data(2, 16), scop="row")
+        sweep(model, "taylor", [0.2], calibration_tokens=_data(2, 16), scop="row")

@@ -43,7 +43,7 @@ def test_default_selection_and_magnitude(llama):
 
 
 def test_wanda_equals_brute_force_llama(llama, data):
-    s = importance(llama, "wanda", data=data, batch_size=2)
+    s = importance(llama, "wanda", tokens=data, batch_size=2)
     modules = prunable_modules(llama)
     X = _stored_inputs(llama, modules, data)
     for n, m in modules.items():
@@ -59,7 +59,7 @@ def test_wanda_equals_brute_force_llama(llama, data):
 
 def test_wanda_gpt2_conv1d_orientation(data):
     model, _ = load_model("tiny-gpt2", device="cpu")
-    s = importance(model, "wanda", data=data, batch_size=2)
+    s = importance(model, "wanda", tokens=data, batch_size=2)
     modules = prunable_modules(model)
     X = _stored_inputs(model, modules, data)
     for n, m in modules.items():
@@ -84,8 +84,8 @@ def test_gradient_kinds_brute_force(llama, data):
     names = list(prunable_modules(llama))
     gs = _grads(llama, names, data)
     params = dict(llama.named_parameters())
-    gn = importance(llama, "gradient_norm", data=data, batch_size=2)
-    ta = importance(llama, "taylor", data=data, batch_size=2)
+    gn = importance(llama, "gradient_norm", tokens=data, batch_size=2)
+    ta = importance(llama, "taylor", tokens=data, batch_size=2)
     for i, n in enumerate(names):
         per = torch.stack([g[i] for g in gs])
         torch.testing.assert_close(gn[n], per.pow(2).mean(0).sqrt(), rtol=1e-4, atol=1e-8)
@@ -95,7 +95,7 @@ def test_gradient_kinds_brute_force(llama, data):
 
 def test_obd_empirical_is_obd_saliency_of_per_example_fisher(llama, data):
     small = data[:2, :12]
-    f = importance(llama, "obd_empirical", data=small, batch_size=2)
+    f = importance(llama, "obd_empirical", tokens=small, batch_size=2)
     params = dict(llama.named_parameters())
     names = list(f)[:3]
     # brute force: squared gradients of each example's summed token loss / #tokens
@@ -113,7 +113,7 @@ def test_obd_empirical_is_obd_saliency_of_per_example_fisher(llama, data):
 
 
 def test_hybrid(llama, data):
-    h = importance(llama, "hybrid", data=data, batch_size=2)
+    h = importance(llama, "hybrid", tokens=data, batch_size=2)
     assert HYBRID_DEFAULT_WEIGHTS == {"magnitude": 0.5, "wanda": 0.5}
     for t in h.values():
         assert t.min() >= 0 and t.max() <= 1.0 + 1e-6
@@ -133,9 +133,9 @@ def test_errors(llama):
     with pytest.raises(TypeError, match="weights"):  # a hybrid option given to magnitude
         importance(llama, "magnitude", weights={"magnitude": 1.0})
     with pytest.raises(TypeError, match="n_sampels"):
-        importance(llama, "obd_true", data=torch.zeros(1, 4, dtype=torch.long), n_sampels=2)
+        importance(llama, "obd_true", tokens=torch.zeros(1, 4, dtype=torch.long), n_sampels=2)
     with pytest.raises(ValueError, match="fisher"):  # old name: an error, not Taylor scores
-        importance(llama, "fisher", data=torch.zeros(1, 4, dtype=torch.long))
+        importance(llama, "fisher", tokens=torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_every_registered_kind_dispatches_to_its_own_function(llama, data, monkeypatch):
@@ -147,5 +147,5 @@ def test_every_registered_kind_dispatches_to_its_own_function(llama, data, monke
         monkeypatch.setitem(SCORE_KINDS._entries, entry.name, type(entry)(
             entry.name, lambda model, *, tokens, include, exclude, batch_size, n=entry.name:
             called.append(n) or {}, entry.props))
-        importance(llama, entry.name, data=data)
+        importance(llama, entry.name, tokens=data)
         assert called == [entry.name]

@@ -16,7 +16,7 @@ def test_one_block_at_a_time_on_the_device(monkeypatch, method):
     run without offload."""
     data = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
     ref_model, _ = load_model("tiny-llama", device="cpu")
-    ref = prune(ref_model, method, 0.5, calibration=data)
+    ref = prune(ref_model, method, 0.5, calibration_tokens=data)
 
     model, _ = load_model("tiny-llama", device="cpu")
     blocks = list(transformer_blocks(model))
@@ -44,7 +44,7 @@ def test_one_block_at_a_time_on_the_device(monkeypatch, method):
     monkeypatch.setattr(sequential, "_home", lambda block: offload)
     monkeypatch.setattr(sequential, "_place", fake_place)
     monkeypatch.setattr(sequential, "_block_forward", spy_forward)
-    res = prune(model, method, 0.5, calibration=data, device="cpu", batch_size=2)
+    res = prune(model, method, 0.5, calibration_tokens=data, device="cpu", batch_size=2)
     n = len(blocks)
     assert log == [x for i in range(n) for x in ((i, "cpu"), (i, "meta"))]
     assert seen == [i for i in range(n) for _ in range(2 * 2)]  # 2 batches x 2 passes
@@ -60,7 +60,7 @@ def test_gpu_peak_is_one_block_plus_activations():
     block_bytes = sum(p.numel() * p.element_size()
                       for p in transformer_blocks(model)[0].parameters())
     torch.cuda.reset_peak_memory_stats()
-    prune(model, "sparsegpt", 0.5, calibration=data, device="cuda")
+    prune(model, "sparsegpt", 0.5, calibration_tokens=data, device="cuda")
     assert next(model.parameters()).device.type == "cpu"
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     assert torch.cuda.max_memory_allocated() < block_bytes * 4 + 64 * 2**20

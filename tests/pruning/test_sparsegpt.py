@@ -121,8 +121,8 @@ def test_method_on_tiny_models_and_first_block_reconstruction():
             h.remove()
         sgpt, _ = load_model(spec, device="cpu")
         wanda, _ = load_model(spec, device="cpu")
-        res = prune(sgpt, "sparsegpt", 0.5, calibration=data, block_size=16)
-        prune(wanda, "wanda", 0.5, calibration=data)
+        res = prune(sgpt, "sparsegpt", 0.5, calibration_tokens=data, block_size=16)
+        prune(wanda, "wanda", 0.5, calibration_tokens=data)
         assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
         for n in mods:
             w0 = dict(dense.named_modules())[n].weight.detach()
@@ -144,6 +144,6 @@ def test_errors():
     model, _ = load_model("tiny-llama", device="cpu")
     data = torch.randint(0, 256, (2, 8))
     with pytest.raises(ValueError, match="scope='global' is not supported"):
-        prune(model, "sparsegpt", 0.5, calibration=data, scope="global")
+        prune(model, "sparsegpt", 0.5, calibration_tokens=data, scope="global")
     with pytest.raises(TypeError, match="blocksize"):
-        prune(model, "sparsegpt", 0.5, calibration=data, blocksize=64)
+        prune(model, "sparsegpt", 0.5, calibration_tokens=data, blocksize=64)

@@ -332,7 +332,7 @@ class _Sweep:
         from workbench.pruning.masks import restore
 
         restore(self.model, self.originals)
-        return wb.prune(self.model, method, s, scope=scope, calibration=self.cals[seed],
+        return wb.prune(self.model, method, s, scope=scope, calibration_tokens=self.cals[seed],
                         allocation=allocation, batch_size=self.batch_size,
                         **dict(self.method_options.get(method, {})))
 

@@ -65,7 +65,7 @@ def round_scores(model: nn.Module, cfg: IMPConfig, names: Sequence[str],
                              f"got importance_kind={cfg.importance_kind!r}")
         return {n: model.get_parameter(n).detach().abs().float() for n in names}
     kind = cfg.importance_kind
-    scores = importance(model, kind, data=None if kind == "magnitude" else calibration)
+    scores = importance(model, kind, tokens=None if kind == "magnitude" else calibration)
     missing = [n for n in names if n not in scores]
     if missing:
         raise ValueError(f"importance kind {kind!r} gave no scores for {missing[:3]}")

@@ -49,7 +49,7 @@ def _groups(model, modules) -> list[dict]:
 
 
 @torch.no_grad()
-def outlier_ratios(model, modules, calibration, *, threshold_m: float = 5.0,
+def outlier_ratios(model, modules, tokens, *, threshold_m: float = 5.0,
                    batch_size: int = 8) -> tuple[list[dict], list[float], list[int]]:
     """OWL's per-group outlier ratio from the dense model's Wanda scores.
 
@@ -58,7 +58,7 @@ def outlier_ratios(model, modules, calibration, *, threshold_m: float = 5.0,
         of each group's scores above ``threshold_m`` x its mean score, and its number of
         weights.
     """
-    stats = collect_input_statistics(model, modules, calibration, batch_size=batch_size)
+    stats = collect_input_statistics(model, modules, tokens, batch_size=batch_size)
     groups = _groups(model, modules)
     ratios, sizes = [], []
     for group in groups:
@@ -125,12 +125,12 @@ def allocate(allocation: str, req, *, threshold_m: float = 5.0,
     check_choice("allocation", allocation, ALLOCATIONS)
     check_range("threshold_m", threshold_m, 0, None, lo_open=True)
     check_range("lam", lam, 0, None)
-    if req.calibration is None:
+    if req.calibration_tokens is None:
         raise ValueError("allocation='owl' needs calibration data (its outlier ratios come "
                          "from Wanda scores)")
     if req.scope_name in ("global", "n:m"):
         raise ValueError(f"allocation='owl' needs scope 'layer' or 'row', got {req.scope!r}")
-    groups, ratios, sizes = outlier_ratios(req.model, req.modules, req.calibration,
+    groups, ratios, sizes = outlier_ratios(req.model, req.modules, req.calibration_tokens,
                                            threshold_m=threshold_m, batch_size=req.batch_size)
     group_s = owl_sparsities(ratios, sizes, req.sparsity, lam=lam)
     layer_s = {name: s for group, s in zip(groups, group_s) for name in group}

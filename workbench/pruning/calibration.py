@@ -108,35 +108,36 @@ def input_statistics(
             h.remove()
 
 
-def batches_of(data, batch_size: int = 8) -> list[torch.Tensor]:
-    """Split ``data`` (``LongTensor[n, seq]`` or a list of such) into a list of batches.
+def batches_of(tokens, batch_size: int = 8) -> list[torch.Tensor]:
+    """Split ``tokens`` (``LongTensor[n, seq]`` or a list of such) into a list of batches.
 
     Raises:
-        ValueError: ``data`` is ``None``/empty or ``batch_size < 1``.
+        ValueError: ``tokens`` is ``None``/empty or ``batch_size < 1``.
     """
-    if data is None:
+    if tokens is None:
         raise ValueError("calibration data is required (a LongTensor [n, seq_len] of token ids)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 2 or data.shape[0] == 0:
-            raise ValueError(f"calibration must be a LongTensor [n, seq_len], got {tuple(data.shape)}")
-        return [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
-    out = list(data)
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 2 or tokens.shape[0] == 0:
+            raise ValueError("calibration tokens must be a LongTensor [n, seq_len], got "
+                             f"{tuple(tokens.shape)}")
+        return [tokens[i : i + batch_size] for i in range(0, tokens.shape[0], batch_size)]
+    out = list(tokens)
     if not out:
         raise ValueError("calibration data is empty")
     return out
 
 
 @torch.no_grad()
-def collect_input_statistics(model: nn.Module, modules: Mapping[str, nn.Module], data, *,
+def collect_input_statistics(model: nn.Module, modules: Mapping[str, nn.Module], tokens, *,
                              batch_size: int = 8, **options) -> dict[str, InputStats]:
-    """Run ``model`` over ``data`` once (all at once, no pruning) and return the stats."""
+    """Run ``model`` over ``tokens`` once (all at once, no pruning) and return the stats."""
     from workbench.core.devices import model_device
     from workbench.core.models import forward_logits
 
     device = model_device(model)
     with input_statistics(modules, **options) as stats:
-        for batch in batches_of(data, batch_size):
+        for batch in batches_of(tokens, batch_size):
             forward_logits(model, batch.to(device))
     return stats

@@ -33,7 +33,7 @@ from workbench.pruning.masks import (
     select_masks,
     transposed_names,
 )
-from workbench.pruning.scores import gradient_moments, importance, lm_loss
+from workbench.pruning.scores import check_calibration, gradient_moments, importance, lm_loss
 
 MODES = ("global", "layerwise")
 BASES = ("magnitude", "wanda")
@@ -87,22 +87,22 @@ def _scale(params, candidates, factor):
         p.copy_(torch.where(c.to(p.device), p * factor, p))
 
 
-def _probe_gradients(model, params, candidates, calibration, *, mode, reduction_factor,
+def _probe_gradients(model, params, candidates, tokens, *, mode, reduction_factor,
                      batch_size) -> tuple[dict, dict]:
     """``(g0, g1)``: mean-batch ``|dL/dw|`` dense, then with candidates scaled."""
-    g0s, _, nb = gradient_moments(model, params, calibration, batch_size=batch_size)
+    g0s, _, nb = gradient_moments(model, params, tokens, batch_size=batch_size)
     g0 = {nm: (g / nb).abs() for nm, g in g0s.items()}
     original = {nm: p.detach().clone() for nm, p in params.items()}
     g1: dict = {}
     try:
         if mode == "global":
             _scale(params, candidates, reduction_factor)
-            g1s, _, _ = gradient_moments(model, params, calibration, batch_size=batch_size)
+            g1s, _, _ = gradient_moments(model, params, tokens, batch_size=batch_size)
             g1 = {nm: (g / nb).abs() for nm, g in g1s.items()}
         else:
             for nm in params:
                 _scale(params, {nm: candidates[nm]}, reduction_factor)
-                g, _, _ = gradient_moments(model, {nm: params[nm]}, calibration,
+                g, _, _ = gradient_moments(model, {nm: params[nm]}, tokens,
                                            batch_size=batch_size)
                 g1[nm] = (g[nm] / nb).abs()
                 with torch.no_grad():
@@ -130,14 +130,14 @@ def _exact_masks(res: "GradProbeResult", core: dict, base: dict) -> dict:
 
 
 @torch.no_grad()
-def _calibration_loss(model, masks, calibration, batch_size) -> float:
+def _calibration_loss(model, masks, tokens, batch_size) -> float:
     """Mean next-token loss on the calibration batches with ``masks`` applied (restored
     afterwards)."""
     from workbench.core.devices import model_device
 
     originals = apply_masks(model, masks, keep_original=True)
     try:
-        batches = batches_of(calibration, batch_size)
+        batches = batches_of(tokens, batch_size)
         device = model_device(model)
         return sum(float(lm_loss(model, b.to(device))) for b in batches) / len(batches)
     finally:
@@ -148,7 +148,7 @@ def gradprobe(
     model: nn.Module,
     sparsity: float,
     *,
-    calibration,
+    calibration_tokens,
     base: str = "magnitude",
     scope: str = "global",
     mode: str = "global",
@@ -168,7 +168,7 @@ def gradprobe(
     Args:
         model: A causal LM.
         sparsity: Target fraction (the base strategy's candidates), in ``[0, 1)``.
-        calibration: Token ids ``[n, seq]`` for the gradients (and Wanda's norms).
+        calibration_tokens: Token ids ``[n, seq]`` for the gradients (and Wanda's norms).
         base: ``"magnitude"`` or ``"wanda"``.
         scope: Scope of the base candidates (``global``, ``layer``, ``row``, N:M).
         mode: ``"global"`` (scale all candidates at once) or ``"layerwise"``.
@@ -200,16 +200,18 @@ def gradprobe(
     check_choice("base", base, BASES)
     check_choice("mode", mode, MODES)
     check_range("pool_margin", pool_margin, 0.0, 1.0)
-    if calibration is None:
-        raise ValueError("gradprobe needs calibration data (calibration=LongTensor[n, seq])")
+    if calibration_tokens is None:
+        raise ValueError("gradprobe needs calibration data "
+                         "(calibration_tokens=LongTensor[n, seq])")
+    check_calibration(model, calibration_tokens, "calibration_tokens")
     scope_name, n, m = parse_scope(scope)
     if exact_sparsity and (scope_name == "n:m" or candidate_sparsity is not None):
         raise ValueError("exact_sparsity takes no candidate_sparsity and no N:M scope "
                          f"(got candidate_sparsity={candidate_sparsity!r}, scope={scope!r})")
     modules = prunable_modules(model, include, exclude)
     params = {nm: mod.weight for nm, mod in modules.items()}
-    scores = importance(model, base, data=calibration, include=include, exclude=exclude,
-                        batch_size=batch_size)
+    scores = importance(model, base, tokens=calibration_tokens, include=include,
+                        exclude=exclude, batch_size=batch_size)
 
     def base_masks(s):
         return select_masks(scores, min(s, 0.999), scope=scope_name, n=n, m=m,
@@ -220,7 +222,7 @@ def gradprobe(
     else:
         pool_masks = base_masks(sparsity if candidate_sparsity is None else candidate_sparsity)
     candidates = {nm: ~mk for nm, mk in pool_masks.items()}
-    g0, g1 = _probe_gradients(model, params, candidates, calibration, mode=mode,
+    g0, g1 = _probe_gradients(model, params, candidates, calibration_tokens, mode=mode,
                               reduction_factor=reduction_factor, batch_size=batch_size)
     res = GradProbeResult(candidates=candidates, g0=g0, g1=g1)
     fallback = None
@@ -228,8 +230,8 @@ def gradprobe(
         target = base_masks(sparsity)
         res.masks = _exact_masks(res, base_masks(sparsity * (1 - pool_margin)), target)
         if guard:
-            fallback = (_calibration_loss(model, target, calibration, batch_size)
-                        < _calibration_loss(model, res.masks, calibration, batch_size))
+            fallback = (_calibration_loss(model, target, calibration_tokens, batch_size)
+                        < _calibration_loss(model, res.masks, calibration_tokens, batch_size))
             res.masks = target if fallback else res.masks
     else:
         res.masks = res.masks_for(threshold)

@@ -67,11 +67,11 @@ def run_layerwise(req, prune_layer: Callable, *, sequential: bool = True,
             masks[name] = prune_layer(name, module, stats[name], req.sparsity_for(name))
 
     if sequential:
-        sequential_calibration(req.model, req.calibration, prune_block, modules=req.modules,
+        sequential_calibration(req.model, req.calibration_tokens, prune_block, modules=req.modules,
                                batch_size=req.batch_size, device=req.device,
                                stats_options=stats_options)
     else:
-        stats = collect_input_statistics(req.model, req.modules, req.calibration,
+        stats = collect_input_statistics(req.model, req.modules, req.calibration_tokens,
                                          batch_size=req.batch_size, **(stats_options or {}))
         prune_block(0, req.modules, stats)
     mode = "sequential" if sequential else "all-at-once"
@@ -96,7 +96,7 @@ def wanda(req, *, sequential: bool = True) -> tuple[dict, dict]:
         if req.layer_sparsity is not None:
             raise ValueError("scope='global' has one threshold: it cannot be combined "
                              "with a per-layer allocation")
-        scores = wanda_scores(req.model, tokens=req.calibration, include=req.include,
+        scores = wanda_scores(req.model, tokens=req.calibration_tokens, include=req.include,
                               exclude=req.exclude, batch_size=req.batch_size)
         masks = select_masks(scores, req.sparsity, scope="global")
         apply_masks(req.model, masks)

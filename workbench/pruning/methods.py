@@ -1,4 +1,4 @@
-"""One-shot pruning: ``prune(model, method, sparsity, calibration=...)`` and ``sweep``.
+"""One-shot pruning: ``prune(model, method, sparsity, calibration_tokens=...)`` and ``sweep``.
 
 Every method is registered once, below, in :data:`workbench.pruning.registry.METHODS`
 with its properties as data (needs calibration, default scope, reusable scores, the
@@ -70,7 +70,7 @@ class PruneRequest:
         scope: The scope as given (``"row"``, ``"2:4"``, ...); ``scope_name``, ``n``,
             ``m`` are its parsed form (:func:`workbench.pruning.masks.parse_scope`).
         modules: ``{param name: module}`` to prune (from ``include`` / ``exclude``).
-        calibration: Token ids ``LongTensor[n, seq]`` or ``None``.
+        calibration_tokens: Token ids ``LongTensor[n, seq]`` or ``None``.
         batch_size: Calibration sequences per forward.
         device: Device each block runs on in sequential calibration (``None``: its own).
         scores: Precomputed scores (score methods skip scoring; used by :func:`sweep`).
@@ -87,7 +87,7 @@ class PruneRequest:
     modules: dict
     include: Collection[str] | None = None
     exclude: Collection[str] | None = None
-    calibration: Any = None
+    calibration_tokens: Any = None
     batch_size: int = 8
     device: Any = None
     scores: Mapping[str, torch.Tensor] | None = None
@@ -145,6 +145,14 @@ def select_by_scores(req, scores: Mapping[str, torch.Tensor]) -> dict:
     return masks
 
 
+def _kind_options(kind: str) -> set[str] | None:
+    """The options of importance ``kind`` a score method passes on (``None``: not known)."""
+    from workbench.pruning.registry import SCORE_KINDS
+
+    allowed = accepted_options(SCORE_KINDS.get(kind).fn)
+    return None if allowed is None else allowed - {"tokens", "include", "exclude", "batch_size"}
+
+
 def score_method(kind: str):
     """A method that prunes the lowest scores of importance ``kind``.
 
@@ -154,27 +162,40 @@ def score_method(kind: str):
     def run(req, **options):
         scores = req.scores
         if scores is None:
-            scores = importance(req.model, kind, data=req.calibration, include=req.include,
-                                exclude=req.exclude, batch_size=req.batch_size, **options)
+            scores = importance(req.model, kind, tokens=req.calibration_tokens,
+                                include=req.include, exclude=req.exclude,
+                                batch_size=req.batch_size, **options)
         elif options:
             raise TypeError(f"options {sorted(options)} have no effect with precomputed scores")
         return select_by_scores(req, scores), {"mode": "scores"}
 
     run.__name__ = f"{kind}_method"
+    run.extra_options = lambda: _kind_options(kind)
     run.__doc__ = f"Prune the lowest {kind!r} importance scores."
     return run
+
+
+def _gradprobe_options() -> set[str]:
+    """The options of :func:`~workbench.pruning.gradient_probe.gradprobe` that ``prune``
+    does not set itself."""
+    from workbench.pruning.gradient_probe import gradprobe
+
+    given = {"calibration_tokens", "scope", "include", "exclude", "batch_size", "apply"}
+    return accepted_options(gradprobe) - given
 
 
 def _gradprobe(req, **options):
     """:func:`workbench.pruning.gradient_probe.gradprobe` at the request's target."""
     from workbench.pruning.gradient_probe import gradprobe
 
-    given = {"calibration", "scope", "include", "exclude", "batch_size", "apply"}
-    check_kwargs("prune(method='gradprobe')", options, accepted_options(gradprobe) - given)
-    res = gradprobe(req.model, req.sparsity, calibration=req.calibration, scope=req.scope,
-                    include=req.include, exclude=req.exclude, batch_size=req.batch_size,
-                    **options)
+    check_kwargs("prune(method='gradprobe')", options, _gradprobe_options())
+    res = gradprobe(req.model, req.sparsity, calibration_tokens=req.calibration_tokens,
+                    scope=req.scope, include=req.include, exclude=req.exclude,
+                    batch_size=req.batch_size, **options)
     return res.masks, {**res.info, "mode": "gradprobe"}
+
+
+_gradprobe.extra_options = _gradprobe_options
 
 
 # ----------------------------------------------------------------------------- registry
@@ -233,7 +254,7 @@ def prune(
     sparsity: float,
     *,
     scope: str | None = None,
-    calibration=None,
+    calibration_tokens=None,
     include: Collection[str] | None = None,
     exclude: Collection[str] | None = None,
     allocation: str = "uniform",
@@ -251,7 +272,7 @@ def prune(
         sparsity: Fraction of the selected weights to prune, in ``[0, 1)``.
         scope: ``global``, ``layer``, ``row`` or ``"2:4"``-style N:M; default the
             method's registered ``default_scope``.
-        calibration: Token ids ``LongTensor[n, seq]``; required by the methods
+        calibration_tokens: Token ids ``LongTensor[n, seq]``; required by the methods
             registered with ``needs_calibration=True``.
         include, exclude: Name patterns selecting the pruned weights (default: the blocks'
             linear layers).
@@ -279,11 +300,11 @@ def prune(
     check_choice("allocation", allocation, entry.props["allocations"])
     allowed = accepted_options(entry.fn)
     if allowed is not None:
-        check_kwargs(f"prune(method={method!r})", options, allowed)
-    if entry.props["needs_calibration"] and calibration is None and scores is None:
+        check_kwargs(f"prune(method={method!r})", options, allowed | _prune_keywords())
+    if entry.props["needs_calibration"] and calibration_tokens is None and scores is None:
         raise ValueError(f"method {method!r} needs calibration data "
-                         "(calibration=LongTensor[n, seq])")
-    check_calibration(model, calibration, "calibration")
+                         "(calibration_tokens=LongTensor[n, seq])")
+    check_calibration(model, calibration_tokens, "calibration_tokens")
     if scores is not None and entry.props["score_kind"] is None:
         raise ValueError(f"scores= is only used by score methods "
                          f"{METHODS.names(reusable_scores=True)}, not {method!r}")
@@ -291,8 +312,8 @@ def prune(
     modules = prunable_modules(model, include, exclude)
     req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,
                        modules=modules, include=include, exclude=exclude,
-                       calibration=calibration, batch_size=batch_size, device=device,
-                       scores=scores)
+                       calibration_tokens=calibration_tokens, batch_size=batch_size,
+                       device=device, scores=scores)
     info: dict = dict(method=method, scope=scope, allocation=allocation, target_sparsity=s)
     if allocation != "uniform":
         from workbench.pruning.allocation import allocate
@@ -322,7 +343,7 @@ def sweep(
     sparsities: Sequence[float],
     *,
     evaluate=None,
-    calibration=None,
+    calibration_tokens=None,
     **options,
 ):
     """Prune at each sparsity (from the same dense weights) and evaluate.
@@ -334,6 +355,7 @@ def sweep(
 
     Args:
         evaluate: ``f(model) -> float`` (e.g. validation perplexity) or ``None``.
+        calibration_tokens: Token ids ``LongTensor[n, seq]`` (see :func:`prune`).
         **options: Passed to :func:`prune`.
 
     Returns:
@@ -342,13 +364,17 @@ def sweep(
     import pandas as pd
 
     entry = METHODS.get(method)
+    allowed = accepted_options(entry.fn)
+    if allowed is not None:
+        check_kwargs(f"sweep(method={method!r})", options, allowed | _prune_keywords())
+    check_calibration(model, calibration_tokens, "calibration_tokens")
     include, exclude = options.get("include"), options.get("exclude")
     modules = prunable_modules(model, include, exclude)
     originals = {n: mod.weight.detach().clone() for n, mod in modules.items()}
     scores = None
     if entry.props["reusable_scores"] and options.get("allocation", "uniform") == "uniform":
         kind_options = {k: v for k, v in options.items() if k not in _prune_keywords()}
-        scores = importance(model, entry.props["score_kind"], data=calibration,
+        scores = importance(model, entry.props["score_kind"], tokens=calibration_tokens,
                             include=include, exclude=exclude,
                             batch_size=options.get("batch_size", 8), **kind_options)
         options = {k: v for k, v in options.items() if k in _prune_keywords()}
@@ -356,7 +382,8 @@ def sweep(
     try:
         for s in sparsities:
             restore(model, originals)
-            res = prune(model, method, s, calibration=calibration, scores=scores, **options)
+            res = prune(model, method, s, calibration_tokens=calibration_tokens, scores=scores,
+                        **options)
             metric = evaluate(model) if evaluate is not None else float("nan")
             rows.append(dict(method=method, scope=res.info["scope"], sparsity=float(s),
                              achieved_sparsity=res.info["achieved_sparsity"], metric=metric,
@@ -393,8 +420,8 @@ def compare_methods(
     presets: Sequence[str],
     sparsities: Sequence[float],
     *,
-    calibration,
-    evaluation: torch.Tensor,
+    calibration_tokens,
+    eval_tokens: torch.Tensor,
     batch_size: int = 8,
     progress: bool = False,
 ):
@@ -403,8 +430,8 @@ def compare_methods(
     Args:
         presets: Keys of :data:`PRESETS`.
         sparsities: Levels in ``[0, 1)``; ``0`` evaluates the dense model once per preset.
-        calibration: Calibration token ids ``[n, seq]``.
-        evaluation: Evaluation token blocks ``[n, seq]``.
+        calibration_tokens: Calibration token ids ``[n, seq]``.
+        eval_tokens: Evaluation token blocks ``[n, seq]``.
 
     Returns:
         DataFrame ``preset, method, scope, sparsity, achieved_sparsity, perplexity,
@@ -417,10 +444,14 @@ def compare_methods(
 
     from workbench.core.evaluate import perplexity
 
+    from workbench.core.models import check_model_tokens
+
     PRESETS = _presets()
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise ValueError(f"presets must be among {sorted(PRESETS)}, got {unknown}")
+    check_calibration(model, calibration_tokens, "calibration_tokens")
+    check_model_tokens("eval_tokens", eval_tokens, model)
     modules = prunable_modules(model)
     originals = {n: mod.weight.detach().clone() for n, mod in modules.items()}
     rows = []
@@ -433,9 +464,9 @@ def compare_methods(
                     info = dict(scope=opts.get("scope", default_scope(method)),
                                 achieved_sparsity=0.0, seconds=0.0)
                 else:
-                    info = prune(model, method, s, calibration=calibration,
+                    info = prune(model, method, s, calibration_tokens=calibration_tokens,
                                  batch_size=batch_size, **opts).info
-                ppl = perplexity(model, evaluation, batch_size=batch_size, progress=progress)
+                ppl = perplexity(model, eval_tokens, batch_size=batch_size, progress=progress)
                 rows.append(dict(preset=key, method=method, scope=info["scope"],
                                  sparsity=float(s), achieved_sparsity=info["achieved_sparsity"],
                                  perplexity=ppl, prune_seconds=info["seconds"]))

@@ -1,4 +1,4 @@
-"""Importance scores: ``importance(model, kind, data=...) -> {param name: score}``.
+"""Importance scores: ``importance(model, kind, tokens=...) -> {param name: score}``.
 
 Every score has the weight's shape and dtype float32; higher = more important. By default
 only the weight matrices of the transformer blocks' linear layers are scored (see
@@ -62,11 +62,21 @@ def check_kind(kind: str) -> None:
 
 
 def accepted_options(fn) -> set[str] | None:
-    """Keyword-only option names of a registered function (``None``: it takes ``**kw``)."""
+    """Keyword-only option names of a registered function.
+
+    A function that takes ``**kw`` may declare the names it forwards in an
+    ``extra_options`` attribute (a callable returning them, or ``None``); without one the
+    names are not known and the result is ``None``.
+    """
     params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+        extra = getattr(fn, "extra_options", None)
+        more = None if extra is None else extra()
+        if more is None:
+            return None
+        names |= set(more)
+    return names
 
 
 def check_calibration(model: nn.Module, tokens, argument: str) -> None:
@@ -100,7 +110,7 @@ def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return causal_lm_loss(forward_logits(model, ids), ids)
 
 
-def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], data, *,
+def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], tokens, *,
                      batch_size: int = 8) -> tuple[dict, dict, int]:
     """Per-batch gradients of ``params``: ``(sum_b g_b, sum_b g_b^2, B)`` in float32.
 
@@ -108,7 +118,7 @@ def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], data,
     """
     from workbench.core.devices import model_device
 
-    batches = batches_of(data, batch_size)
+    batches = batches_of(tokens, batch_size)
     device = model_device(model)
     flags = {p: p.requires_grad for p in model.parameters()}
     wanted = {id(p) for p in params.values()}
@@ -214,6 +224,8 @@ def obd_true_scores(model, *, tokens, include=None, exclude=None, batch_size=8,
                        batch_size=batch_size, **fisher_options)
 
 
+obd_empirical_scores.extra_options = obd_true_scores.extra_options = _fisher_option_names
+
 SCORE_KINDS.register("obd_empirical", obd_empirical_scores, needs_calibration=True,
                      label="OBD (empirical Fisher)",
                      description="0.5 w^2 F_jj, diagonal empirical Fisher")
@@ -248,7 +260,7 @@ def hybrid_scores(model, *, tokens=None, include=None, exclude=None, batch_size=
     out = {n: torch.zeros_like(p, dtype=torch.float32)
            for n, p in _weights(model, include, exclude).items()}
     for k, a in weights.items():
-        part = importance(model, k, data=tokens, include=include, exclude=exclude,
+        part = importance(model, k, tokens=tokens, include=include, exclude=exclude,
                           batch_size=batch_size)
         for n in out:
             out[n] += float(a) * _normalise(part[n])
@@ -259,7 +271,7 @@ def importance(
     model: nn.Module,
     kind: str,
     *,
-    data=None,
+    tokens=None,
     include: Collection[str] | None = None,
     exclude: Collection[str] | None = None,
     batch_size: int = 8,
@@ -271,7 +283,7 @@ def importance(
         model: A causal LM (or any module with linear layers; then all are scored).
         kind: A name in :data:`workbench.pruning.registry.SCORE_KINDS`
             (``SCORE_KINDS.names()``).
-        data: Calibration token ids ``LongTensor[n, seq]`` (or a list of batches); needed
+        tokens: Calibration token ids ``LongTensor[n, seq]`` (or a list of batches); needed
             by the kinds registered with ``needs_calibration=True`` (and by ``hybrid``
             when it mixes them).
         include, exclude: Name patterns (glob or regex) selecting the scored weights.
@@ -283,17 +295,17 @@ def importance(
         ``{parameter name: float32 score tensor of the weight's shape}``.
 
     Raises:
-        ValueError: Unknown kind (lists the kinds), missing data, bad hybrid weights.
+        ValueError: Unknown kind (lists the kinds), missing tokens, bad hybrid weights.
         TypeError: An option the kind does not accept (names the accepted ones).
     """
     entry = SCORE_KINDS.get(kind)
     allowed = accepted_options(entry.fn)
     if allowed is not None:
         check_kwargs(f"importance(kind={kind!r})", options, allowed - {"tokens"})
-    if entry.props["needs_calibration"] and data is None:
-        raise ValueError(f"importance kind {kind!r} needs calibration data (data=...)")
-    check_calibration(model, data, "data")
-    return entry.fn(model, tokens=data, include=include, exclude=exclude,
+    if entry.props["needs_calibration"] and tokens is None:
+        raise ValueError(f"importance kind {kind!r} needs calibration data (tokens=...)")
+    check_calibration(model, tokens, "tokens")
+    return entry.fn(model, tokens=tokens, include=include, exclude=exclude,
                     batch_size=batch_size, **options)
 
 

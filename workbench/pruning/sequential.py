@@ -131,7 +131,7 @@ def modules_by_block(model: nn.Module, modules: Mapping[str, nn.Module]) -> list
 @torch.no_grad()
 def sequential_calibration(
     model: nn.Module,
-    calibration,
+    tokens,
     prune_block: Callable[[int, dict, dict], Any],
     *,
     modules: Mapping[str, nn.Module],
@@ -143,7 +143,7 @@ def sequential_calibration(
 
     Args:
         model: The causal LM (its blocks from :func:`workbench.core.models.transformer_blocks`).
-        calibration: Token ids ``[n, seq]``.
+        tokens: Calibration token ids ``[n, seq]``.
         prune_block: ``f(index, {name: module}, {name: InputStats})`` pruning one block in
             place from the statistics of its (already pruned-upstream) inputs.
         modules: All prunable modules (``{param name: module}``); split per block.
@@ -157,7 +157,7 @@ def sequential_calibration(
     """
     blocks = transformer_blocks(model)
     run_on = torch.device(device) if device is not None else None
-    items = capture_block_inputs(model, batches_of(calibration, batch_size),
+    items = capture_block_inputs(model, batches_of(tokens, batch_size),
                                  store_device=run_on)
     by_block = modules_by_block(model, modules)
     for i, block in enumerate(blocks):
