@@ -363,9 +363,19 @@ OTHER_CASES = [
          ("prune_pct",)),
     Case("IMPConfig misspelled field", lambda e: wb.IMPConfig(n_round=3), TypeError, ("n_round",)),
     Case("train_masked float tokens",
-         lambda e: wb.train_masked(e.model, e.tokens.float(), steps=1), TypeError, ("float32",)),
+         lambda e: wb.train_masked(e.model, e.tokens.float(), steps=1), TypeError,
+         ("tokens", "float32")),
+    Case("train_masked old blocks keyword",
+         lambda e: wb.train_masked(e.model, blocks=e.tokens, steps=1), TypeError, ("blocks",)),
+    Case("run_imp old train_blocks keyword",
+         lambda e: wb.run_imp(e.model, e.tokens, e.tokens, train_blocks=e.tokens), TypeError,
+         ("train_blocks",)),
     Case("find_super_weights ids >= vocab",
-         lambda e: wb.find_super_weights(e.model, torch.full((1, 8), 999)), ValueError, ("999",)),
+         lambda e: wb.find_super_weights(e.model, torch.full((1, 8), 999)), ValueError,
+         ("tokens", "999")),
+    Case("find_super_weights old input_ids keyword",
+         lambda e: wb.find_super_weights(e.model, input_ids=e.tokens), TypeError,
+         ("input_ids",)),
 ]
 
 

@@ -173,5 +173,5 @@ def test_bad_arguments(ids):
         find_super_weights(model, ids, threshold=-1)
     with pytest.raises(ValueError, match="max_iter"):
         find_super_weights(model, ids, max_iter=0)
-    with pytest.raises(ValueError, match="input_ids"):
+    with pytest.raises(ValueError, match="tokens"):
         find_super_weights(model, ids[0])

@@ -59,7 +59,7 @@ def as_config(config: IMPConfig | Mapping[str, Any] | None) -> IMPConfig:
 
 
 def load_inputs(cfg: IMPConfig):
-    """``(model, train_blocks, val_blocks, sw_input)`` the config names (seeded by
+    """``(model, train_tokens, val_tokens, sw_input)`` the config names (seeded by
     ``cfg.seed``); ``sw_input`` is the super-weight detector's input: the first
     ``cfg.sw_blocks`` blocks of ``cfg.sw_seq_len`` tokens of the validation text."""
     from workbench.core.data import load_corpus, token_blocks
@@ -69,11 +69,11 @@ def load_inputs(cfg: IMPConfig):
     seed_everything(cfg.seed)
     model, tokenizer = load_model(cfg.model, device=None if cfg.device == "auto" else cfg.device)
     text = load_corpus(cfg.corpus)  # fixed document split; the seed drives batches and θ0
-    train_blocks = token_blocks(tokenizer, text.train, cfg.seq_len)
-    val_blocks = token_blocks(tokenizer, text.validation, cfg.val_seq_len,
+    train_tokens = token_blocks(tokenizer, text.train, cfg.seq_len)
+    val_tokens = token_blocks(tokenizer, text.validation, cfg.val_seq_len,
                               n_blocks=cfg.n_val_blocks)
     sw_input = token_blocks(tokenizer, text.validation, cfg.sw_seq_len, n_blocks=cfg.sw_blocks)
-    return model, train_blocks, val_blocks, sw_input
+    return model, train_tokens, val_tokens, sw_input
 
 
 def detect_super_weights(model: torch.nn.Module, sw_input: torch.Tensor,
@@ -126,12 +126,12 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
     """
     t0 = time.perf_counter()
     cfg = as_config(config)
-    model, train_blocks, val_blocks, sw_input = load_inputs(cfg)
+    model, train_tokens, val_tokens, sw_input = load_inputs(cfg)
     sws = detect_super_weights(model, sw_input, cfg)
-    result = run_imp(model, train_blocks, val_blocks, cfg, super_weights=sws, sw_input=sw_input,
+    result = run_imp(model, train_tokens, val_tokens, cfg, super_weights=sws, sw_input=sw_input,
                      output_dir=None if run_dir is None else Path(run_dir), progress=progress)
     manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
-                            n_train_blocks=int(train_blocks.shape[0]))
+                            n_train_blocks=int(train_tokens.shape[0]))
     return CellRun(cfg, result, sws, run_tables(result, sws), manifest)
 
 

@@ -136,8 +136,8 @@ class _Context:
     targets: list[float]
     theta0: dict[str, torch.Tensor]
     fresh: dict[str, torch.Tensor]
-    train_blocks: torch.Tensor
-    val_blocks: torch.Tensor
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
     sw_input: torch.Tensor
     ckdir: Path | None
     progress: bool
@@ -163,13 +163,13 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def sw_input_ids(val_blocks: torch.Tensor, cfg: IMPConfig) -> torch.Tensor:
+def sw_input_ids(val_tokens: torch.Tensor, cfg: IMPConfig) -> torch.Tensor:
     """Detector input: the first ``cfg.sw_blocks`` validation blocks cut to
     ``cfg.sw_seq_len`` tokens (the same tokens for the pre-trained and emergent SWs)."""
-    return val_blocks[: cfg.sw_blocks, : cfg.sw_seq_len]
+    return val_tokens[: cfg.sw_blocks, : cfg.sw_seq_len]
 
 
-def _prepare(model, cfg, labels, super_weights, train_blocks, val_blocks, sw_input,
+def _prepare(model, cfg, labels, super_weights, train_tokens, val_tokens, sw_input,
              output_dir, progress) -> _Context:
     """Set θ0 (in place for the random schemes) and the fixed rewind targets."""
     if cfg.init != "pretrained":
@@ -182,9 +182,9 @@ def _prepare(model, cfg, labels, super_weights, train_blocks, val_blocks, sw_inp
                                transposed=sorted(transposed_names(model)))
     return _Context(model=model, cfg=cfg, labels=dict(labels or {}),
                     super_weights=list(super_weights), targets=cfg.round_targets(),
-                    theta0=theta0, fresh=fresh, train_blocks=train_blocks,
-                    val_blocks=val_blocks,
-                    sw_input=sw_input if sw_input is not None else sw_input_ids(val_blocks, cfg),
+                    theta0=theta0, fresh=fresh, train_tokens=train_tokens,
+                    val_tokens=val_tokens,
+                    sw_input=sw_input if sw_input is not None else sw_input_ids(val_tokens, cfg),
                     ckdir=None if output_dir is None else Path(output_dir) / "checkpoints",
                     progress=progress)
 
@@ -234,7 +234,7 @@ def _rewind_target(ctx: _Context, state: _State) -> dict[str, torch.Tensor]:
 
 
 def _evaluate(ctx: _Context) -> float:
-    return perplexity(ctx.model, ctx.val_blocks, batch_size=ctx.cfg.eval_batch_size,
+    return perplexity(ctx.model, ctx.val_tokens, batch_size=ctx.cfg.eval_batch_size,
                       progress=False)
 
 
@@ -254,7 +254,7 @@ def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Calla
     if hooks.get("on_round_start") is not None:
         hooks["on_round_start"](rnd, model, state.masks)
     snap = cfg.rewind_step if (rnd == 0 and cfg.rewind_step > 0) else None
-    result = train_masked(model, ctx.train_blocks, steps=cfg.steps_per_round,
+    result = train_masked(model, ctx.train_tokens, steps=cfg.steps_per_round,
                           masks=state.masks if rnd > 0 else None,
                           seed=cfg.seed * 100003 + rnd, snapshot_step=snap,
                           desc=f"round {rnd}", progress=ctx.progress, **cfg.train_kwargs())
@@ -283,9 +283,9 @@ def _plan_next(ctx: _Context, state: _State, rnd: int) -> None:
     """Choose the next round's masks from the weights trained in round ``rnd``."""
     state.next_masks = None
     if rnd < len(ctx.targets) and rewinds_in(ctx.cfg, rnd + 1):
-        calibration = ctx.train_blocks[: ctx.cfg.n_calibration]
+        calibration_tokens = ctx.train_tokens[: ctx.cfg.n_calibration]
         state.next_masks = prune_step(ctx.model, ctx.cfg, state.masks, ctx.targets[rnd],
-                                      calibration, ctx.super_weights)
+                                      calibration_tokens, ctx.super_weights)
 
 
 def _payload(ctx: _Context, state: _State, complete: bool) -> dict[str, Any]:
@@ -327,8 +327,8 @@ def _result(state: _State, *, masks, resumed_from, max_quality_loss, t_start) ->
 # ----------------------------------------------------------------------------- main loop
 def run_imp(
     model: nn.Module,
-    train_blocks: torch.Tensor,
-    val_blocks: torch.Tensor,
+    train_tokens: torch.Tensor,
+    val_tokens: torch.Tensor,
     config: IMPConfig | None = None,
     *,
     super_weights: Sequence[Mapping[str, Any]] = (),
@@ -349,8 +349,8 @@ def run_imp(
         model: The model as loaded (normally pre-trained). For a random ``init`` its
             parameters are replaced in place by θ0 first. Trained and pruned in place.
             When resuming, pass it freshly loaded again: θ0 is re-created from it.
-        train_blocks: ``LongTensor[n, seq_len]`` training tokens.
-        val_blocks: ``LongTensor[m, val_seq_len]`` validation tokens.
+        train_tokens: ``LongTensor[n, seq_len]`` training tokens.
+        val_tokens: ``LongTensor[m, val_seq_len]`` validation tokens.
         config: An :class:`IMPConfig`; ``overrides`` (config field names only) replace
             its fields.
         super_weights: The pre-trained model's SW records
@@ -377,7 +377,7 @@ def run_imp(
     t_start = time.perf_counter()
     check_kwargs("run_imp", overrides, [f.name for f in dataclasses.fields(IMPConfig)])
     cfg = dataclasses.replace(config or IMPConfig(), **overrides)
-    ctx = _prepare(model, cfg, labels, super_weights, train_blocks, val_blocks, sw_input,
+    ctx = _prepare(model, cfg, labels, super_weights, train_tokens, val_tokens, sw_input,
                    output_dir, progress)
     state = _resume(ctx)
     resumed_from = state.last_round if state.last_round >= 0 else None

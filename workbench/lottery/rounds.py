@@ -53,7 +53,7 @@ def ranked_parameters(model: nn.Module, rank: str = "block_linear") -> dict[str,
 
 
 def round_scores(model: nn.Module, cfg: IMPConfig, names: Sequence[str],
-                 calibration: torch.Tensor) -> dict[str, torch.Tensor]:
+                 calibration_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Importance of the ranked weights (float32, on the weights' device).
 
     ``rank="all_matrices"`` supports ``importance_kind="magnitude"`` only (the other kinds
@@ -65,7 +65,7 @@ def round_scores(model: nn.Module, cfg: IMPConfig, names: Sequence[str],
                              f"got importance_kind={cfg.importance_kind!r}")
         return {n: model.get_parameter(n).detach().abs().float() for n in names}
     kind = cfg.importance_kind
-    scores = importance(model, kind, tokens=None if kind == "magnitude" else calibration)
+    scores = importance(model, kind, tokens=None if kind == "magnitude" else calibration_tokens)
     missing = [n for n in names if n not in scores]
     if missing:
         raise ValueError(f"importance kind {kind!r} gave no scores for {missing[:3]}")
@@ -81,12 +81,12 @@ def nested_scores(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.
 
 
 def prune_step(model: nn.Module, cfg: IMPConfig, masks: Mapping[str, torch.Tensor],
-               target: float, calibration: torch.Tensor,
+               target: float, calibration_tokens: torch.Tensor,
                super_weights: Sequence[Mapping[str, Any]] = ()) -> dict[str, torch.Tensor]:
     """Masks of the next round: rank the current (trained) weights, keep earlier prunes,
     protect the super weights when ``cfg.protect_sw``, prune to cumulative ``target``."""
     names = list(masks)
-    scores = nested_scores(round_scores(model, cfg, names, calibration), masks)
+    scores = nested_scores(round_scores(model, cfg, names, calibration_tokens), masks)
     if cfg.protect_sw and super_weights:
         scores = protect_scores(scores, super_weights)
     new = select_masks(scores, target, scope=cfg.scope)
@@ -133,7 +133,7 @@ def sw_fields(super_weights: Sequence[Mapping[str, Any]], masks, model) -> dict[
                 sw_value_drift=float(np.mean(drifts)) if drifts else float("nan"))
 
 
-def emergent_super_weights(model: nn.Module, input_ids: torch.Tensor, cfg: IMPConfig, rnd: int,
+def emergent_super_weights(model: nn.Module, tokens: torch.Tensor, cfg: IMPConfig, rnd: int,
                            masks: Mapping[str, torch.Tensor],
                            pretrained: Sequence[Mapping[str, Any]] = ()) -> list[dict]:
     """Super weights of the weights trained in round ``rnd`` (Yu et al. 2024 detector,
@@ -141,7 +141,7 @@ def emergent_super_weights(model: nn.Module, input_ids: torch.Tensor, cfg: IMPCo
     and ``cfg.sw_spike_ratio``), one row each (:data:`EMERGENT_COLUMNS`): ``pretrained``
     says whether its coordinate is one of the pre-trained model's super weights,
     ``kept`` whether the round's mask keeps it."""
-    found = find_super_weights(model, input_ids, threshold=cfg.sw_threshold,
+    found = find_super_weights(model, tokens, threshold=cfg.sw_threshold,
                                spike_ratio=cfg.sw_spike_ratio,
                                module_name=projection_module_name(model))
     known = {(s["param"], int(s["row"]), int(s["col"])) for s in pretrained}

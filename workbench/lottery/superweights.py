@@ -96,7 +96,7 @@ def _projection_modules(model: nn.Module, module_name: str) -> list[tuple[int, s
 
 @torch.no_grad()
 def _activation_maxima(
-    model: nn.Module, input_ids: torch.Tensor, modules: list[tuple[int, str, nn.Module]]
+    model: nn.Module, tokens: torch.Tensor, modules: list[tuple[int, str, nn.Module]]
 ) -> dict[int, tuple[float, int, float, int, float]]:
     """Per layer: (max |input|, its channel, max |output|, its channel, second-largest
     per-channel max |output|)."""
@@ -118,7 +118,7 @@ def _activation_maxima(
     model.eval()
     try:
         kwargs = {"use_cache": False} if hasattr(model, "config") else {}
-        model(input_ids.to(model_device(model)), **kwargs)
+        model(tokens.to(model_device(model)), **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -127,13 +127,13 @@ def _activation_maxima(
 
 
 def activation_profile(
-    model: nn.Module, input_ids: torch.Tensor, *, module_name: str = DEFAULT_MODULE
+    model: nn.Module, tokens: torch.Tensor, *, module_name: str = DEFAULT_MODULE
 ) -> list[dict[str, Any]]:
     """Largest |input| and |output| activation of every block's projection, one row a layer.
 
     Args:
         model: A causal LM whose blocks hold ``module_name``.
-        input_ids: ``LongTensor[batch, seq]``.
+        tokens: ``LongTensor[batch, seq]``.
         module_name: The projection inside each block.
 
     Returns:
@@ -141,9 +141,9 @@ def activation_profile(
         output_second`` (activation magnitudes in the model's activation units;
         ``output_second`` is the largest activation of any other output channel).
     """
-    check_model_tokens("input_ids", input_ids, model)
+    check_model_tokens("tokens", tokens, model)
     modules = _projection_modules(model, module_name)
-    stats = _activation_maxima(model, input_ids, modules)
+    stats = _activation_maxima(model, tokens, modules)
     return [
         dict(layer=layer, param=param, input_max=stats[layer][0], input_channel=stats[layer][1],
              output_max=stats[layer][2], output_channel=stats[layer][3],
@@ -154,7 +154,7 @@ def activation_profile(
 
 def find_super_weights(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    tokens: torch.Tensor,
     *,
     threshold: float = DEFAULT_THRESHOLD,
     spike_ratio: float = DEFAULT_SPIKE_RATIO,
@@ -163,7 +163,7 @@ def find_super_weights(
 ) -> list[dict[str, Any]]:
     """Detect super weights by coincident activation spikes (Yu et al. 2024).
 
-    Each iteration runs one forward pass on ``input_ids``, flags every layer whose
+    Each iteration runs one forward pass on ``tokens``, flags every layer whose
     projection input maximum and output maximum both reach ``threshold``, whose output
     maximum is at least ``spike_ratio`` times that of any other output channel, and whose
     ``weight[row, col]`` is not yet listed, then zeroes the new SWs and looks again. It
@@ -172,7 +172,7 @@ def find_super_weights(
 
     Args:
         model: A causal LM.
-        input_ids: ``LongTensor[batch, seq]``; a few sentences suffice (the spikes are
+        tokens: ``LongTensor[batch, seq]``; a few sentences suffice (the spikes are
             input-agnostic in practice).
         threshold: Activation magnitude both spikes must reach (absolute units). The
             default suits the real SmolLM2-135M (SW spikes are in the thousands there,
@@ -191,9 +191,9 @@ def find_super_weights(
         (0-based pass that found it).
 
     Raises:
-        ValueError: Bad ``threshold``, ``max_iter``, ``input_ids`` or ``module_name``.
+        ValueError: Bad ``threshold``, ``max_iter``, ``tokens`` or ``module_name``.
     """
-    check_model_tokens("input_ids", input_ids, model)
+    check_model_tokens("tokens", tokens, model)
     if not (isinstance(threshold, (int, float)) and threshold > 0):
         raise ValueError(f"threshold must be a positive number, got {threshold!r}")
     if not (isinstance(spike_ratio, (int, float)) and spike_ratio >= 1):
@@ -206,7 +206,7 @@ def find_super_weights(
     seen: set[Position] = set()
     with restored(model, []) as saved:
         for iteration in range(max_iter):
-            stats = _activation_maxima(model, input_ids, modules)
+            stats = _activation_maxima(model, tokens, modules)
             new = []
             for layer in sorted(stats):
                 x_max, in_ch, y_max, out_ch, y_second = stats[layer]
@@ -325,7 +325,7 @@ def control_positions(
 
 def super_weight_effect(
     model: nn.Module,
-    blocks: torch.Tensor,
+    tokens: torch.Tensor,
     super_weights: Sequence,
     *,
     n_controls: int = 1,
@@ -337,7 +337,7 @@ def super_weight_effect(
 
     Args:
         model: The model (restored on return).
-        blocks: Evaluation ``LongTensor[n, seq_len]``.
+        tokens: Evaluation ``LongTensor[n, seq_len]``.
         super_weights: The SWs to zero together (records or tuples); pass ``sws[:1]`` for
             the top one alone.
         n_controls: Number of independent control draws (seeds ``seed..seed+n-1``).
@@ -352,11 +352,11 @@ def super_weight_effect(
     """
     if not isinstance(n_controls, int) or n_controls < 0:
         raise ValueError(f"n_controls must be a non-negative integer, got {n_controls!r}")
-    check_model_tokens("blocks", blocks, model)
+    check_model_tokens("tokens", tokens, model)
     sws = list(_positions(super_weights))
     if not sws:
         raise ValueError("super_weights must list at least one weight")
-    ppl = lambda: perplexity(model, blocks, batch_size=batch_size, progress=progress)  # noqa: E731
+    ppl = lambda: perplexity(model, tokens, batch_size=batch_size, progress=progress)  # noqa: E731
     dense = ppl()
     with zeroed(model, sws):
         zero = ppl()
@@ -369,8 +369,8 @@ def super_weight_effect(
     return dict(
         ppl_dense=dense, ppl_zeroed=zero, ppl_control=ppl_controls,
         ppl_control_mean=float(np.mean(ppl_controls)) if ppl_controls else float("nan"),
-        controls=controls, n_weights=len(sws), n_blocks=int(blocks.shape[0]),
-        seq_len=int(blocks.shape[1]),
+        controls=controls, n_weights=len(sws), n_blocks=int(tokens.shape[0]),
+        seq_len=int(tokens.shape[1]),
     )
 
 

@@ -91,7 +91,7 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     )
 
 
-def _check_arguments(model, blocks, *, steps, batch_size, grad_accum, warmup_steps, lr_schedule,
+def _check_arguments(model, tokens, *, steps, batch_size, grad_accum, warmup_steps, lr_schedule,
                      autocast, lr, snapshot_step) -> None:
     """Validate :func:`train_masked`'s arguments (``ValueError`` naming the argument)."""
     _positive_int("steps", steps, 0)
@@ -102,9 +102,9 @@ def _check_arguments(model, blocks, *, steps, batch_size, grad_accum, warmup_ste
     _check("autocast", autocast, AUTOCAST)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    check_model_tokens("blocks", blocks, model)
-    if blocks.shape[0] < 1 or blocks.shape[1] < 2:
-        raise ValueError(f"blocks must have n >= 1 and seq_len >= 2, got {tuple(blocks.shape)}")
+    check_model_tokens("tokens", tokens, model)
+    if tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must have n >= 1 and seq_len >= 2, got {tuple(tokens.shape)}")
     if snapshot_step is not None:
         _positive_int("snapshot_step", snapshot_step, 0)
         if snapshot_step > steps:
@@ -127,7 +127,7 @@ def _optimizer(params, *, steps, lr, betas, weight_decay, lr_schedule, warmup_st
 
 def train_masked(
     model: nn.Module,
-    blocks: torch.Tensor,
+    tokens: torch.Tensor,
     *,
     steps: int,
     batch_size: int = 2,
@@ -152,7 +152,7 @@ def train_masked(
     Args:
         model: A causal LM (any output :func:`workbench.core.models.logits_of` accepts). All
             parameters with ``requires_grad`` are trained.
-        blocks: Training tokens ``LongTensor[n, seq_len]``; each micro-batch draws
+        tokens: Training tokens ``LongTensor[n, seq_len]``; each micro-batch draws
             ``batch_size`` rows (seeded, with replacement).
         steps: Optimizer steps (>= 0).
         batch_size: Blocks per micro-batch.
@@ -182,7 +182,7 @@ def train_masked(
     Raises:
         ValueError: Bad sizes, schedule, autocast mode, or masks not matching the model.
     """
-    _check_arguments(model, blocks, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
+    _check_arguments(model, tokens, steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                      warmup_steps=warmup_steps, lr_schedule=lr_schedule, autocast=autocast,
                      lr=lr, snapshot_step=snapshot_step)
     device = model_device(model)
@@ -209,8 +209,8 @@ def train_masked(
 
     gen = torch.Generator().manual_seed(int(seed))
     n_micro = steps * grad_accum
-    batch_idx = torch.randint(0, blocks.shape[0], (n_micro, batch_size), generator=gen)
-    data = blocks.to(device, non_blocking=True) if blocks.numel() < 2**26 else blocks
+    batch_idx = torch.randint(0, tokens.shape[0], (n_micro, batch_size), generator=gen)
+    source = tokens.to(device, non_blocking=True) if tokens.numel() < 2**26 else tokens
 
     losses = torch.zeros(steps, device=device)
     lrs: list[float] = []
@@ -231,7 +231,7 @@ def train_masked(
         for step in range(steps):
             lrs.append(optimizer.param_groups[0]["lr"])
             for micro in range(grad_accum):
-                ids = data[batch_idx[step * grad_accum + micro].to(data.device)].to(device)
+                ids = source[batch_idx[step * grad_accum + micro].to(source.device)].to(device)
                 with amp:
                     loss = causal_lm_loss(logits_of(forward(ids, **call_kwargs)), ids)
                 (loss / grad_accum).backward()
@@ -267,8 +267,8 @@ def train_masked(
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    tokens = n_micro * batch_size * blocks.shape[1]
+    n_tokens = n_micro * batch_size * tokens.shape[1]
     return TrainResult(
-        losses=losses.cpu().tolist(), lrs=lrs, tokens=tokens, seconds=seconds,
-        tokens_per_s=tokens / max(seconds, 1e-9), snapshot=snapshot,
+        losses=losses.cpu().tolist(), lrs=lrs, tokens=n_tokens, seconds=seconds,
+        tokens_per_s=n_tokens / max(seconds, 1e-9), snapshot=snapshot,
     )
