@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench.experiments import grid, slurm
+from workbench.experiments import cell_state, grid, slurm
 from workbench.experiments import runs as runs_mod
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_grid.py"
@@ -421,7 +421,7 @@ def test_drive_records_a_lost_job_as_failed(tmp_path):
                 timeout=None, scheduler=sched, executor=LostExecutor(Submitter(sched)),
                 job_class=FakeJob, poll=0)
     assert done[0]["status"] == "failed" and "CANCELLED" in done[0]["error"]
-    assert grid.read_status(cell.directory)["status"] == "failed"
+    assert cell_state.read_status(cell.directory)["status"] == "failed"
 
 
 def test_drive_never_marks_failed_a_cell_another_job_holds(tmp_path):
@@ -446,7 +446,7 @@ def test_drive_never_marks_failed_a_cell_another_job_holds(tmp_path):
                 job_class=lambda folder, job_id: FakeJob(job_id, {"status": "done", "by": job_id}),
                 poll=0)
     assert done == [{"status": "done", "by": "77"}]
-    assert grid.read_status(cell.directory) == {"status": "running"}
+    assert cell_state.read_status(cell.directory) == {"status": "running"}
 
 
 # ----------------------------------------------------------------------------- real SLURM

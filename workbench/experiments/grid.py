@@ -17,7 +17,9 @@ recorded as failed and the grid goes on.
 
 Liveness: ``status.json`` records the host, pid and process start time of the process
 running the cell. On the next :func:`status` or :func:`run_grid` a "running" cell whose
-process is gone (same host) becomes ``interrupted``, with the time it was found so.
+process is gone (same host) becomes ``interrupted``, with the time it was found so. The
+states, the dead-owner check and the cleaning of leftovers live in
+:mod:`workbench.experiments.cell_state`.
 
 Executors: ``"local"`` (``jobs`` worker processes; with ``jobs > 1`` each kernel gets
 ``cpu_count // jobs`` torch threads), ``"slurm"`` (submitit on a SLURM cluster, at most
@@ -27,12 +29,8 @@ and in-process executors, for tests and debugging).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import socket
-import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -44,13 +42,12 @@ import pandas as pd
 
 from workbench.core import io, paths
 from workbench.experiments import notebooks, runs
+from workbench.experiments.cell_state import (cell_state, clean_cell, kernel_files_in,
+                                              owner_record, read_status, refresh_state,
+                                              utc_now)
 from workbench.experiments.specs import Spec, load_spec
 
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
-#: Cell states (see :func:`cell_state`).
-STATES = ("done", "running", "interrupted", "failed", "incomplete", "pending")
-#: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
-KERNEL_RUNTIME_DIR = ".jupyter-runtime"
 
 
 @dataclass
@@ -75,120 +72,8 @@ class Cell:
 
     @property
     def state(self) -> str:
-        """``done``, ``failed``, ``incomplete`` or ``pending`` (see :func:`cell_state`)."""
+        """The cell's state (:func:`workbench.experiments.cell_state.cell_state`)."""
         return cell_state(self.directory)
-
-
-def cell_state(directory: str | os.PathLike) -> str:
-    """State of a cell folder (pure: reads, never writes; see :func:`refresh_state`).
-
-    ``done`` iff :func:`workbench.experiments.runs.is_complete`; otherwise from
-    ``status.json``: ``failed`` (the notebook raised), ``interrupted`` (marked so after
-    its process died), ``running`` (its process is alive, or on another host and cannot
-    be checked); a "running" record whose process is gone reads as ``interrupted``;
-    ``incomplete`` for any other existing folder; ``pending`` if there is no folder.
-    """
-    d = Path(directory)
-    if runs.is_complete(d):
-        return "done"
-    if not d.is_dir():
-        return "pending"
-    st = runs.read_status(d)
-    state = st.get("status")
-    if state == "running":
-        return "running" if _owner_alive(st) is not False else "interrupted"
-    if state in ("failed", "interrupted"):
-        return state
-    return "incomplete"
-
-
-def refresh_state(directory: str | os.PathLike) -> str:
-    """:func:`cell_state`, and a stale "running" ``status.json`` rewritten as interrupted.
-
-    The record keeps its fields and gains ``status="interrupted"`` and
-    ``interrupted_found`` (UTC time of this check).
-    """
-    state = cell_state(directory)
-    st = runs.read_status(directory)
-    if state == "interrupted" and st.get("status") == "running":
-        io.write_json(Path(directory) / runs.STATUS,
-                      {**st, "status": "interrupted", "interrupted_found": _now()})
-    return state
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _process_start(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22 of proc(5)
-
-
-def _process_state(pid: int) -> str | None:
-    """State letter of ``pid`` from ``/proc/<pid>/stat`` (``Z``: zombie), else ``None``."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()[0]
-
-
-def _owner_alive(status: Mapping[str, Any]) -> bool | None:
-    """Is the process named in a status record alive? ``None`` when it cannot be told
-    (another host, no pid recorded). A recycled pid is told apart by its start time."""
-    pid, host = status.get("pid"), status.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if _process_state(pid) in ("Z", "X"):  # killed, not yet reaped (no init in containers)
-        return False
-    started = status.get("pid_start")
-    return started is None or _process_start(pid) in (None, started)
-
-
-def read_status(directory: str | os.PathLike) -> dict[str, Any]:
-    """The cell's ``status.json`` as a dict (empty when missing or unreadable)."""
-    return runs.read_status(directory)
-
-
-def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[Path]:
-    """Remove what a killed attempt left in a cell folder, keeping its checkpoints.
-
-    Removed: temporary files of atomic writes and papermill
-    (:func:`workbench.experiments.runs.temporary_files`), the folder of Jupyter kernel
-    connection files, and a records file that does not satisfy the completion rule.
-    With ``restart`` (a failed cell) the ``checkpoints/`` folder goes too, so the cell
-    starts again from round 0.
-
-    Returns:
-        The paths removed.
-    """
-    d = Path(directory)
-    gone = runs.temporary_files(d) + [d / KERNEL_RUNTIME_DIR]
-    if not runs.is_complete(d):
-        gone.append(d / runs.RECORDS)
-    if restart:
-        gone.append(d / runs.CHECKPOINTS)
-    removed = []
-    for p in gone:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink(missing_ok=True)
-        else:
-            continue
-        removed.append(p)
-    return removed
 
 
 def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
@@ -282,15 +167,14 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
     ckdir = d / runs.CHECKPOINTS
     record: dict[str, Any] = {
         "experiment": cell.experiment, "seed": cell.seed, "notebook": str(nb_path),
-        "source": str(cell.notebook), "host": socket.gethostname(), "pid": os.getpid(),
-        "pid_start": _process_start(os.getpid()), "threads": threads, "started": _now(),
-        "resumed": ckdir.is_dir() and any(ckdir.iterdir()),
+        "source": str(cell.notebook), **owner_record(), "threads": threads,
+        "started": utc_now(), "resumed": ckdir.is_dir() and any(ckdir.iterdir()),
     }
     io.write_json(d / runs.PARAMS, cell.parameters)
     io.write_json(d / runs.STATUS, {**record, "status": "running"})
     t0 = time.perf_counter()
     try:
-        with _kernel_files_in(d / KERNEL_RUNTIME_DIR):
+        with kernel_files_in(d):
             notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
                                    kernel_name=kernel_name, timeout=timeout)
         problem = runs.completion_problem(d)
@@ -301,30 +185,9 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
         record.update(status="failed", error=f"{type(exc).__name__}: {_short(exc)}",
                       traceback=traceback.format_exc(limit=5))
     record["seconds"] = round(time.perf_counter() - t0, 2)
-    record["finished"] = _now()
+    record["finished"] = utc_now()
     io.write_json(d / runs.STATUS, record)
     return record
-
-
-@contextlib.contextmanager
-def _kernel_files_in(folder: Path):
-    """Put the Jupyter connection file of the cell's kernel in ``folder`` (removed at
-    the end, and by :func:`clean_cell` after a kill): jupyter_client writes it with
-    :func:`tempfile.mkstemp` (``/tmp/tmp*.json``) or under ``JUPYTER_RUNTIME_DIR``; both
-    point into the cell folder while the notebook runs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    previous_env, previous_tmp = os.environ.get("JUPYTER_RUNTIME_DIR"), tempfile.tempdir
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(folder)
-    tempfile.tempdir = str(folder)
-    try:
-        yield folder
-    finally:
-        tempfile.tempdir = previous_tmp
-        if previous_env is None:
-            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
-        else:
-            os.environ["JUPYTER_RUNTIME_DIR"] = previous_env
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _short(exc: Exception, limit: int = 2000) -> str:

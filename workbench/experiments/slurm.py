@@ -58,6 +58,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from workbench.core import io
 from workbench.experiments import runs
+from workbench.experiments.cell_state import read_status
 
 #: Lease file inside a cell folder.
 LEASE = "lease.json"
@@ -295,7 +296,7 @@ def lease_alive(directory: str | os.PathLike, scheduler: Scheduler | None = None
     """Is the job named in the cell's lease still pending or running?
 
     ``None`` when the cell has no lease (or it names no job) or the scheduler cannot be
-    asked; for :func:`workbench.experiments.grid.cell_state` to tell a dead SLURM cell on
+    asked; for :func:`workbench.experiments.cell_state.cell_state` to tell a dead SLURM cell on
     another host from a running one.
     """
     lease = read_lease(directory)
@@ -501,7 +502,7 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
                             cell.experiment, cell.seed, released.get("job_id"),
                             released["state"])
             if action == "done":
-                finished(cell, {**grid.read_status(cell.directory), "status": "done"})
+                finished(cell, {**read_status(cell.directory), "status": "done"})
             elif action == "adopted":
                 running[value] = (handle(value, None), cell)
             else:

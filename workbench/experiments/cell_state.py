@@ -1,0 +1,188 @@
+"""The state of a grid cell's folder, how a dead owner is detected, and what a killed
+attempt leaves behind.
+
+A cell (one (experiment, seed) of a grid, :class:`workbench.experiments.grid.Cell`) is in
+one of :data:`STATES`, read from its folder alone by :func:`cell_state`:
+
+* ``done``: :func:`workbench.experiments.runs.is_complete` (the completion rule);
+* ``running``: ``status.json`` says so and its owner process is alive, or runs on
+  another host and cannot be checked;
+* ``interrupted``: ``status.json`` says ``running`` but its owner process is gone, or
+  :func:`refresh_state` already rewrote it as ``interrupted``;
+* ``failed``: the notebook raised (recorded by the grid);
+* ``incomplete``: any other existing folder;
+* ``pending``: no folder yet.
+
+**Dead owner.** The process that runs a cell records itself in ``status.json``
+(:func:`owner_record`: host, pid and the process start time in clock ticks since boot,
+from ``/proc/<pid>/stat``). On the same host its owner is dead when the pid no longer
+exists, is a zombie (killed, not yet reaped: containers often have no init), or belongs
+to another process (a recycled pid: another start time). On another host, or without a
+recorded pid, it cannot be told and the cell reads as running.
+
+**Leftovers.** :func:`clean_cell` removes what a killed attempt left (temporary files of
+atomic writes and papermill, the kernel's connection files in :data:`KERNEL_RUNTIME_DIR`,
+a records file that is not complete) and keeps the checkpoints, so the cell resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from workbench.core import io
+from workbench.experiments import runs
+
+#: Cell states (see :func:`cell_state`).
+STATES = ("done", "running", "interrupted", "failed", "incomplete", "pending")
+#: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
+KERNEL_RUNTIME_DIR = ".jupyter-runtime"
+
+
+def cell_state(directory: str | os.PathLike) -> str:
+    """State of a cell folder (pure: reads, never writes; see :func:`refresh_state`).
+
+    ``done`` iff :func:`workbench.experiments.runs.is_complete`; otherwise from
+    ``status.json``: ``failed`` (the notebook raised), ``interrupted`` (marked so after
+    its process died), ``running`` (its process is alive, or on another host and cannot
+    be checked); a "running" record whose process is gone reads as ``interrupted``;
+    ``incomplete`` for any other existing folder; ``pending`` if there is no folder.
+    """
+    d = Path(directory)
+    if runs.is_complete(d):
+        return "done"
+    if not d.is_dir():
+        return "pending"
+    st = runs.read_status(d)
+    state = st.get("status")
+    if state == "running":
+        return "running" if _owner_alive(st) is not False else "interrupted"
+    if state in ("failed", "interrupted"):
+        return state
+    return "incomplete"
+
+
+def refresh_state(directory: str | os.PathLike) -> str:
+    """:func:`cell_state`, and a stale "running" ``status.json`` rewritten as interrupted.
+
+    The record keeps its fields and gains ``status="interrupted"`` and
+    ``interrupted_found`` (UTC time of this check).
+    """
+    state = cell_state(directory)
+    st = runs.read_status(directory)
+    if state == "interrupted" and st.get("status") == "running":
+        io.write_json(Path(directory) / runs.STATUS,
+                      {**st, "status": "interrupted", "interrupted_found": utc_now()})
+    return state
+
+
+def read_status(directory: str | os.PathLike) -> dict[str, Any]:
+    """The cell's ``status.json`` as a dict (empty when missing or unreadable)."""
+    return runs.read_status(directory)
+
+
+def utc_now() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the times of status records)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def owner_record() -> dict[str, Any]:
+    """``{"host", "pid", "pid_start"}`` of this process, for a "running" status record
+    (what :func:`cell_state` checks to tell whether the owner is alive)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22 of proc(5)
+
+
+def _process_state(pid: int) -> str | None:
+    """State letter of ``pid`` from ``/proc/<pid>/stat`` (``Z``: zombie), else ``None``."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def _owner_alive(status: Mapping[str, Any]) -> bool | None:
+    """Is the process named in a status record alive? ``None`` when it cannot be told
+    (another host, no pid recorded). A recycled pid is told apart by its start time."""
+    pid, host = status.get("pid"), status.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if _process_state(pid) in ("Z", "X"):  # killed, not yet reaped (no init in containers)
+        return False
+    started = status.get("pid_start")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[Path]:
+    """Remove what a killed attempt left in a cell folder, keeping its checkpoints.
+
+    Removed: temporary files of atomic writes and papermill
+    (:func:`workbench.experiments.runs.temporary_files`), the folder of Jupyter kernel
+    connection files, and a records file that does not satisfy the completion rule.
+    With ``restart`` (a failed cell) the ``checkpoints/`` folder goes too, so the cell
+    starts again from round 0.
+
+    Returns:
+        The paths removed.
+    """
+    d = Path(directory)
+    gone = runs.temporary_files(d) + [d / KERNEL_RUNTIME_DIR]
+    if not runs.is_complete(d):
+        gone.append(d / runs.RECORDS)
+    if restart:
+        gone.append(d / runs.CHECKPOINTS)
+    removed = []
+    for p in gone:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def kernel_files_in(directory: str | os.PathLike) -> Iterator[Path]:
+    """Put the Jupyter connection file of the cell's kernel in the cell's
+    :data:`KERNEL_RUNTIME_DIR` (removed at the end, and by :func:`clean_cell` after a
+    kill): jupyter_client writes it with :func:`tempfile.mkstemp` (``/tmp/tmp*.json``) or
+    under ``JUPYTER_RUNTIME_DIR``; both point into the cell folder while the notebook
+    runs."""
+    folder = Path(directory) / KERNEL_RUNTIME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    previous_env, previous_tmp = os.environ.get("JUPYTER_RUNTIME_DIR"), tempfile.tempdir
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(folder)
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous_tmp
+        if previous_env is None:
+            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        else:
+            os.environ["JUPYTER_RUNTIME_DIR"] = previous_env
+        shutil.rmtree(folder, ignore_errors=True)
