@@ -1,4 +1,5 @@
-"""SLURM exactly once (workbench.experiments.slurm): leases, scheduler queries, threads.
+"""SLURM exactly once (workbench.experiments.slurm, .scheduler): leases, scheduler queries,
+threads.
 
 The unit tests use a fake scheduler (job states in a dict) and always run. The
 integration tests need a SLURM cluster with accounting (``scripts/slurm_up.sh`` brings up
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench.experiments import cell_state, grid, slurm
+from workbench.experiments import cell_state, grid, scheduler, slurm
 from workbench.experiments import runs as runs_mod
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_grid.py"
@@ -44,7 +45,7 @@ class FakeScheduler:
 
     def active_jobs(self, name):
         return sorted(j for j, n in self.names.items()
-                      if n == name and slurm.is_active(self.state(j)))
+                      if n == name and scheduler.is_active(self.state(j)))
 
 
 class FakeJob:
@@ -192,7 +193,7 @@ def test_lease_alive_asks_the_scheduler_about_the_leased_job(tmp_path):
     write_lease(d, "5")
     assert slurm.lease_alive(d, FakeScheduler({"5": "RUNNING"})) is True
     assert slurm.lease_alive(d, FakeScheduler({"5": "TIMEOUT"})) is False
-    down = slurm.SlurmScheduler(fake_run({"squeue": (1, "", "Unable to contact controller")}))
+    down = scheduler.SlurmScheduler(fake_run({"squeue": (1, "", "Unable to contact controller")}))
     assert slurm.lease_alive(d, down) is None
     assert slurm.read_lease(d)["job_id"] == "5"  # asking never releases
 
@@ -277,13 +278,13 @@ def test_the_job_of_the_lease_adds_host_and_start_and_releases_at_the_end(tmp_pa
     ({"SLURM_CPUS_PER_TASK": "0"}, 3, 3),
 ])
 def test_allocated_cpus(env, affinity, expected):
-    assert slurm.allocated_cpus(env, affinity) == expected
+    assert scheduler.allocated_cpus(env, affinity) == expected
 
 
 def test_allocated_cpus_defaults_to_this_process_affinity(monkeypatch):
     for var in ("SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE"):
         monkeypatch.delenv(var, raising=False)
-    assert slurm.allocated_cpus() == len(os.sched_getaffinity(0))
+    assert scheduler.allocated_cpus() == len(os.sched_getaffinity(0))
 
 
 # ----------------------------------------------------------------------------- scheduler commands
@@ -304,7 +305,7 @@ def fake_run(answers):
 
 def test_scheduler_reads_active_states_from_squeue():
     run = fake_run({"squeue": (0, "RUNNING\n", "")})
-    assert slurm.SlurmScheduler(run).state("12") == "RUNNING"
+    assert scheduler.SlurmScheduler(run).state("12") == "RUNNING"
     assert run.calls == [["squeue", "-h", "-j", "12", "-o", "%T"]]
 
 
@@ -317,7 +318,7 @@ def test_scheduler_reads_active_states_from_squeue():
 ])
 def test_scheduler_reads_finished_states_from_sacct(squeue, sacct, expected):
     run = fake_run({"squeue": squeue, "sacct": sacct})
-    assert slurm.SlurmScheduler(run).state("12") == expected
+    assert scheduler.SlurmScheduler(run).state("12") == expected
     assert run.calls[1] == ["sacct", "-j", "12", "-n", "-X", "-P", "-o", "State"]
 
 
@@ -329,19 +330,19 @@ def test_scheduler_reads_finished_states_from_sacct(squeue, sacct, expected):
     ({"squeue": subprocess.TimeoutExpired("squeue", 60)}, "did not answer"),
 ])
 def test_a_scheduler_that_cannot_answer_raises_and_keeps_the_lease(tmp_path, answers, match):
-    sched = slurm.SlurmScheduler(fake_run(answers))
-    with pytest.raises(slurm.SchedulerError, match=match):
+    sched = scheduler.SlurmScheduler(fake_run(answers))
+    with pytest.raises(scheduler.SchedulerError, match=match):
         sched.state("12")
     d = tmp_path / "c"
     write_lease(d, "12")
-    with pytest.raises(slurm.SchedulerError):
+    with pytest.raises(scheduler.SchedulerError):
         slurm.acquire(d, lambda name: pytest.fail("submitted on a guess"), sched)
     assert slurm.read_lease(d)["job_id"] == "12"
 
 
 def test_scheduler_lists_active_jobs_by_name_oldest_first():
     run = fake_run({"squeue": (0, "120\n99\n", "")})
-    assert slurm.SlurmScheduler(run).active_jobs("wb-X") == ["99", "120"]
+    assert scheduler.SlurmScheduler(run).active_jobs("wb-X") == ["99", "120"]
     assert run.calls == [["squeue", "-h", "-n", "wb-X", "-o", "%i"]]
 
 
@@ -491,7 +492,7 @@ def _jobs_named(name: str, wait: float = 60.0) -> list[tuple[str, str]]:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "--name", name,
                               "-S", "now-1hour"], capture_output=True, text=True, check=True)
         jobs = [tuple(line.split("|")) for line in out.stdout.split()]
-        if not any(slurm.is_active(s) for _, s in jobs) or time.time() > deadline:
+        if not any(scheduler.is_active(s) for _, s in jobs) or time.time() > deadline:
             return jobs
         time.sleep(0.5)
 
@@ -532,7 +533,7 @@ def test_killed_driver_rerun_adopts_running_jobs_each_cell_once(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver this test started (jobs live in slurmd)
         proc.wait()
     job_ids = {c.directory: slurm.read_lease(c.directory)["job_id"] for c in cells}
-    states = {j: slurm.SlurmScheduler().state(j) for j in job_ids.values()}
+    states = {j: scheduler.SlurmScheduler().state(j) for j in job_ids.values()}
     assert all(s in ("RUNNING", "PENDING") for s in states.values()), states
     assert not any(c.state == "done" for c in cells)  # the re-run starts while they run
 
@@ -560,7 +561,7 @@ def test_stale_lease_of_a_cancelled_job_is_released_and_resubmitted_once(tmp_pat
     subprocess.run(["scancel", dead], check=True)
     write_lease(cell.directory, dead, host="gone")
     deadline = time.time() + 30
-    while slurm.SlurmScheduler().state(dead) != "CANCELLED" and time.time() < deadline:
+    while scheduler.SlurmScheduler().state(dead) != "CANCELLED" and time.time() < deadline:
         time.sleep(0.5)
     table = grid.run_grid(spec, None, runs_dir=runs, executor="slurm", progress=False)
     assert (table.state == "done").all(), table

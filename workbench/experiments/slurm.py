@@ -1,4 +1,4 @@
-"""SLURM cells exactly once: leases, scheduler queries and per-job thread counts.
+"""SLURM cells exactly once: leases, their adoption and release, and the driver loop.
 
 The grid (:mod:`workbench.experiments.grid`, ``executor="slurm"``) submits each cell as
 one submitit job. This module makes that safe to interrupt and re-run:
@@ -11,9 +11,9 @@ read-modify-write of the lease happens under an exclusive ``fcntl.flock`` on the
 
 **Driver** (:func:`acquire`, called for every unfinished cell before it is submitted):
 
-* a lease whose job the scheduler reports as active (:data:`ACTIVE_STATES`: pending,
-  running, completing, requeued, suspended, ...) is **adopted**: the driver waits for
-  that job instead of submitting another;
+* a lease whose job the scheduler reports as active (pending, running, completing,
+  requeued, suspended, ...: :data:`workbench.experiments.scheduler.ACTIVE_STATES`) is
+  **adopted**: the driver waits for that job instead of submitting another;
 * a lease whose job is dead (``COMPLETED`` without a finished cell, ``FAILED``,
   ``CANCELLED``, ``TIMEOUT``, ``NODE_FAIL``, ``OUT_OF_MEMORY``, ``PREEMPTED``,
   ``BOOT_FAIL``, ``DEADLINE``) or that the scheduler no longer knows (``UNKNOWN``) is
@@ -28,18 +28,13 @@ this job is a duplicate: it returns ``{"status": "duplicate", ...}`` and leaves 
 alone (it never cleans or writes anything there). Otherwise it writes its own id, host
 and start time into the lease, runs :func:`workbench.experiments.grid.run_cell` and
 removes the lease when the cell ends (done or failed; both recorded in ``status.json``).
+Its torch/OpenMP/MKL threads are capped to its CPU allocation
+(:func:`workbench.experiments.scheduler.allocated_cpus`).
 
-**Threads.** A job limits torch/OpenMP/MKL threads to its CPU allocation
-(:func:`allocated_cpus`): ``SLURM_CPUS_PER_TASK``, else the job's CPUs on the node over
-its tasks, never more than the CPUs the process may run on (``os.sched_getaffinity``).
-On a node without CPU binding (``TaskPlugin=task/none``) the affinity is the whole node,
-and without this limit two jobs oversubscribe it (about 5x slower in the report of
-issue 13).
-
-Scheduler states are read with ``squeue`` (active jobs; needs only ``slurmctld``) and then
-``sacct`` (finished jobs; needs ``slurmdbd`` accounting, see ``scripts/slurm_up.sh``). A
-scheduler that cannot be asked raises :class:`SchedulerError`: a lease is never released
-on a guess.
+Job states come from a :class:`workbench.experiments.scheduler.Scheduler` (``squeue``,
+then ``sacct``). A scheduler that cannot be asked raises
+:class:`~workbench.experiments.scheduler.SchedulerError`: a lease is never released on a
+guess.
 """
 
 from __future__ import annotations
@@ -50,107 +45,21 @@ import hashlib
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping
 
 from workbench.core import io
 from workbench.experiments import runs
 from workbench.experiments.cell_state import read_status
+from workbench.experiments.scheduler import (Scheduler, SchedulerError, SlurmScheduler,
+                                             allocated_cpus, current_job_id, is_active,
+                                             limit_threads)
 
 #: Lease file inside a cell folder.
 LEASE = "lease.json"
 #: Lock file inside a cell folder (``flock``; never removed while cells may run).
 LOCK = ".lease.lock"
-#: SLURM job states of a job that is queued or still holds its allocation.
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-    "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED",
-})
-#: Environment variables that cap the threads of the kernel a job starts.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-class SchedulerError(RuntimeError):
-    """The scheduler could not be asked (command missing, controller not answering)."""
-
-
-class Scheduler(Protocol):
-    """What the lease logic needs from a scheduler (a fake one in the tests)."""
-
-    def state(self, job_id: str) -> str:
-        """Upper-case SLURM state of a job (``"UNKNOWN"`` when the scheduler has no record)."""
-
-    def active_jobs(self, name: str) -> list[str]:
-        """Ids of the active jobs named ``name``, oldest first."""
-
-
-# ----------------------------------------------------------------------------- scheduler
-class SlurmScheduler:
-    """Job states from ``squeue`` (active jobs) and ``sacct`` (finished jobs).
-
-    Args:
-        run: ``subprocess.run`` (replaceable in tests).
-        timeout: Seconds allowed to each command.
-    """
-
-    def __init__(self, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-                 timeout: float = 60.0) -> None:
-        self._run = run
-        self._timeout = timeout
-
-    def _call(self, args: list[str]) -> subprocess.CompletedProcess:
-        try:
-            return self._run(args, capture_output=True, text=True, timeout=self._timeout)
-        except FileNotFoundError as exc:
-            raise SchedulerError(f"{args[0]} is not installed: cannot ask SLURM about jobs") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise SchedulerError(f"{' '.join(args)} did not answer in {self._timeout} s") from exc
-
-    def state(self, job_id: str) -> str:
-        """State of ``job_id``: ``squeue`` first, then ``sacct``; ``"UNKNOWN"`` if neither
-        knows it.
-
-        Raises:
-            SchedulerError: If ``squeue`` fails for another reason than an unknown job id
-                (controller down), or ``sacct`` fails (no accounting).
-        """
-        job_id = str(job_id)
-        q = self._call(["squeue", "-h", "-j", job_id, "-o", "%T"])
-        if q.returncode == 0 and q.stdout.strip():
-            return _first_state(q.stdout)
-        if q.returncode != 0 and "invalid job id" not in (q.stderr or "").lower():
-            raise SchedulerError(f"squeue -j {job_id} failed: {(q.stderr or '').strip()}")
-        a = self._call(["sacct", "-j", job_id, "-n", "-X", "-P", "-o", "State"])
-        if a.returncode != 0:
-            raise SchedulerError(f"sacct -j {job_id} failed: {(a.stderr or '').strip()} "
-                                 "(is slurmdbd accounting set up? see scripts/slurm_up.sh)")
-        return _first_state(a.stdout) if a.stdout.strip() else "UNKNOWN"
-
-    def active_jobs(self, name: str) -> list[str]:
-        """Ids of pending/running jobs named ``name`` (``squeue -n``), oldest first."""
-        q = self._call(["squeue", "-h", "-n", name, "-o", "%i"])
-        if q.returncode != 0:
-            raise SchedulerError(f"squeue -n {name} failed: {(q.stderr or '').strip()}")
-        return sorted(q.stdout.split(), key=_job_sort_key)
-
-
-def _first_state(text: str) -> str:
-    """``"CANCELLED by 0"`` -> ``"CANCELLED"``; first line of the output."""
-    line = text.strip().splitlines()[0].strip()
-    return (line.split()[0] if line else "UNKNOWN").upper().rstrip("+")
-
-
-def _job_sort_key(job_id: str) -> tuple[int, str]:
-    head = job_id.split("_")[0]
-    return (int(head) if head.isdigit() else sys.maxsize, job_id)
-
-
-def is_active(state: str) -> bool:
-    """Is a job in this state queued or running (see :data:`ACTIVE_STATES`)?"""
-    return state.upper() in ACTIVE_STATES
 
 
 # ----------------------------------------------------------------------------- lease
@@ -308,62 +217,7 @@ def lease_alive(directory: str | os.PathLike, scheduler: Scheduler | None = None
         return None
 
 
-# ----------------------------------------------------------------------------- threads
-def allocated_cpus(environ: Mapping[str, str] | None = None,
-                   affinity: int | None = None) -> int:
-    """CPUs this job may use (>= 1).
-
-    ``SLURM_CPUS_PER_TASK`` when set; else the job's CPUs on this node
-    (``SLURM_JOB_CPUS_PER_NODE``, first entry of e.g. ``"4(x2)"``) divided by its tasks
-    on the node (``SLURM_NTASKS_PER_NODE``, else ``SLURM_NTASKS``); never more than the
-    CPUs in ``os.sched_getaffinity(0)``. Outside SLURM: the affinity.
-
-    Args:
-        environ: Environment (default ``os.environ``).
-        affinity: CPUs the process may run on (default ``len(os.sched_getaffinity(0))``).
-    """
-    env = os.environ if environ is None else environ
-    if affinity is None:
-        try:
-            affinity = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # not Linux
-            affinity = os.cpu_count() or 1
-    cpus = _leading_int(env.get("SLURM_CPUS_PER_TASK"))
-    if cpus is None:
-        node = _leading_int(env.get("SLURM_JOB_CPUS_PER_NODE"))
-        tasks = (_leading_int(env.get("SLURM_NTASKS_PER_NODE"))
-                 or _leading_int(env.get("SLURM_NTASKS")) or 1)
-        cpus = None if node is None else node // tasks
-    return max(1, min(cpus or affinity, affinity))
-
-
-def _leading_int(value: str | None) -> int | None:
-    m = re.match(r"\s*(\d+)", value or "")
-    return int(m.group(1)) if m else None
-
-
-def limit_threads(threads: int) -> None:
-    """Cap this process's threads and those of kernels it starts to ``threads``.
-
-    Sets :data:`THREAD_VARIABLES` (read by torch, OpenMP and MKL when a kernel starts)
-    and, when torch is already imported here, ``torch.set_num_threads``.
-    """
-    for var in THREAD_VARIABLES:
-        os.environ[var] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- job
-def current_job_id() -> str | None:
-    """The SLURM job id of this process (array jobs: ``<array id>_<task>``), else None."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
-
-
 def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: Any
                     ) -> dict[str, Any]:
     """What a SLURM job runs: claim the lease, cap threads, run the cell, release.
