@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.core import data
-from workbench.core.models import ByteTokenizer
+from workbench.core.tokenizers import ByteTokenizer
 
 TOK = ByteTokenizer()
 

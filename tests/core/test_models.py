@@ -8,7 +8,8 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from workbench.core import models
-from workbench.core.models import ByteTokenizer, forward_logits, load_model, logits_of
+from workbench.core.models import forward_logits, load_model, logits_of
+from workbench.core.tokenizers import ByteTokenizer
 
 
 def test_tiny_models_are_seeded_and_deterministic():

