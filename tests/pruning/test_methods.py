@@ -7,7 +7,8 @@ import torch
 
 from workbench.pruning.masks import prunable_modules
 from workbench.core.models import forward_logits, load_model, transformer_blocks
-from workbench.pruning.methods import PruneResult, prune, sweep
+from workbench.pruning.methods import PruneResult, prune
+from workbench.pruning.sweeps import sweep
 from workbench.pruning.sequential import capture_block_inputs
 
 
@@ -260,11 +261,13 @@ def test_every_method_is_registered_with_label_colour_and_runs():
 
 
 def test_sweep_scores_once_for_reusable_methods(monkeypatch):
-    from workbench.pruning import methods
+    from workbench.pruning import methods, sweeps
 
     calls = []
     real = methods.importance
-    monkeypatch.setattr(methods, "importance", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    for module in (methods, sweeps):  # sweep scores once; prune must not score again
+        monkeypatch.setattr(module, "importance",
+                            lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     model, _ = load_model("tiny-llama", device="cpu")
     sweep(model, "taylor", [0.2, 0.4, 0.6], calibration_tokens=_data(2, 16))
     assert calls == ["taylor"]
