@@ -64,3 +64,22 @@ def test_bad_inputs_are_clear(sweep):
     with pytest.raises(ValueError, match="method_options"):
         oneshot_sweep(model, tok, corpus, methods=["wanda"], method_options={"magnitude": {}},
                       **SIZES)
+
+
+def test_method_options_scope_replaces_the_default_for_unstructured_levels(sweep):
+    model, tok, corpus, dense, df = sweep
+    kw = dict(SIZES, methods=["magnitude"], seeds=[0], dense=False, progress=False)
+    glob = oneshot_sweep(model, tok, corpus, sparsities=[0.5],
+                         method_options={"magnitude": {"scope": "global"}}, **kw)
+    assert glob["scope"].tolist() == ["global"]
+    layer = df[(df.method == "magnitude") & (df.pattern == "unstructured")].iloc[0]
+    assert layer["scope"] == "layer" and glob["val_ppl"].iloc[0] != layer["val_ppl"]
+    fresh, _ = wb.load_model("tiny-llama", device="cpu", seed=0)
+    wb.restore(fresh, dense)
+    wb.prune(fresh, "magnitude", 0.5, scope="global")
+    val = wb.token_blocks(tok, corpus.validation, 32, n_blocks=2, seed=0)
+    assert glob["val_ppl"].iloc[0] == pytest.approx(
+        wb.perplexity(fresh, val, batch_size=2, progress=False), rel=1e-5)
+    with pytest.raises(ValueError, match="fixes the scope"):
+        oneshot_sweep(model, tok, corpus, sparsities=["2:4"],
+                      method_options={"magnitude": {"scope": "row"}}, **kw)

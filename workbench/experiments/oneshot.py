@@ -150,7 +150,9 @@ def oneshot_sweep(
         zeroshot_task: lm-eval task (shipped name or YAML path) or ``None`` for no
             zero-shot accuracy.
         zeroshot_limit: Examples of the task to evaluate (``None``: all).
-        method_options: ``{method: {option: value}}`` passed to :func:`workbench.prune`.
+        method_options: ``{method: {option: value}}`` passed to :func:`workbench.prune`;
+            a ``scope`` there replaces the method's default scope for the unstructured
+            levels (an N:M pattern fixes the scope; setting one too is an error).
         batch_size: Sequences per forward (calibration, perplexity, zero-shot).
         model_name: Name written in the rows (default the model's ``_name_or_path``).
         dense: Add the unpruned model's rows (``method="dense"``, sparsity 0).
@@ -332,9 +334,14 @@ class _Sweep:
         from workbench.pruning.masks import restore
 
         restore(self.model, self.originals)
+        options = dict(self.method_options.get(method, {}))
+        if scope is None:  # unstructured: a scope in method_options replaces the default
+            scope = options.pop("scope", None)
+        elif "scope" in options:
+            raise ValueError(f"method_options[{method!r}] sets scope={options['scope']!r}, "
+                             f"but the sparsity pattern {scope!r} fixes the scope")
         return wb.prune(self.model, method, s, scope=scope, calibration_tokens=self.cals[seed],
-                        allocation=allocation, batch_size=self.batch_size,
-                        **dict(self.method_options.get(method, {})))
+                        allocation=allocation, batch_size=self.batch_size, **options)
 
     def job_rows(self, method: str, allocation: str, label: str, s: float,
                  scope: str | None, seeds: Sequence[int], bar) -> list[dict]:
