@@ -5,8 +5,8 @@ gradient probe at 50 %, on SmolLM2, over calibration seeds.
   70 % unstructured (the 50 % column is in ``oneshot_acceptance.py``); validation
   perplexity only.
 * ``--part gradprobe``: the gradient probe pruning *exactly* the target
-  (``exact_sparsity=True``) against its base method at the same sparsity (50 %): base
-  magnitude (global scope) and base Wanda (row scope).
+  (``exact_sparsity=True``) against its base method at the same sparsity and scope
+  (50 %): base magnitude (global scope) and base Wanda (row scope).
 
 Rows go to ``data/runs/oneshot_extra/<part>.parquet``; a table of mean ± sd over seeds is
 printed. Sizes as in the acceptance script (16 x 128 calibration, 8 x 256 validation).
@@ -62,11 +62,11 @@ def main() -> None:
     else:
         runs = [
             ("magnitude (global)", "magnitude", {"magnitude": {"scope": "global"}}),
-            ("gradprobe exact, base magnitude", "gradprobe",
+            ("gradprobe exact, base magnitude (global)", "gradprobe",
              {"gradprobe": {"base": "magnitude", "exact_sparsity": True}}),
             ("Wanda (row)", "wanda", None),
-            ("gradprobe exact, base Wanda", "gradprobe",
-             {"gradprobe": {"base": "wanda", "exact_sparsity": True}}),
+            ("gradprobe exact, base Wanda (row)", "gradprobe",
+             {"gradprobe": {"base": "wanda", "scope": "row", "exact_sparsity": True}}),
         ]
         frames = []
         for i, (label, method, options) in enumerate(runs):
