@@ -1,5 +1,5 @@
-"""Time and peak extra memory of one call, shared by the benchmarks (run as scripts, so
-this folder is on ``sys.path``)."""
+"""Time and peak extra memory of one call, and the reference forward + backward; shared by
+the benchmarks (run as scripts, so this folder is on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 
 def _rss_kib(field: str) -> int:
@@ -53,3 +54,14 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, floa
     else:
         peak = (_rss_kib("VmHWM:") - base) / 1024 if cpu_ok else float("nan")
     return out, sec, peak
+
+
+def plain_forward_backward(model, blocks, chunk_size):
+    """Reference cost: mean token loss forward + backward (parameter gradients), per chunk."""
+    for ids in blocks.split(chunk_size):
+        logits = model(ids, use_cache=False).logits[:, :-1]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           ids[:, 1:].reshape(-1))
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+    model.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ import time
 import torch
 from torch import nn
 
+from _timing import plain_forward_backward
 from workbench.curvature import diagonal_fisher
 
 
@@ -116,17 +117,6 @@ def bench_mlp(args, device):
           f"loop and {t_bp / res['workbench'][1]:.2f}x BackPACK SumGradSquared "
           f"(>1 = faster)")
     return res
-
-
-def plain_forward_backward(model, blocks, chunk_size):
-    """Reference cost: mean token loss forward + backward (parameter gradients), per chunk."""
-    for ids in blocks.split(chunk_size):
-        logits = model(ids, use_cache=False).logits[:, :-1]
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           ids[:, 1:].reshape(-1))
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
 
 
 def bench_lm(args, device):

@@ -21,19 +21,9 @@ import argparse
 import torch
 from torch import nn
 
-from _timing import timed
+from _timing import plain_forward_backward, timed
 from workbench.curvature import KFAC, collect_group_fisher, diagonal_fisher
 from workbench.curvature.kfac import default_modules
-
-
-def plain_forward_backward(model, blocks, chunk_size):
-    for ids in blocks.split(chunk_size):
-        logits = model(ids, use_cache=False).logits[:, :-1]
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           ids[:, 1:].reshape(-1))
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
 
 
 def _setup(args):
