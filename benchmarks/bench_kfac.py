@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import nn
 
 from _timing import plain_forward_backward, timed
 from workbench.curvature import KFAC, collect_group_fisher, diagonal_fisher
