@@ -205,6 +205,40 @@ def batch_terms(
     return Terms(out, tgt, active)
 
 
+def batch_terms_with_io(model: nn.Module, batch: Any, kind: str, loss_fn: nn.Module,
+                        modules: Mapping[str, nn.Module], purpose: str = ""):
+    """:func:`batch_terms` while capturing each module's input and output.
+
+    Returns:
+        ``(terms, inputs, outputs)``: ``inputs[name]`` is the module's first positional
+        input (detached), ``outputs[name]`` its output (in the graph, for gradients with
+        respect to it); modules the forward pass does not call are absent.
+
+    Raises:
+        ValueError: A module is called more than once per forward pass (named, with
+            ``purpose`` appended to the message).
+    """
+    inputs: dict[str, Tensor] = {}
+    outputs: dict[str, Tensor] = {}
+
+    def hook(name):
+        def capture(mod, args, out):
+            if name in outputs:
+                raise ValueError(f"modules: {name!r} is called more than once per forward "
+                                 f"pass{purpose}")
+            inputs[name] = args[0].detach()
+            outputs[name] = out
+        return capture
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    try:
+        terms = batch_terms(model, batch, kind, loss_fn)
+    finally:
+        for h in handles:
+            h.remove()
+    return terms, inputs, outputs
+
+
 def count_terms(batch: Any, kind: str, loss_fn: nn.Module) -> int:
     """Number of active terms of one batch, without running the model."""
     ignore = getattr(loss_fn, "ignore_index", -100)

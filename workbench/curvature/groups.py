@@ -249,23 +249,7 @@ def collect_group_fisher(
         for start in range(0, b, step):
             ex = _example(batch, slice(start, start + step))
             bc = _n_examples(ex)
-            inputs, outputs = {}, {}
-
-            def hook(name):
-                def f(mod, args, out):
-                    if name in outputs:
-                        raise ValueError(f"modules: {name!r} is called more than once per "
-                                         "forward pass")
-                    inputs[name] = args[0].detach()
-                    outputs[name] = out
-                return f
-
-            handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
-            try:
-                terms = P.batch_terms(model, ex, lkind, loss_fn)
-            finally:
-                for h in handles:
-                    h.remove()
+            terms, inputs, outputs = P.batch_terms_with_io(model, ex, lkind, loss_fn, mods)
             used = [n for n in names if n in outputs]
             Y = None
             if fisher_type == "true":

@@ -193,23 +193,9 @@ class KFAC:
         gen = torch.Generator().manual_seed(int(seed))
         names = list(self.modules)
         for batch in batches:
-            inputs, outputs = {}, {}
-
-            def hook(name):
-                def f(mod, args, out):
-                    if name in outputs:
-                        raise ValueError(f"modules: {name!r} is called more than once per "
-                                         "forward pass; K-FAC needs one call per layer")
-                    inputs[name] = args[0].detach()
-                    outputs[name] = out
-                return f
-
-            handles = [m.register_forward_hook(hook(n)) for n, m in self.modules.items()]
-            try:
-                terms = P.batch_terms(model, batch, kind, loss_fn)
-            finally:
-                for h in handles:
-                    h.remove()
+            terms, inputs, outputs = P.batch_terms_with_io(
+                model, batch, kind, loss_fn, self.modules,
+                purpose="; K-FAC needs one call per layer")
             missing = [n for n in names if n not in outputs]
             if missing:
                 raise ValueError(f"modules: {missing[:3]} are not called by the model's "
