@@ -212,21 +212,16 @@ _OWL = ("uniform", "owl")
 METHODS.register("magnitude", score_method("magnitude"), score_kind="magnitude",
                  allocations=_OWL, label="Magnitude", color=PALETTE[0],
                  description="lowest |w| (per layer by default)", **_SCORES)
-METHODS.register("gradient_norm", score_method("gradient_norm"), score_kind="gradient_norm",
-                 needs_calibration=True, label=_kind_label("gradient_norm"), color=PALETTE[4],
-                 description="lowest RMS per-batch gradient", **_SCORES)
-METHODS.register("taylor", score_method("taylor"), score_kind="taylor",
-                 needs_calibration=True, label=_kind_label("taylor"), color=PALETTE[3],
-                 description="lowest |w * g| (first-order Taylor)", **_SCORES)
-METHODS.register("obd_empirical", score_method("obd_empirical"), score_kind="obd_empirical",
-                 needs_calibration=True, label=_kind_label("obd_empirical"), color=PALETTE[7],
-                 description="lowest OBD saliency, empirical diagonal Fisher", **_SCORES)
-METHODS.register("obd_true", score_method("obd_true"), score_kind="obd_true",
-                 needs_calibration=True, label=_kind_label("obd_true"), color=PALETTE[8],
-                 description="lowest OBD saliency, true diagonal Fisher", **_SCORES)
-METHODS.register("hybrid", score_method("hybrid"), score_kind="hybrid",
-                 needs_calibration=True, label=_kind_label("hybrid"), color=PALETTE[6],
-                 description="lowest weighted sum of normalised kinds", **_SCORES)
+# score kinds that need calibration tokens, pruned by ranking: (kind, colour, description)
+for _kind, _color, _description in (
+        ("gradient_norm", 4, "lowest RMS per-batch gradient"),
+        ("taylor", 3, "lowest |w * g| (first-order Taylor)"),
+        ("obd_empirical", 7, "lowest OBD saliency, empirical diagonal Fisher"),
+        ("obd_true", 8, "lowest OBD saliency, true diagonal Fisher"),
+        ("hybrid", 6, "lowest weighted sum of normalised kinds")):
+    METHODS.register(_kind, score_method(_kind), score_kind=_kind, needs_calibration=True,
+                     label=_kind_label(_kind), color=PALETTE[_color],
+                     description=_description, **_SCORES)
 METHODS.register("wanda", layerwise.wanda, allocations=_OWL, label="Wanda",
                  color=PALETTE[1], description="lowest |W_ij| ||X_j|| per row (Sun et al. "
                  "2024), sequential calibration", **_CALIBRATED)
