@@ -146,18 +146,10 @@ def _resolve_heads(model: nn.Module, heads, modules: dict[str, nn.Module]) -> li
 
 
 def _linear_modules(model: nn.Module, modules) -> dict[str, nn.Module]:
-    from workbench.curvature.kfac import default_modules
+    from workbench.curvature.kfac import resolve_modules
 
-    named = dict(model.named_modules())
-    names = default_modules(model) if modules is None else list(modules)
-    out = {}
-    for n in names:
-        if n not in named:
-            raise ValueError(f"modules: {n!r} is not a module of the model")
-        if not isinstance(named[n], nn.Linear):
-            raise ValueError(f"modules: {n!r} is a {type(named[n]).__name__}; group Fisher "
-                             "collection supports nn.Linear layers only")
-        out[n] = named[n]
+    out = resolve_modules(model, modules, supported=lambda m: isinstance(m, nn.Linear),
+                          support_note="group Fisher collection supports nn.Linear layers only")
     if not out:
         raise ValueError("modules: no nn.Linear layers selected")
     return out

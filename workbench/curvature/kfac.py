@@ -64,7 +64,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -105,12 +105,18 @@ def default_modules(model: nn.Module) -> list[str]:
             if is_supported(m) and m is not head and id(m.weight) not in emb]
 
 
-def resolve_modules(model: nn.Module, modules: Any = None) -> dict[str, nn.Module]:
+def resolve_modules(model: nn.Module, modules: Any = None, *,
+                    supported: Callable[[nn.Module], bool] = is_supported,
+                    support_note: str = "K-FAC supports nn.Linear and transformers' Conv1D "
+                                        "layers only") -> dict[str, nn.Module]:
     """``{name: module}`` of the layers to cover (default :func:`default_modules`).
+
+    ``supported`` / ``support_note``: which module types are accepted and the sentence
+    the error adds when one is not (the group Fisher passes ``nn.Linear`` only).
 
     Raises:
         ValueError: A name that is not a module of the model, or a module of a type
-            K-FAC does not support (the message names the module and its type).
+            not ``supported`` (the message names the module and its type).
     """
     named = dict(model.named_modules())
     names = default_modules(model) if modules is None else list(modules)
@@ -119,9 +125,8 @@ def resolve_modules(model: nn.Module, modules: Any = None) -> dict[str, nn.Modul
         if n not in named:
             raise ValueError(f"modules: {n!r} is not a module of the model")
         m = named[n]
-        if not is_supported(m):
-            raise ValueError(f"modules: {n!r} is a {type(m).__name__}; K-FAC supports "
-                             "nn.Linear and transformers' Conv1D layers only")
+        if not supported(m):
+            raise ValueError(f"modules: {n!r} is a {type(m).__name__}; {support_note}")
         out[n] = m
     if not out:
         raise ValueError("model: no nn.Linear / Conv1D layers to build K-FAC factors for")
