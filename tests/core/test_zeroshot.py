@@ -152,3 +152,109 @@ def test_shipped_task_matches_its_builder_and_brute_force(tmp_path, smollm2):
     res = evaluate_zeroshot(model, tok, limit=12, samples=True)
     got = [bool(s["acc"]) for s in sorted(res.samples, key=lambda s: s["doc_id"])]
     assert got == brute_force(model, tok, examples[:12], space=True)
+
+
+# ----------------------------------------------------------------------------- 7-task card
+#: Two examples per task in each task's hub schema (the columns lm-eval's YAML reads).
+STANDARD_DOCS = {
+    "boolq": [dict(question="is the sky blue", passage="The sky is blue on a clear day.",
+                   idx=0, label=1),
+              dict(question="is ice hot", passage="Ice is frozen water and cold.", idx=1,
+                   label=0)],
+    "rte": [dict(sentence1="A dog runs in the park.", sentence2="An animal runs.", idx=0,
+                 label=0),
+            dict(sentence1="The man sleeps.", sentence2="The man is running.", idx=1,
+                 label=1)],
+    "hellaswag": [dict(ind=0, activity_label="Cooking", ctx_a="A man cracks eggs into a bowl.",
+                       ctx_b="he", ctx="", endings=["whisks them.", "flies away over the sea.",
+                                                    "sings.", "reads a long book aloud."],
+                       source_id="x", split="val", split_type="indomain", label="0"),
+                  dict(ind=1, activity_label="Running [title] fast",
+                       ctx_a="A woman ties her shoes.", ctx_b="she", ctx="",
+                       endings=["starts to run.", "eats soup.", "swims.", "paints a wall."],
+                       source_id="y", split="val", split_type="indomain", label="0")],
+    "winogrande": [dict(sentence="The cup fell off the table because _ was slippery.",
+                        option1="the cup", option2="the table", answer="1"),
+                   dict(sentence="Sam gave Tom a gift because _ was kind.", option1="Sam",
+                        option2="Tom", answer="1")],
+    "arc_easy": [dict(id="a1", question="What do plants need to grow?",
+                      choices=dict(text=["light", "darkness and cold", "salt", "noise"],
+                                   label=["A", "B", "C", "D"]), answerKey="A"),
+                 dict(id="a2", question="Which is a planet?",
+                      choices=dict(text=["Mars", "the Moon", "a comet"],
+                                   label=["1", "2", "3"]), answerKey="1")],
+    "arc_challenge": [dict(id="c1", question="Water boils at sea level at?",
+                           choices=dict(text=["100 C", "10 C", "1000 degrees C"],
+                                        label=["A", "B", "C"]), answerKey="A"),
+                      dict(id="c2", question="Which gas do we breathe out?",
+                           choices=dict(text=["carbon dioxide", "gold", "iron"],
+                                        label=["A", "B", "C"]), answerKey="A")],
+    "openbookqa": [dict(id="o1", question_stem="The sun is a",
+                        choices=dict(text=["star", "planet", "moon", "rock"],
+                                     label=["A", "B", "C", "D"]), answerKey="A"),
+                   dict(id="o2", question_stem="Fish live in",
+                        choices=dict(text=["water", "fire", "sand", "air"],
+                                     label=["A", "B", "C", "D"]), answerKey="A")],
+}
+
+
+def write_standard_files(folder):
+    """Each task's two docs as ``<task>.jsonl`` (the json builder lm-eval reads)."""
+    for task, docs in STANDARD_DOCS.items():
+        (folder / f"{task}.jsonl").write_text(
+            "".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    return folder
+
+
+def loglik(model, tokenizer, context, continuation):
+    """Sum log p(continuation tokens | context) by one forward (byte tokenizer)."""
+    ctx, cont = tokenizer.encode(context), tokenizer.encode(continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(forward_logits(model, ids)[0].double(), -1)
+    return float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(cont)))
+
+
+def test_seven_task_card_runs_lm_eval_definitions_and_reports_acc_and_acc_norm(
+        tiny_llama, tmp_path, one_thread):
+    model, tok = tiny_llama
+    rows = zeroshot.evaluate_zeroshot_card(model, tok, write_standard_files(tmp_path),
+                                           batch_size=4)
+    by_task = {r["task"]: r for r in rows}
+    assert list(by_task) == list(zeroshot.STANDARD_TASKS)
+    for t, r in by_task.items():
+        assert r["n"] == 2, t
+        assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["acc_norm"] <= 1.0, t
+        assert r["reported_metric_wanda"] == "acc" and r["zeroshot_card"] == "zeroshot-7"
+        assert r["lm_eval_version"] == zeroshot.lm_eval_version()
+    # ARC-Easy by definition: lm-eval's prompt "Question: q\nAnswer:" + " " + choice;
+    # acc = argmax of the summed loglikelihood, acc_norm = argmax of it / len(choice).
+    acc = norm = 0.0
+    for d in STANDARD_DOCS["arc_easy"]:
+        ctx = f"Question: {d['question']}\nAnswer:"
+        lls = np.array([loglik(model, tok, ctx, " " + c) for c in d["choices"]["text"]])
+        lens = np.array([len(c) for c in d["choices"]["text"]], dtype=float)
+        gold = d["choices"]["label"].index(d["answerKey"])
+        acc += float(np.argmax(lls) == gold) / 2
+        norm += float(np.argmax(lls / lens) == gold) / 2
+    assert by_task["arc_easy"]["acc"] == pytest.approx(acc)
+    assert by_task["arc_easy"]["acc_norm"] == pytest.approx(norm)
+
+
+def test_seven_task_card_missing_file_names_task_and_expected_file(tmp_path, tiny_llama):
+    write_standard_files(tmp_path)
+    (tmp_path / "hellaswag.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="hellaswag.*Rowan/hellaswag"):
+        zeroshot.evaluate_zeroshot_card(*tiny_llama, tmp_path)
+    with pytest.raises(ValueError, match="not in card"):
+        zeroshot.evaluate_zeroshot_card(*tiny_llama, tmp_path, tasks=["piqa"])
+
+
+def test_standard_config_is_lm_evals_own_with_local_data(tmp_path):
+    write_standard_files(tmp_path)
+    cfg = zeroshot.standard_task_config("hellaswag", tmp_path / "hellaswag.jsonl")
+    assert callable(cfg["process_docs"])  # lm-eval's own preprocessing kept
+    assert cfg["dataset_path"] == "json" and cfg["validation_split"] == "validation"
+    assert {m["metric"] for m in cfg["metric_list"]} == {"acc", "acc_norm"}
+    arc = zeroshot.standard_task_config("arc_challenge", tmp_path / "arc_challenge.jsonl")
+    assert arc["test_split"] == "test" and arc["doc_to_text"].startswith("Question:")

@@ -118,3 +118,59 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8,
     """Perplexity of ``model`` on ``tokens`` (``LongTensor[n, seq_len]``): ``exp`` of the
     mean NLL of every predicted token; arguments and errors as :func:`evaluate_perplexity`."""
     return evaluate_perplexity(model, tokens, batch_size=batch_size, progress=progress).perplexity
+
+
+@dataclass(frozen=True)
+class CardPerplexity:
+    """Perplexity of a model under a named protocol card.
+
+    Attributes:
+        result: The :class:`PerplexityResult`.
+        windows: The :class:`workbench.core.protocols.CardWindows` evaluated.
+    """
+
+    result: PerplexityResult
+    windows: object
+
+    def record(self) -> dict:
+        """One row: ``ppl, nll, n_predicted`` and the protocol columns (card, fingerprint,
+        seq_len, windows, source, level)."""
+        return dict(ppl=self.result.perplexity, nll=self.result.nll,
+                    n_predicted=self.result.n_tokens, seconds=self.result.seconds,
+                    **self.windows.record("eval"))
+
+
+def evaluate_card(
+    model: nn.Module,
+    tokenizer,
+    card: str,
+    seq_len: int,
+    *,
+    data=None,
+    n_windows: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> CardPerplexity:
+    """Perplexity of ``model`` under perplexity card ``card`` at an explicit ``seq_len``.
+
+    The windows come from :func:`workbench.core.protocols.perplexity_windows`; the NLL is
+    :func:`evaluate_perplexity`'s: the mean over every predicted token of every window
+    (``seq_len - 1`` per window). The authors' ``eval_ppl_wikitext`` (locuslab/wanda
+    ``lib/eval.py``) computes ``exp(sum_w mean_nll_w * seq_len / (n * seq_len))``, the same
+    number because every window has the same count.
+
+    Args:
+        model, tokenizer: The model and its tokenizer.
+        card: Perplexity card name (``wikitext2``, ``c4-val``, ``wiki-excerpt``).
+        seq_len: Window length (required).
+        data: File or folder holding the card's file.
+        n_windows, seed: A cut to fewer windows (recorded in the fingerprint).
+        batch_size, progress: As :func:`evaluate_perplexity`.
+    """
+    from workbench.core.protocols import perplexity_windows
+
+    windows = perplexity_windows(card, tokenizer, seq_len, data=data, n_windows=n_windows,
+                                 seed=seed)
+    res = evaluate_perplexity(model, windows.tokens, batch_size=batch_size, progress=progress)
+    return CardPerplexity(result=res, windows=windows)

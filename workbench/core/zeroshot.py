@@ -403,3 +403,220 @@ def build_lastword_task(
 __all__ = ["evaluate_zeroshot", "ZeroShotResult", "load_task_config", "task_path",
            "build_lastword_task", "lastword_examples", "hf_tokenizer", "byte_tokenizer_fast",
            "DEFAULT_TASK", "TASKS_DIR"]
+
+
+# ----------------------------------------------------------------------------- 7-task card
+@dataclass(frozen=True)
+class StandardTask:
+    """One task of the pruning papers' zero-shot set, as lm-eval defines it.
+
+    Attributes:
+        name: lm-eval task name.
+        yaml: The task YAML inside the installed ``lm_eval/tasks`` folder.
+        split: The split lm-eval evaluates (its ``test_split``, else ``validation_split``).
+        dataset: Hub dataset id of lm-eval's ``dataset_path``.
+        hub_file: The split's parquet file in that hub repository (the layout
+            ``datasets`` converts hub datasets to; not checked against the hub here).
+        columns: The columns lm-eval's definition reads (the schema of a local file).
+    """
+
+    name: str
+    yaml: str
+    split: str
+    dataset: str
+    hub_file: str
+    columns: tuple[str, ...]
+
+
+#: The 7-task set of the pruning papers (Wanda, SparseGPT, OWL), 0-shot.
+STANDARD_TASKS = {t.name: t for t in (
+    StandardTask("boolq", "super_glue/boolq/default.yaml", "validation", "aps/super_glue",
+                 "boolq/validation-00000-of-00001.parquet", ("question", "passage", "label")),
+    StandardTask("rte", "glue/rte/default.yaml", "validation", "nyu-mll/glue",
+                 "rte/validation-00000-of-00001.parquet", ("sentence1", "sentence2", "label")),
+    StandardTask("hellaswag", "hellaswag/hellaswag.yaml", "validation", "Rowan/hellaswag",
+                 "data/validation-00000-of-00001.parquet",
+                 ("activity_label", "ctx_a", "ctx_b", "endings", "label")),
+    StandardTask("winogrande", "winogrande/default.yaml", "validation", "allenai/winogrande",
+                 "winogrande_xl/validation-00000-of-00001.parquet",
+                 ("sentence", "option1", "option2", "answer")),
+    StandardTask("arc_easy", "arc/arc_easy.yaml", "test", "allenai/ai2_arc",
+                 "ARC-Easy/test-00000-of-00001.parquet", ("question", "choices", "answerKey")),
+    StandardTask("arc_challenge", "arc/arc_challenge.yaml", "test", "allenai/ai2_arc",
+                 "ARC-Challenge/test-00000-of-00001.parquet",
+                 ("question", "choices", "answerKey")),
+    StandardTask("openbookqa", "openbookqa/openbookqa.yaml", "test", "allenai/openbookqa",
+                 "main/test-00000-of-00001.parquet", ("question_stem", "choices", "answerKey")),
+)}
+
+#: Zero-shot cards: tasks, shots, and which metric each paper reports per task.
+#: Wanda reports ``acc`` for every task (author's answer in locuslab/wanda issue #31:
+#: "In the paper, we report the acc metric"; HellaSwag LLaMA-2-7B acc 57.17 vs acc_norm
+#: 76.00). Which metric OWL reports was not verified: ``None``.
+ZEROSHOT_CARDS = {
+    "zeroshot-7": dict(
+        tasks=tuple(STANDARD_TASKS), num_fewshot=0,
+        reported_metric={"wanda": {t: "acc" for t in STANDARD_TASKS},
+                         "owl": {t: None for t in STANDARD_TASKS}},
+        reference="task list of eval_zero_shot in locuslab/wanda main.py; lm-eval's own "
+                  "task YAMLs"),
+}
+
+_LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def _lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def lm_eval_version() -> str | None:
+    """The installed lm-eval version (``None`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return None
+
+
+def standard_task_file(task: str, data: str | os.PathLike) -> Path:
+    """The local data file of standard task ``task`` under the folder (or file) ``data``.
+
+    Looked for, in order: ``data`` itself when it is a file; ``<data>/<dataset id>/<hub
+    file>``, ``<data>/<hub file>``, ``<data>/<task>.parquet|.jsonl|.json``.
+
+    Raises:
+        ValueError: Unknown task (lists the 7).
+        FileNotFoundError: No file (names the card, the task, the expected names).
+    """
+    if task not in STANDARD_TASKS:
+        raise ValueError(f"task: {task!r} is not in the zero-shot card zeroshot-7; tasks: "
+                         f"{', '.join(STANDARD_TASKS)}")
+    t = STANDARD_TASKS[task]
+    root = Path(data).expanduser()
+    if root.is_file():
+        return root
+    candidates = [root / t.dataset / t.hub_file, root / t.hub_file] + [
+        root / f"{task}{s}" for s in _LOCAL_SUFFIXES]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"card 'zeroshot-7', task {task!r}: no data file in {root}; put the {t.split} split "
+        f"of hub dataset {t.dataset!r} at {root / t.dataset / t.hub_file} (or {root}/{task}"
+        f".jsonl with the columns {list(t.columns)})")
+
+
+def standard_task_config(task: str, data_file: str | os.PathLike) -> dict:
+    """lm-eval's own definition of ``task`` with its data read from ``data_file``.
+
+    The installed YAML (``lm_eval/tasks/<...>.yaml``, its ``include`` and ``!function``
+    hooks resolved by lm-eval's own loader: it is lm-eval's code, not a user file) is kept
+    as it is, except: ``dataset_path`` becomes the local builder of the file (``parquet``
+    or ``json``) with the file as the split lm-eval evaluates, the other splits are
+    dropped (0-shot reads no training docs), and ``acc_norm`` is added to
+    ``metric_list`` where the definition lists only ``acc``, so both are always
+    reported (for winogrande, whose choices share one continuation, they coincide).
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    t = STANDARD_TASKS[task]
+    cfg = dict(load_yaml(_lm_eval_tasks_dir() / t.yaml, resolve_func=True, recursive=True))
+    path = Path(data_file).expanduser().resolve()
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    cfg.pop("tag", None)
+    cfg.update(dataset_path=builder, dataset_name=None,
+               dataset_kwargs={"data_files": {t.split: str(path)}}, training_split=None,
+               validation_split=t.split if t.split == "validation" else None,
+               test_split=t.split if t.split == "test" else None, num_fewshot=0)
+    metrics = [dict(m) for m in cfg.get("metric_list") or [{"metric": "acc"}]]
+    names = {m["metric"] for m in metrics}
+    for name in ("acc", "acc_norm"):
+        if name not in names:
+            metrics.append({"metric": name, "aggregation": "mean", "higher_is_better": True})
+    cfg["metric_list"] = metrics
+    return cfg
+
+
+def evaluate_zeroshot_card(
+    model: nn.Module,
+    tokenizer,
+    data: str | os.PathLike,
+    *,
+    card: str = "zeroshot-7",
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> list[dict]:
+    """The zero-shot card's tasks on the in-memory ``model``, through lm-eval.
+
+    Args:
+        model, tokenizer: A Hugging Face causal LM and its tokenizer.
+        data: Folder holding the tasks' local files (:func:`standard_task_file`).
+        card: Zero-shot card name (``"zeroshot-7"``).
+        tasks: A subset of the card's tasks (default all 7).
+        limit: First ``limit`` examples per task (lm-eval's ``limit``; recorded).
+        batch_size: Requests per forward (lm-eval ``batch_size``).
+
+    Returns:
+        One row per task: ``task, acc, acc_stderr, acc_norm, acc_norm_stderr, n, seconds,
+        reported_metric_wanda, reported_metric_owl, zeroshot_card, num_fewshot, limit,
+        data_file, lm_eval_version, batch_size`` (``seconds`` is the whole run's wall
+        time divided over tasks by example count).
+
+    Raises:
+        ValueError: Unknown card or task; bad ``limit`` / ``batch_size``.
+        FileNotFoundError: A task's data file is missing (named).
+    """
+    if card not in ZEROSHOT_CARDS:
+        raise ValueError(f"card: unknown zero-shot card {card!r}; known: {list(ZEROSHOT_CARDS)}")
+    spec = ZEROSHOT_CARDS[card]
+    tasks = list(spec["tasks"] if tasks is None else tasks)
+    for t in tasks:
+        if t not in spec["tasks"]:
+            raise ValueError(f"tasks: {t!r} is not in card {card!r}; tasks: {list(spec['tasks'])}")
+    if limit is not None:
+        check_range("limit", limit, 1, integer=True)
+    check_range("batch_size", batch_size, 1, integer=True)
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a Hugging Face causal LM (with .config), got "
+                        f"{type(model).__name__}")
+    files = {t: standard_task_file(t, data) for t in tasks}  # all checked before any run
+    hf_tok = hf_tokenizer(tokenizer)
+    _quiet_lm_eval()
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    task_dict = {t: ConfigurableTask(config=standard_task_config(t, files[t])) for t in tasks}
+    was_training = model.training
+    t0 = time.perf_counter()
+    try:
+        lm = HFLM(pretrained=model, tokenizer=hf_tok, batch_size=batch_size)
+        out = evaluate(lm, task_dict, limit=limit, verbosity="ERROR")
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    rows = []
+    counts = {t: int(out.get("n-samples", {}).get(t, {}).get("effective", 0)) for t in tasks}
+    total = max(sum(counts.values()), 1)
+    for t in tasks:
+        raw = out["results"][t]
+        m = {k.split(",")[0]: float(v) for k, v in raw.items()
+             if "," in k and isinstance(v, (int, float))}
+        rows.append(dict(
+            task=t, acc=m.get("acc", float("nan")), acc_stderr=m.get("acc_stderr", float("nan")),
+            acc_norm=m.get("acc_norm", float("nan")),
+            acc_norm_stderr=m.get("acc_norm_stderr", float("nan")), n=counts[t],
+            seconds=seconds * counts[t] / total,
+            reported_metric_wanda=spec["reported_metric"]["wanda"][t],
+            reported_metric_owl=spec["reported_metric"]["owl"][t], zeroshot_card=card,
+            num_fewshot=spec["num_fewshot"], limit=limit, data_file=str(files[t]),
+            lm_eval_version=lm_eval_version(), batch_size=batch_size))
+    return rows
+
+
+__all__ += ["evaluate_zeroshot_card", "standard_task_config", "standard_task_file",
+            "STANDARD_TASKS", "ZEROSHOT_CARDS", "lm_eval_version"]
