@@ -83,3 +83,45 @@ def test_method_options_scope_replaces_the_default_for_unstructured_levels(sweep
     with pytest.raises(ValueError, match="fixes the scope"):
         oneshot_sweep(model, tok, corpus, sparsities=["2:4"],
                       method_options={"magnitude": {"scope": "row"}}, **kw)
+
+
+def test_rows_record_their_protocol(sweep):
+    *_, corpus, dense, df = sweep
+    from workbench.core.protocols import fingerprint
+
+    val = wb.token_blocks(sweep[1], corpus.validation, 32, n_blocks=2, seed=0)
+    assert (df["eval_card"] == "corpus-blocks:lee").all()
+    assert (df["eval_fingerprint"] == str(fingerprint(val))).all()
+    assert (df["eval_ppl_level"] == "token").all() and (df["zeroshot_metric"] == "acc").all()
+    assert (df["calibration_card"] == "corpus-windows:lee").all()
+
+
+def test_sweep_with_cards_equals_fresh_runs_on_the_cards_windows(tmp_path, one_thread):
+    from tests.core.test_protocols import write_c4, write_wikitext
+    from workbench.core import protocols
+
+    model, tok = wb.load_model("tiny-llama", device="cpu", seed=0)
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    write_wikitext(tmp_path, ["Alpha beta gamma delta.", "", "Epsilon zeta eta theta."] * 8)
+    write_c4(tmp_path, "c4-train.00000-of-01024.json.gz",
+             [f"Document {i} " + "words and more words " * (i % 4) for i in range(12)])
+    df = oneshot_sweep(model, tok, None, methods=["wanda"], sparsities=[0.5], seeds=[0, 1],
+                       n_calibration=2, calibration_seq_len=16, n_eval=None, eval_seq_len=32,
+                       batch_size=2, eval_card="wikitext2", calibration_card="c4",
+                       data=tmp_path, progress=False)
+    w = protocols.perplexity_windows("wikitext2", tok, 32, data=tmp_path)
+    assert (df["eval_card"] == "wikitext2").all() and (df["calibration_card"] == "c4").all()
+    assert (df["eval_fingerprint"] == str(w.fingerprint)).all()
+    assert (df["eval_n_blocks"] == w.n_available).all()
+    for seed in (0, 1):
+        cal = protocols.calibration_windows("c4", tok, 16, n_windows=2, seed=seed,
+                                            data=tmp_path).tokens
+        wb.restore(model, dense)
+        wb.prune(model, "wanda", 0.5, calibration_tokens=cal, batch_size=2)
+        row = df[(df.method == "wanda") & (df.seed == seed)].iloc[0]
+        assert row["calibration_hash"] == tensor_hash(cal)
+        assert row["val_ppl"] == pytest.approx(
+            wb.perplexity(model, w.tokens, batch_size=2, progress=False), rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="'wikitext2'.*test-00000-of-00001.parquet"):
+        oneshot_sweep(model, tok, None, methods=["wanda"], eval_card="wikitext2",
+                      calibration_card="c4", data=tmp_path / "nowhere", progress=False)

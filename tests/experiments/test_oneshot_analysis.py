@@ -109,3 +109,15 @@ def test_figure_has_error_bars_per_curve(sweep):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_rows_of_different_protocols_are_not_compared(sweep):
+    *_, df = sweep
+    other = df.copy()
+    other["eval_fingerprint"] = "sha256:" + "0" * 64 + ":62"
+    both = pd.concat([df, other], ignore_index=True)
+    with pytest.raises(ValueError, match="different tokens"):
+        summarize(both)
+    with pytest.raises(ValueError, match="different tokens"):
+        significance(both)
+    assert len(summarize(both, allow_mixed_protocols=True)) == len(summarize(df))

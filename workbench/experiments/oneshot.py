@@ -24,6 +24,14 @@ Choices (stated once):
   allocations (OWL) set per-layer sparsities, which N:M fixes, so N:M patterns run the
   uniform allocation only (the other combinations are skipped, listed in
   ``DataFrame.attrs["skipped"]``).
+* **Protocols** (:mod:`workbench.core.protocols`): ``eval_card`` / ``calibration_card``
+  name the perplexity and calibration cards (``wikitext2`` + ``c4`` as in the papers,
+  their files from ``data``); left ``None``, validation blocks and calibration windows
+  of ``corpus`` are drawn as before, which for ``corpus="wiki-excerpt"`` *is* the
+  ``wiki-excerpt`` card. Every row records its protocol: ``eval_card``,
+  ``eval_fingerprint`` (SHA-256 + count of the evaluated tokens), ``eval_context_length``
+  (the ``seq_len``), ``eval_ppl_level`` (``token``), ``calibration_card``,
+  ``zeroshot_metric`` (``acc``) and ``lm_eval_version``.
 * **Statistics** (summaries, paired tests, findings and the figure) are in
   :mod:`workbench.experiments.oneshot_analysis`: runs are paired by calibration seed,
   perplexity is tested on its logarithm (``val_nll``) and accuracy as is.
@@ -53,6 +61,8 @@ COLUMNS = (
     "eval_n_blocks", "eval_n_tokens", "eval_hash", "eval_seed", "calibration_split",
     "calibration_n", "calibration_seq_len", "calibration_hash", "dtype", "device",
     "torch_version", "transformers_version", "lm_eval_version",
+    "eval_card", "eval_fingerprint", "eval_ppl_level", "eval_n_available", "eval_source",
+    "calibration_card", "zeroshot_metric",
 )
 
 
@@ -129,6 +139,9 @@ def oneshot_sweep(
     model_name: str | None = None,
     dense: bool = True,
     progress: bool = True,
+    eval_card: str | None = None,
+    calibration_card: str | None = None,
+    data: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Prune from the same dense weights for every configuration and seed, and evaluate.
 
@@ -146,6 +159,7 @@ def oneshot_sweep(
         seeds: Calibration seeds (default :func:`default_seeds`).
         n_calibration, calibration_seq_len: Calibration windows per seed and their length.
         n_eval, eval_seq_len: Validation blocks and their length (the context length).
+            With ``eval_card``, ``n_eval=None`` evaluates every window the card defines.
         eval_seed: Seed of the validation block draw (fixed across calibration seeds).
         zeroshot_task: lm-eval task (shipped name or YAML path) or ``None`` for no
             zero-shot accuracy.
@@ -157,6 +171,13 @@ def oneshot_sweep(
         model_name: Name written in the rows (default the model's ``_name_or_path``).
         dense: Add the unpruned model's rows (``method="dense"``, sparsity 0).
         progress: Show a progress bar.
+        eval_card: Perplexity card (:data:`workbench.core.protocols.PERPLEXITY_CARDS`)
+            evaluated instead of ``corpus``' validation split.
+        calibration_card: Calibration card
+            (:data:`workbench.core.protocols.CALIBRATION_CARDS`) drawn instead of
+            ``corpus``' train split (seed ``s`` per calibration seed).
+        data: File or folder holding the cards' files (parquet / json.gz as the hub
+            distributes them).
 
     Returns:
         DataFrame with the :data:`COLUMNS`, one row per (method, allocation, pattern,
@@ -171,12 +192,20 @@ def oneshot_sweep(
     from workbench.pruning.masks import prunable_modules, restore
 
     methods, patterns, seeds, method_options = _check_arguments(
-        methods, sparsities, allocations, seeds, n_calibration, n_eval, batch_size,
+        methods, sparsities, allocations, seeds, n_calibration,
+        1 if (n_eval is None and eval_card is not None) else n_eval, batch_size,
         method_options)
-    text, val, cals = _draw_tokens(tokenizer, corpus, seeds, n_calibration,
-                                   calibration_seq_len, n_eval, eval_seq_len, eval_seed)
-    common = _common_fields(model, model_name, text.name, val, eval_seq_len, eval_seed,
+    text, val, cals, protocol = _draw_tokens(
+        tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n_eval, eval_seq_len,
+        eval_seed, eval_card, calibration_card, data)
+    common = _common_fields(model, model_name, text, val, eval_seq_len, eval_seed,
                             n_calibration, calibration_seq_len, zeroshot_task)
+    common.update(protocol)
+    if eval_card is not None:
+        common["eval_split"] = protocol["eval_source"]
+    if calibration_card is not None:
+        common["calibration_split"] = protocol.pop("_calibration_source")
+    common.pop("_calibration_source", None)
     jobs, skipped = _jobs(methods, allocations, patterns)
     originals = {n: mod.weight.detach().clone() for n, mod in prunable_modules(model).items()}
     run = _Sweep(model, tokenizer, val, cals, common, originals, batch_size, zeroshot_task,
@@ -232,21 +261,61 @@ def _check_arguments(methods, sparsities, allocations, seeds, n_calibration, n_e
 
 
 def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n_eval,
-                 eval_seq_len, eval_seed):
-    """One fixed validation draw and one calibration draw of the train split per seed.
+                 eval_seq_len, eval_seed, eval_card=None, calibration_card=None, data=None):
+    """One fixed evaluation draw and one calibration draw per seed, and their protocol.
+
+    Without cards: the validation split of ``corpus`` (blocks) and windows of its train
+    split. With cards: :func:`workbench.core.protocols.perplexity_windows` /
+    :func:`workbench.core.protocols.calibration_windows`; both are checked (files found,
+    texts long enough) before anything is pruned.
 
     Returns:
-        ``(corpus, validation blocks, {seed: calibration windows})``.
+        ``(corpus name, evaluation tokens, {seed: calibration windows}, protocol columns)``.
     """
     import workbench as wb
+    from workbench.core import protocols
     from workbench.core.data import Corpus, load_corpus
 
-    text = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    val = wb.token_blocks(tokenizer, text.validation, eval_seq_len, n_blocks=n_eval,
-                          seed=eval_seed)
-    cals = {s: wb.calibration_windows(tokenizer, text.train, calibration_seq_len,
-                                      n_calibration, seed=s) for s in seeds}
-    return text, val, cals
+    if eval_card is not None:
+        w = protocols.perplexity_windows(eval_card, tokenizer, eval_seq_len, data=data,
+                                         n_windows=n_eval, seed=eval_seed)
+        val = w.tokens
+        protocol = dict(eval_card=w.card, eval_ppl_level=w.level,
+                        eval_n_available=w.n_available, eval_source=w.source)
+    text = None
+    if eval_card is None or calibration_card is None:
+        text = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
+    if eval_card is None:
+        val = wb.token_blocks(tokenizer, text.validation, eval_seq_len, n_blocks=n_eval,
+                              seed=eval_seed)
+        available = len(token_blocks_ids(tokenizer, text.validation)) // eval_seq_len
+        protocol = dict(eval_card="wiki-excerpt" if text.name == "wiki-excerpt"
+                        else f"corpus-blocks:{text.name}", eval_ppl_level="token",
+                        eval_n_available=available, eval_source=f"{text.name}:validation")
+    protocol["eval_fingerprint"] = str(protocols.fingerprint(val))
+    if calibration_card is not None:
+        drawn = {s: protocols.calibration_windows(calibration_card, tokenizer,
+                                                  calibration_seq_len, n_windows=n_calibration,
+                                                  seed=s, data=data) for s in seeds}
+        cals = {s: d.tokens for s, d in drawn.items()}
+        protocol.update(calibration_card=protocols.calibration_card(calibration_card).name,
+                        _calibration_source=next(iter(drawn.values())).source)
+    else:
+        cals = {s: wb.calibration_windows(tokenizer, text.train, calibration_seq_len,
+                                          n_calibration, seed=s) for s in seeds}
+        protocol["calibration_card"] = ("wiki-excerpt" if text.name == "wiki-excerpt"
+                                        else f"corpus-windows:{text.name}")
+    protocol["zeroshot_metric"] = "acc"
+    name = text.name if text is not None else f"cards:{eval_card}+{calibration_card}"
+    return name, val, cals, protocol
+
+
+def token_blocks_ids(tokenizer, documents) -> list[int]:
+    """The token stream :func:`workbench.core.data.token_blocks` cuts (documents joined by
+    blank lines, no special tokens)."""
+    from workbench.core.protocols import encode
+
+    return encode(tokenizer, "\n\n".join(documents), False)
 
 
 def _common_fields(model, model_name, corpus_name, val, eval_seq_len, eval_seed,

@@ -37,7 +37,7 @@ METRICS = {"val_nll": "lower", "zeroshot_acc": "higher"}
 
 
 # ----------------------------------------------------------------------------- summaries
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, *, allow_mixed_protocols: bool = False) -> pd.DataFrame:
     """Mean ± sd over seeds per curve point (and mean prune seconds).
 
     Perplexity is summarised on its logarithm: ``val_ppl`` is the geometric mean
@@ -49,7 +49,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         One row per ``(method, allocation, pattern, sparsity)``: ``n_seeds, val_ppl,
         val_ppl_gsd, val_nll_mean, val_nll_sd, zeroshot_acc_mean, zeroshot_acc_sd,
         achieved_sparsity, prune_seconds``.
+
+    Raises:
+        ValueError: Rows evaluated on different tokens (``eval_fingerprint`` differs,
+            :func:`workbench.core.protocols.check_same_protocol`) unless
+            ``allow_mixed_protocols``.
     """
+    from workbench.core.protocols import check_same_protocol
+
+    check_same_protocol(df, allow_mixed=allow_mixed_protocols)
     g = df.groupby(list(KEYS), sort=False)
     out = pd.DataFrame({
         "method_label": g["method_label"].first(),
@@ -66,10 +74,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def results_table(df: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+def results_table(df: pd.DataFrame, *, digits: int = 2,
+                  allow_mixed_protocols: bool = False) -> pd.DataFrame:
     """A display table: perplexity (geometric mean ×/÷ geometric sd), accuracy mean ± sd
-    (in %), prune seconds, one row per curve point."""
-    s = summarize(df)
+    (in %), prune seconds, one row per curve point (one protocol: see :func:`summarize`)."""
+    s = summarize(df, allow_mixed_protocols=allow_mixed_protocols)
     out = pd.DataFrame({
         "method": s["method_label"], "allocation": s["allocation"], "pattern": s["pattern"],
         "sparsity": s["sparsity"].round(3),
@@ -157,12 +166,17 @@ def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = 
 
 def significance(df: pd.DataFrame, *, metrics: Sequence[str] = ("val_nll", "zeroshot_acc"),
                  factors: Sequence[str] = FACTORS, alpha: float = 0.05,
-                 test: str = "t", **kwargs: Any) -> pd.DataFrame:
+                 test: str = "t", allow_mixed_protocols: bool = False,
+                 **kwargs: Any) -> pd.DataFrame:
     """:func:`paired_comparisons` for every factor x metric, Holm-corrected as one family.
 
     Metrics with no values (zero-shot not run) and factors absent or with one level are
-    skipped.
+    skipped. Rows evaluated on different tokens are refused (as :func:`summarize`) unless
+    ``allow_mixed_protocols``.
     """
+    from workbench.core.protocols import check_same_protocol
+
+    check_same_protocol(df, allow_mixed=allow_mixed_protocols)
     tables = []
     for factor in factors:
         if factor not in df or df.loc[df["method"] != "dense", factor].nunique() < 2:
