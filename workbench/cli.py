@@ -4,6 +4,7 @@
 ``workbench grid run SPEC``      run (or resume) an experiment grid
 ``workbench grid status SPEC``   show the state of every cell of a grid
 ``workbench pilot``              the main job: the pilot grid, then its analysis notebook
+``workbench reproduce TABLE``    a published table's methods and protocol on a local model
 
 A user error (a bad argument, a missing file, a malformed spec, a notebook parameter the
 notebook rejects) prints one line ``workbench: error: ...`` on stderr and exits with
@@ -127,6 +128,30 @@ def _pilot(args: argparse.Namespace) -> int:
     return 0 if (table["state"] == "done").all() else 1
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    """A published table's methods with its protocol cards on a local model."""
+    from workbench.core import io
+    from workbench.experiments import reproduce
+
+    reproduce.check_reproduce_arguments(  # before the model loads
+        args.table, data=args.data, seq_len=args.seq_len, n_eval=args.n_eval,
+        n_calibration=args.n_calibration, seeds=args.seeds, batch_size=args.batch_size)
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"--model: model folder {model} does not exist")
+    t0 = time.perf_counter()
+    result = reproduce.reproduce(args.table, str(model), data=args.data, seq_len=args.seq_len,
+                                 n_eval=args.n_eval, n_calibration=args.n_calibration,
+                                 seeds=args.seeds, batch_size=args.batch_size)
+    out = Path(args.output).resolve() if args.output else (
+        paths.RUNS_DIR / "reproduce" / args.table)
+    io.write_parquet(out / "rows.parquet", result.rows)
+    io.write_parquet(out / "comparison.parquet", result.comparison)
+    print(result.text())
+    print(f"\nwrote {out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -189,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     pilot = sub.add_parser("pilot", help="the main job: pilot grid + analysis", parents=[debug])
     grid_options(pilot, True)
     pilot.set_defaults(func=_pilot)
+
+    rep = sub.add_parser("reproduce", parents=[debug],
+                         help="a published table's methods and protocol on a local model")
+    rep.add_argument("table", help="published table, e.g. wanda-llama2-7b (data/tables/*.yaml)")
+    rep.add_argument("--model", required=True, help="local model folder")
+    rep.add_argument("--data", default=None,
+                     help="folder holding the protocol cards' files (as the hub distributes "
+                          "them); default: the datasets cache")
+    rep.add_argument("--seq-len", type=_positive_int, default=None,
+                     help="window length (default the table's, e.g. 4096)")
+    rep.add_argument("--n-eval", type=_positive_int, default=None,
+                     help="evaluate only the first N windows (default all)")
+    rep.add_argument("--n-calibration", type=_positive_int, default=None,
+                     help="calibration windows per seed (default the table's, 128)")
+    rep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    rep.add_argument("--batch-size", type=_positive_int, default=8)
+    rep.add_argument("-o", "--output", help="folder for rows.parquet and comparison.parquet")
+    rep.set_defaults(func=_reproduce)
     return parser
 
 
