@@ -39,6 +39,12 @@ output_dir = "data/runs/03_sparsity_sweep"
 figure_name = "03_sparsity_sweep"
 experiment = "03_sparsity_sweep"  # set by the grid runner (workbench grid run <spec>)
 seed = None  # set by the grid runner: this cell's one calibration seed (overrides seeds)
+eval_card = None  # None: corpus' validation blocks; or a protocol card, e.g. "wikitext2"
+calibration_card = None  # None: corpus' train windows; or e.g. "c4"
+data = None  # folder with the cards' files (hub format), e.g. data/datasets
+reproduce_table = None  # e.g. "wanda-llama2-7b": its methods and cards, ours next to theirs
+reproduce_seq_len = 256  # window length of the reproduction (the table's: 4096)
+reproduce_n_eval = 16  # evaluation windows of the reproduction (None: all)
 
 # %%
 import workbench as wb
@@ -53,7 +59,8 @@ results = oneshot.oneshot_sweep(
     lm, tokenizer, corpus, methods=methods, sparsities=sparsities, allocations=allocations,
     seeds=seeds, n_calibration=n_calibration, calibration_seq_len=seq_len, n_eval=n_eval,
     eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task, zeroshot_limit=zeroshot_limit,
-    batch_size=batch_size, model_name=model)
+    batch_size=batch_size, model_name=model, eval_card=eval_card,
+    calibration_card=calibration_card, data=None if data is None else paths.resolve(data))
 results.insert(0, "experiment", experiment)
 out = paths.resolve(output_dir)
 table = oneshot_analysis.significance(results)
@@ -63,7 +70,8 @@ parameters = dict(model=model, corpus=corpus, methods=methods, allocations=alloc
                   sparsities=sparsities, seeds=sorted(set(results["seed"])),
                   n_calibration=n_calibration, seq_len=seq_len, n_eval=n_eval,
                   eval_seq_len=eval_seq_len, zeroshot_task=zeroshot_task,
-                  zeroshot_limit=zeroshot_limit)
+                  zeroshot_limit=zeroshot_limit, eval_card=eval_card,
+                  calibration_card=calibration_card, data=data)
 runs.write_run(out, {"records": results}, summary=dict(findings=oneshot_analysis.findings(table)),
                manifest=dict(seed=seed, parameters=parameters,
                              skipped=results.attrs.get("skipped", [])))
@@ -89,3 +97,26 @@ table[["factor", "baseline", "level_b", "context", "pattern", "level", "metric",
 
 # %%
 print(oneshot_analysis.findings(table))
+
+# %% [markdown]
+# ## Protocol and a published table
+# Every row records its protocol (card, SHA-256 + count fingerprint of the evaluated
+# tokens, seq_len, token-level perplexity, calibration card, zero-shot metric, lm-eval
+# version); rows of different fingerprints are never compared. With `reproduce_table`
+# set, the table's methods run with the table's cards on this model (files from `data`),
+# ours next to theirs with the difference and our calibration-seed spread; a model that
+# is not the table's is labelled.
+
+# %%
+protocol_columns = ["eval_card", "eval_fingerprint", "eval_context_length", "eval_n_blocks",
+                    "eval_ppl_level", "calibration_card", "zeroshot_metric", "lm_eval_version"]
+print(results[protocol_columns].drop_duplicates().to_string(index=False))
+if reproduce_table is not None:
+    from workbench.experiments import reproduce
+
+    reproduction = reproduce.reproduce(
+        reproduce_table, lm, tokenizer, data=None if data is None else paths.resolve(data),
+        seq_len=reproduce_seq_len, n_eval=reproduce_n_eval, n_calibration=n_calibration,
+        seeds=sorted(set(results["seed"])), batch_size=batch_size, model_name=model)
+    io.write_parquet(out / "reproduction.parquet", reproduction.comparison)
+    print(reproduction.text())

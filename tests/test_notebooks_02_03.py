@@ -55,3 +55,26 @@ def test_03_grid_spec_is_valid():
     assert spec.notebook == "03_sparsity_sweep"
     cpu = spec.resolve("cpu")
     assert {e: p["n_calibration"] for e, p in cpu.items()} == {"cal16": 16, "cal64": 64}
+
+
+def test_03_reproduces_a_published_table_on_local_files(tmp_path):
+    from tests.core.test_protocols import write_c4, write_wikitext
+
+    data = tmp_path / "datasets"
+    write_wikitext(data, ["Alpha beta gamma delta.", "", "Epsilon zeta eta theta."] * 8)
+    write_c4(data, "c4-train.00000-of-01024.json.gz",
+             [f"Document {i} " + "words and more words " * (1 + i % 4) for i in range(12)])
+    out = tmp_path / "03r"
+    params = dict(model="tiny-llama", corpus="lee", methods=["wanda"], sparsities=[0.5],
+                  seeds=[0, 1], n_calibration=2, seq_len=16, n_eval=2, eval_seq_len=16,
+                  zeroshot_task=None, batch_size=2, output_dir=str(out),
+                  figure_name="test_03r_sparsity_sweep", eval_card="wikitext2",
+                  calibration_card="c4", data=str(data), reproduce_table="wanda-llama2-7b",
+                  reproduce_seq_len=16, reproduce_n_eval=2)
+    assert set(params) <= set(notebook_parameters("03_sparsity_sweep"))
+    nb = run_notebook("03_sparsity_sweep", tmp_path / "03r.ipynb", params)
+    res = pd.read_parquet(out / runs.RECORDS)
+    assert (res["eval_card"] == "wikitext2").all() and (res["calibration_card"] == "c4").all()
+    rep = pd.read_parquet(out / "reproduction.parquet")
+    assert len(rep) == 10 and rep["theirs"].iloc[0] == 5.12
+    assert "NOT the table's model" in Path(nb).read_text()
