@@ -103,7 +103,12 @@ def report(df: pd.DataFrame) -> pd.DataFrame:
           f"({r['calibration_split']}), validation {r['eval_n_blocks']}x"
           f"{r['eval_context_length']} ({r['eval_n_tokens']} predicted tokens), zero-shot "
           f"{r['zeroshot_task']} ({r['zeroshot_n']} examples); torch {r['torch_version']}, "
-          f"transformers {r['transformers_version']}, lm-eval {r['lm_eval_version']}\n")
+          f"transformers {r['transformers_version']}, lm-eval {r['lm_eval_version']}")
+    if "eval_card" in df:  # rows written before issue 19 have no protocol columns
+        print(f"protocol: eval card {r['eval_card']} ({r['eval_ppl_level']}-level perplexity, "
+              f"fingerprint {r['eval_fingerprint']}), calibration card "
+              f"{r['calibration_card']}, zero-shot metric {r['zeroshot_metric']}")
+    print()
     print(markdown(df))
     table = oneshot_analysis.significance(df)
     print("\n" + oneshot_analysis.findings(table))

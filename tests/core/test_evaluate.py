@@ -74,3 +74,38 @@ def test_default_model_validation_perplexity_is_sane(smollm2):
     blocks = token_blocks(tok, corpus.validation, 128, n_blocks=4, seed=0)
     ppl = perplexity(model, blocks, batch_size=4, progress=False)
     assert 5 < ppl < 60, ppl
+
+
+# ----------------------------------------------------------------------------- by card
+def test_perplexity_by_card_equals_a_brute_force_loop(tiny_llama, tmp_path, one_thread):
+    import math
+
+    from tests.core.test_protocols import write_wikitext
+    from workbench.core import protocols
+    from workbench.core.evaluate import evaluate_card
+    from workbench.core.models import forward_logits
+
+    model, tok = tiny_llama
+    rows = [" = Valkyria = ", "", "Senjo no Valkyria is a game.", "It was released in 2011."]
+    write_wikitext(tmp_path, rows * 6)
+    out = evaluate_card(model, tok, "wikitext2", 32, data=tmp_path, batch_size=3,
+                        progress=False)
+    w = out.windows.tokens
+    total, count, per_window = 0.0, 0, []
+    with torch.no_grad():
+        for k in range(w.shape[0]):
+            logp = torch.log_softmax(forward_logits(model, w[k: k + 1])[0].double(), -1)
+            nll = [-float(logp[i, w[k, i + 1]]) for i in range(31)]
+            total, count = total + sum(nll), count + 31
+            per_window.append(sum(nll) / 31)
+    assert out.result.n_tokens == count == w.shape[0] * 31
+    assert out.result.nll == pytest.approx(total / count, rel=1e-6)
+    # the authors' formula: exp(sum_w mean_w * seq_len / (n * seq_len))
+    wanda = math.exp(sum(m * 32 for m in per_window) / (len(per_window) * 32))
+    assert out.result.perplexity == pytest.approx(wanda, rel=1e-6)
+    rec = out.record()
+    assert rec["eval_card"] == "wikitext2" and rec["eval_seq_len"] == 32
+    assert rec["eval_ppl_level"] == "token"
+    assert rec["eval_fingerprint"] == str(protocols.fingerprint(w))
+
+

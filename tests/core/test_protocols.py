@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import json
-import math
 import random
 
 import numpy as np
@@ -15,8 +14,6 @@ import torch
 from workbench.core import protocols
 from workbench.core.data import calibration_windows as corpus_windows
 from workbench.core.data import load_corpus, token_blocks
-from workbench.core.evaluate import evaluate_card
-from workbench.core.models import forward_logits
 from workbench.core.tokenizers import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -148,31 +145,6 @@ def test_fingerprint_is_sha256_of_int64_tokens_and_their_count():
     assert fp.sha256 == hashlib.sha256(np.arange(1, 7, dtype=np.int64).tobytes()).hexdigest()
     assert fp.n_tokens == 6 and str(fp).endswith(":6")
     assert protocols.fingerprint(t.int()).sha256 == fp.sha256  # dtype-independent
-
-
-def test_perplexity_by_card_equals_a_brute_force_loop(tiny_llama, tmp_path, one_thread):
-    model, tok = tiny_llama
-    rows = [" = Valkyria = ", "", "Senjo no Valkyria is a game.", "It was released in 2011."]
-    write_wikitext(tmp_path, rows * 6)
-    out = evaluate_card(model, tok, "wikitext2", 32, data=tmp_path, batch_size=3,
-                        progress=False)
-    w = out.windows.tokens
-    total, count, per_window = 0.0, 0, []
-    with torch.no_grad():
-        for k in range(w.shape[0]):
-            logp = torch.log_softmax(forward_logits(model, w[k: k + 1])[0].double(), -1)
-            nll = [-float(logp[i, w[k, i + 1]]) for i in range(31)]
-            total, count = total + sum(nll), count + 31
-            per_window.append(sum(nll) / 31)
-    assert out.result.n_tokens == count == w.shape[0] * 31
-    assert out.result.nll == pytest.approx(total / count, rel=1e-6)
-    # the authors' formula: exp(sum_w mean_w * seq_len / (n * seq_len))
-    wanda = math.exp(sum(m * 32 for m in per_window) / (len(per_window) * 32))
-    assert out.result.perplexity == pytest.approx(wanda, rel=1e-6)
-    rec = out.record()
-    assert rec["eval_card"] == "wikitext2" and rec["eval_seq_len"] == 32
-    assert rec["eval_ppl_level"] == "token"
-    assert rec["eval_fingerprint"] == str(protocols.fingerprint(w))
 
 
 def test_rows_with_different_fingerprints_are_refused():
