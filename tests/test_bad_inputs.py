@@ -465,3 +465,42 @@ def test_cli_spec_with_a_yaml_error_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("workbench: error: ") and "broken_spec.yaml" in err, err
 
+
+
+# ----------------------------------------------------------------------------- protocols (issue 19)
+def _protocol_cases():
+    from workbench.core import protocols
+    from workbench.experiments import reproduce
+
+    return [
+        Case("perplexity card unknown", lambda e: protocols.perplexity_windows(
+            "wikitext103", e.tokenizer, 128), ValueError, ("wikitext103", "wikitext2")),
+        Case("perplexity card without seq_len", lambda e: protocols.perplexity_windows(
+            "wikitext2", e.tokenizer, None, data=e.tmp), ValueError, ("seq_len",)),
+        Case("perplexity card file missing", lambda e: protocols.perplexity_windows(
+            "wikitext2", e.tokenizer, 128, data=e.tmp), FileNotFoundError,
+            ("wikitext2", "test-00000-of-00001.parquet")),
+        Case("calibration card unknown", lambda e: protocols.calibration_windows(
+            "c5", e.tokenizer, 128), ValueError, ("calibration_card", "c5", "c4")),
+        Case("calibration card file missing", lambda e: protocols.calibration_windows(
+            "c4", e.tokenizer, 128, data=e.tmp), FileNotFoundError,
+            ("'c4'", "c4-train.00000-of-01024.json.gz")),
+        Case("reproduce unknown table", lambda e: reproduce.load_table("wanda-llama3"),
+             ValueError, ("wanda-llama3", "wanda-llama2-7b")),
+        Case("reproduce seeds repeated", lambda e: reproduce.check_reproduce_arguments(
+            "wanda-llama2-7b", seeds=[0, 0]), ValueError, ("seeds",)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_protocol_bad_input(index, env):
+    _run(_protocol_cases()[index], env)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["reproduce", "nope", "--model", "x"], ("nope", "wanda-llama2-7b")),
+    (["reproduce", "wanda-llama2-7b"], ("--model",)),
+    (["reproduce", "wanda-llama2-7b", "--model", "x", "--seq-len", "0"], ("--seq-len",)),
+])
+def test_cli_reproduce_bad_input(argv, names, capsys):
+    test_cli_bad_input(argv, names, capsys)

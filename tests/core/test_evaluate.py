@@ -78,8 +78,6 @@ def test_default_model_validation_perplexity_is_sane(smollm2):
 
 # ----------------------------------------------------------------------------- by card
 def test_perplexity_by_card_equals_a_brute_force_loop(tiny_llama, tmp_path, one_thread):
-    import math
-
     from tests.core.test_protocols import write_wikitext
     from workbench.core import protocols
     from workbench.core.evaluate import evaluate_card
