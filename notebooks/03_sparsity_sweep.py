@@ -22,23 +22,23 @@
 # Holm over all comparisons).
 
 # %% tags=["parameters"]
-model = "smollm2-135m"
-corpus = "wiki-excerpt"
-methods = ["magnitude", "wanda", "wanda_obs", "sparsegpt"]
-allocations = ["uniform"]
-sparsities = [0.3, 0.5, 0.6, 0.7, "2:4"]
-seeds = None  # None: 3 calibration seeds on CPU, 5 with CUDA
-n_calibration = 32
-seq_len = 128  # calibration window length
-n_eval = 16
-eval_seq_len = 256  # context length of the perplexity evaluation
-zeroshot_task = "wiki_lastword"  # None: no zero-shot accuracy; or a task YAML path
-zeroshot_limit = 100
-batch_size = 8
-output_dir = "data/runs/03_sparsity_sweep"
-figure_name = "03_sparsity_sweep"
-experiment = "03_sparsity_sweep"  # set by the grid runner (workbench grid run <spec>)
-seed = None  # set by the grid runner: this cell's one calibration seed (overrides seeds)
+model = "smollm2-135m"  # type: str
+corpus = "wiki-excerpt"  # type: str
+methods = ["magnitude", "wanda", "wanda_obs", "sparsegpt"]  # type: list[@method]
+allocations = ["uniform"]  # type: list[@allocation]
+sparsities = [0.3, 0.5, 0.6, 0.7, "2:4"]  # type: list[sparsity]
+seeds = None  # type: list[int[0:]]|None  None: 3 calibration seeds on CPU, 5 with CUDA
+n_calibration = 32  # type: int[1:]
+seq_len = 128  # type: int[1:]  calibration window length
+n_eval = 16  # type: int[1:]
+eval_seq_len = 256  # type: int[1:]  context length of the perplexity evaluation
+zeroshot_task = "wiki_lastword"  # type: str|None  None: no zero-shot accuracy; or a task YAML path
+zeroshot_limit = 100  # type: int[1:]|None
+batch_size = 8  # type: int[1:]
+output_dir = "data/runs/03_sparsity_sweep"  # type: str
+figure_name = "03_sparsity_sweep"  # type: str
+experiment = "03_sparsity_sweep"  # type: str  set by the grid runner (workbench grid run <spec>)
+seed = None  # type: int[0:]|None  set by the grid runner: this cell's one calibration seed (overrides seeds)
 
 # %%
 import workbench as wb
