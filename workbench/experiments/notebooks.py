@@ -467,7 +467,9 @@ def describe_beat(record: Mapping[str, Any], now: float | None = None) -> str:
     if record.get("tokens_per_s"):
         parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
     if record.get("task_started"):
-        parts.append(f"elapsed {_clock(now - float(record['task_started']))}")
+        finished = record.get("total") and (record.get("done") or 0) >= record["total"]
+        end = float(record.get("time") or now) if finished else now  # frozen when done
+        parts.append(f"elapsed {_clock(end - float(record['task_started']))}")
     eta = hb.eta_seconds(dict(record), now)
     if eta is not None:
         parts.append(f"ETA {_clock(eta)}")
@@ -548,10 +550,11 @@ class HeartbeatBars:
                 bar = tqdm(total=rec.get("total") or None, initial=rec.get("done0") or 0,
                            unit=rec.get("unit") or "it", position=self.position + i,
                            leave=False, dynamic_ncols=True, smoothing=0,
-                           desc=label or None, bar_format="{l_bar}{bar}| {postfix}")
+                           bar_format="{percentage:3.0f}%|{bar:16}| {desc}")
                 if rec.get("task_started"):
                     bar.start_t = float(rec["task_started"])
                 self._bars[label], self._tasks[label] = bar, task
             if isinstance(rec.get("done"), (int, float)):
                 bar.n = rec["done"]
-            bar.set_postfix_str(describe_beat(rec), refresh=True)
+            text = describe_beat(rec)
+            bar.set_description_str(f"{label}: {text}" if label else text, refresh=True)
