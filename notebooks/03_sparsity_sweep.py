@@ -69,11 +69,15 @@ runs.write_run(out, {"records": results}, summary=dict(findings=oneshot_analysis
                              skipped=results.attrs.get("skipped", [])))
 
 # %% [markdown]
-# Mean ± sd over calibration seeds (perplexity: geometric mean ×/÷ geometric sd), each
-# seed a faint line; dashed: OWL allocation; dotted: the dense model.
+# Top: validation perplexity (geometric mean ×/÷ geometric sd over calibration seeds);
+# bottom: zero-shot accuracy (mean ± sd), when `zeroshot_task` is set. Each seed a faint
+# line; dashed: OWL allocation; grey dashed: the dense model. Each method keeps its colour
+# and marker in every figure (`workbench.experiments.plots.style`); points at one
+# sparsity are offset sideways, the ticks are at the true sparsities. The title names the
+# model, corpus, evaluation protocol, n and profile.
 
 # %%
-fig, axes = oneshot_analysis.plot_oneshot(results, "val_ppl")
+fig, axes = oneshot_analysis.plot_oneshot(results, ["val_ppl", "zeroshot_acc"])
 save_figure(fig, figure_name)
 
 # %%
