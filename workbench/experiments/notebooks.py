@@ -519,7 +519,8 @@ class HeartbeatBars:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
