@@ -2,6 +2,7 @@
 # jupyter:
 #   jupytext:
 #     formats: py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python (workbench)
 #     language: python
@@ -16,13 +17,13 @@
 # gensim, cuts the validation and test splits into token blocks and measures perplexity.
 
 # %% tags=["parameters"]
-model = "smollm2-135m"
-corpus = "wiki-excerpt"
-seq_len = 256
-n_blocks = 16
-batch_size = 4
-seed = 0
-output_dir = "data/runs/quickstart"  # relative paths are read against the project root
+model = "smollm2-135m"  # type: str
+corpus = "wiki-excerpt"  # type: str
+seq_len = 256  # type: int[1:]
+n_blocks = 16  # type: int[1:]  token blocks per split
+batch_size = 4  # type: int[1:]
+seed = 0  # type: int[0:]
+output_dir = "data/runs/quickstart"  # type: str  relative paths are read against the project root
 
 # %%
 import time

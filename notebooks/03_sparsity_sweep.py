@@ -2,6 +2,7 @@
 # jupyter:
 #   jupytext:
 #     formats: py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
 #     display_name: Python (workbench)
 #     language: python
@@ -22,29 +23,29 @@
 # Holm over all comparisons).
 
 # %% tags=["parameters"]
-model = "smollm2-135m"
-corpus = "wiki-excerpt"
-methods = ["magnitude", "wanda", "wanda_obs", "sparsegpt"]
-allocations = ["uniform"]
-sparsities = [0.3, 0.5, 0.6, 0.7, "2:4"]
-seeds = None  # None: 3 calibration seeds on CPU, 5 with CUDA
-n_calibration = 32
-seq_len = 128  # calibration window length
-n_eval = 16
-eval_seq_len = 256  # context length of the perplexity evaluation
-zeroshot_task = "wiki_lastword"  # None: no zero-shot accuracy; or a task YAML path
-zeroshot_limit = 100
-batch_size = 8
-output_dir = "data/runs/03_sparsity_sweep"
-figure_name = "03_sparsity_sweep"
-experiment = "03_sparsity_sweep"  # set by the grid runner (workbench grid run <spec>)
-seed = None  # set by the grid runner: this cell's one calibration seed (overrides seeds)
-eval_card = None  # None: corpus' validation blocks; or a protocol card, e.g. "wikitext2"
-calibration_card = None  # None: corpus' train windows; or e.g. "c4"
-data = None  # folder with the cards' files (hub format), e.g. data/datasets
-reproduce_table = None  # e.g. "wanda-llama2-7b": its methods and cards, ours next to theirs
-reproduce_seq_len = 256  # window length of the reproduction (the table's: 4096)
-reproduce_n_eval = 16  # evaluation windows of the reproduction (None: all)
+model = "smollm2-135m"  # type: str
+corpus = "wiki-excerpt"  # type: str
+methods = ["magnitude", "wanda", "wanda_obs", "sparsegpt"]  # type: list[@method]
+allocations = ["uniform"]  # type: list[@allocation]
+sparsities = [0.3, 0.5, 0.6, 0.7, "2:4"]  # type: list[sparsity]
+seeds = None  # type: list[int[0:]]|None  None: 3 calibration seeds on CPU, 5 with CUDA
+n_calibration = 32  # type: int[1:]
+seq_len = 128  # type: int[1:]  calibration window length
+n_eval = 16  # type: int[1:]
+eval_seq_len = 256  # type: int[1:]  context length of the perplexity evaluation
+zeroshot_task = "wiki_lastword"  # type: str|None  None: no zero-shot accuracy; or a task YAML path
+zeroshot_limit = 100  # type: int[1:]|None
+batch_size = 8  # type: int[1:]
+output_dir = "data/runs/03_sparsity_sweep"  # type: str
+figure_name = "03_sparsity_sweep"  # type: str
+experiment = "03_sparsity_sweep"  # type: str  set by the grid runner (workbench grid run <spec>)
+seed = None  # type: int[0:]|None  set by the grid runner: this cell's one calibration seed (overrides seeds)
+eval_card = None  # type: str|None  None: corpus' validation blocks; or a protocol card, e.g. "wikitext2"
+calibration_card = None  # type: str|None  None: corpus' train windows; or e.g. "c4"
+data = None  # type: str|None  folder with the cards' files (hub format), e.g. data/datasets
+reproduce_table = None  # type: str|None  e.g. "wanda-llama2-7b": its methods and cards, ours next to theirs
+reproduce_seq_len = 256  # type: int[1:]  window length of the reproduction (the table's: 4096)
+reproduce_n_eval = 16  # type: int[1:]|None  evaluation windows of the reproduction (None: all)
 
 # %%
 import workbench as wb
@@ -77,11 +78,15 @@ runs.write_run(out, {"records": results}, summary=dict(findings=oneshot_analysis
                              skipped=results.attrs.get("skipped", [])))
 
 # %% [markdown]
-# Mean ± sd over calibration seeds (perplexity: geometric mean ×/÷ geometric sd), each
-# seed a faint line; dashed: OWL allocation; dotted: the dense model.
+# Top: validation perplexity (geometric mean ×/÷ geometric sd over calibration seeds);
+# bottom: zero-shot accuracy (mean ± sd), when `zeroshot_task` is set. Each seed a faint
+# line; dashed: OWL allocation; grey dashed: the dense model. Each method keeps its colour
+# and marker in every figure (`workbench.experiments.plots.style`); points at one
+# sparsity are offset sideways, the ticks are at the true sparsities. The title names the
+# model, corpus, evaluation protocol, n and profile.
 
 # %%
-fig, axes = oneshot_analysis.plot_oneshot(results, "val_ppl")
+fig, axes = oneshot_analysis.plot_oneshot(results, ["val_ppl", "zeroshot_acc"])
 save_figure(fig, figure_name)
 
 # %%

@@ -14,7 +14,7 @@ def test_02_importance_runs(tmp_path):
     out = tmp_path / "02"
     params = dict(model="tiny-llama", corpus="lee", cal_windows=2, cal_seq_len=32,
                   batch_size=2, kinds=["magnitude", "taylor", "wanda"], output_dir=str(out),
-                  figure_name="test_02_importance_overlap")
+                  figure_name=str(tmp_path / "figures" / "02_importance_overlap"))
     assert set(params) <= set(notebook_parameters("02_importance"))
     run_notebook("02_importance", tmp_path / "02.ipynb", params)
     overlap = pd.read_parquet(out / "overlap.parquet").set_index("kind")
@@ -31,7 +31,7 @@ def test_03_sparsity_sweep_runs(tmp_path):
                   allocations=["uniform"], sparsities=[0.5, "2:4"], seeds=[0, 1],
                   n_calibration=2, seq_len=16, n_eval=2, eval_seq_len=32,
                   zeroshot_task="wiki_lastword", zeroshot_limit=3, batch_size=2,
-                  output_dir=str(out), figure_name="test_03_sparsity_sweep")
+                  output_dir=str(out), figure_name=str(tmp_path / "figures" / "03_sweep"))
     assert set(params) <= set(notebook_parameters("03_sparsity_sweep"))
     nb = run_notebook("03_sparsity_sweep", tmp_path / "03.ipynb", params)
     assert runs.is_complete(out)
@@ -44,8 +44,11 @@ def test_03_sparsity_sweep_runs(tmp_path):
     sig = pd.read_parquet(out / "significance.parquet")
     assert set(sig["metric"]) <= {"val_nll", "zeroshot_acc"} and len(sig) >= 2
     text = Path(nb).read_text()
-    assert "paired comparisons over n = 2 calibration seeds" in text
-    assert (paths.FIGURES_DIR / "test_03_sparsity_sweep.png").is_file()
+    # n = 2 seeds: reported as not testable, with the reason, and no p-value
+    assert "paired comparisons, not testable: n = 2 calibration seeds" in text
+    assert sig["p_holm"].isna().all() and not sig["significant"].any()
+    assert (tmp_path / "figures" / "03_sweep.png").is_file()  # only the temporary folder
+    assert not list(paths.FIGURES_DIR.glob("*03_sweep*"))
 
 
 def test_03_grid_spec_is_valid():

@@ -97,7 +97,13 @@ def _grid_status(args: argparse.Namespace) -> int:
     table = grid.status(args.spec, _profile(args.profile), args.runs_dir)
     with pd.option_context("display.max_rows", 500, "display.width", 160,
                            "display.max_colwidth", 60):
-        print(table[["experiment", "seed", "state", "seconds", "error"]].to_string(index=False))
+        shown = table[["experiment", "seed", "state", "seconds", "round", "step", "elapsed",
+                       "heartbeat", "doing", "error"]].copy()
+        shown["elapsed"] = [None if v is None or v != v else f"{v / 60:.1f} min"
+                            for v in shown["elapsed"]]
+        shown["heartbeat"] = [None if v is None or v != v else f"{v:.0f} s ago"
+                              for v in shown["heartbeat"]]
+        print(shown.fillna("").to_string(index=False))
     counts = table["state"].value_counts().to_dict()
     print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           f"of {len(table)} cells in {table['directory'].iloc[0].rsplit('/', 2)[0]}")
@@ -247,6 +253,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _notebook_error(exc: BaseException) -> tuple[str, int] | None:
     """Message and exit status for a failure inside a notebook run by papermill."""
+    if "papermill" not in sys.modules:  # no notebook ran: do not import papermill (slow)
+        return None
     try:
         from papermill.exceptions import PapermillExecutionError
     except ImportError:  # pragma: no cover

@@ -281,7 +281,19 @@ def run_check(out_dir: Path, notebook: str = "00_quickstart", as_is: bool = Fals
             time.sleep(1.0)
             page.screenshot(out_dir / "ran.png")
         findings["prompts"] = prompts
+        # Save (Ctrl+S, as a user does after running): the tracked text file must come back
+        # byte-identical (no jupytext version header, issue 20).
+        target = scratch / "notebooks" / name
+        before = target.stat().st_mtime_ns
+        for kind in ("keyDown", "keyUp"):
+            page.call("Input.dispatchKeyEvent", type=kind, key="s", code="KeyS",
+                      modifiers=2, windowsVirtualKeyCode=83)
+        findings["saved"] = bool(wait_for(lambda: target.stat().st_mtime_ns != before, 30,
+                                          "the notebook to be saved"))
+        findings["identical_after_save"] = target.read_text(encoding="utf-8") == source
         page.close()
+        if not findings["identical_after_save"]:
+            raise CheckFailed(f"saving {name} in JupyterLab changed the file")
 
         runs = scratch / "data" / "runs"
         outputs = sorted(str(p.relative_to(scratch)) for p in runs.rglob("*")

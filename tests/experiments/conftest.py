@@ -6,6 +6,17 @@ import torch
 import workbench as wb
 from workbench.experiments.oneshot import oneshot_sweep
 
+@pytest.fixture(autouse=True)
+def figures_in_tmp(tmp_path, monkeypatch):
+    """Figures saved without a folder go to the test's temporary folder, never to the
+    project's ``figures/`` (``save_figure`` reads ``paths.FIGURES_DIR`` when called)."""
+    from workbench.core import paths
+
+    folder = tmp_path / "figures"
+    monkeypatch.setattr(paths, "FIGURES_DIR", folder)
+    return folder
+
+
 SIZES = dict(n_calibration=2, calibration_seq_len=16, n_eval=2, eval_seq_len=32, batch_size=2)
 
 

@@ -102,24 +102,98 @@ def test_fisher_comparison(tmp_path):
         plots.plot_fisher_comparison(np.ones(3), np.ones(4))
 
 
-def test_colours_come_from_the_registry_and_the_spec():
+def test_colours_follow_names_not_order():
     from workbench.experiments import specs
-    from workbench.pruning.registry import METHODS
+    from workbench.pruning.registry import METHODS, SCORE_KINDS
 
+    # registered methods: fixed, distinct palette slots; labels from the registry
+    names = list(METHODS.names()) + [k for k in SCORE_KINDS.names() if k not in METHODS]
+    colours = [plots.style(n).color for n in names]
+    assert len(set(colours)) == len(colours) and set(colours) <= set(plots.PALETTE)
     for entry in METHODS:
-        assert plots.method_style(entry.name) == (entry.props["color"], entry.props["label"])
+        assert "color" not in entry.props  # colours are not registry data
+        assert plots.method_style(entry.name) == (plots.style(entry.name).color,
+                                                  entry.props["label"])
     with pytest.raises(ValueError, match="wanda"):
         plots.method_style("no-such-method")
+    # any other name: the same look in every figure, whatever the order or the subset
+    a = plots.experiment_styles(["A2", "B2", "C2"])
+    b = plots.experiment_styles(["C2", "B2"])
+    assert a["B2"] == b["B2"] and a["C2"] == b["C2"]
+    assert plots.style("B2") == plots.style("B2")
+    # the digest is fixed text -> slot (independent reference: sha1 by hand)
+    import hashlib
+    h = int(hashlib.sha1(b"B2").hexdigest(), 16)
+    slots = [c for c in plots.PALETTE if c != "#000000"]
+    assert plots.style("B2").color == slots[h % len(slots)]
     raw = {"name": "s", "notebook": "nb", "experiments": {
         "B2": {"label": "baseline", "color": "#123456"}, "C2": {}, "ctl": {"reference": True},
         "A2": {}}}
     spec = specs.parse_spec(raw)
     st = plots.experiment_styles(["A2", "B2", "C2", "ctl"], spec)
     assert st["B2"] == ("#123456", "baseline")  # the spec's keys win
-    # palette by position in the spec (controls excluded), not by name or hash
-    assert st["C2"] == (plots.PALETTE[1], "C2") and st["A2"] == (plots.PALETTE[2], "A2")
+    assert st["C2"] == (plots.style("C2").color, "C2")
     assert st["ctl"][0] == plots.REFERENCE_COLOR
-    assert plots.experiment_styles(["Z", "Y"])["Y"][0] == plots.PALETTE[1]
+    assert plots.style("wanda/owl").color == plots.style("wanda").color
+    assert plots.style("wanda/owl").linestyle == "--"
+
+
+def test_identical_curves_stay_distinguishable(runs):
+    df, _ = runs
+    twin = df[df.experiment == "B2"].assign(experiment="B2-copy")
+    fig, ax = plots.plot_sparsity_curve(pd.concat([df, twin]), "val_ppl")
+    curves = {c.get_label().split(" (")[0]: c.lines[0] for c in ax.containers}
+    one, two = curves["B2"], curves["B2-copy"]
+    assert np.allclose(np.asarray(one.get_ydata(), float), np.asarray(two.get_ydata(), float))
+    assert (one.get_marker(), one.get_linestyle(), one.get_color()) != (
+        two.get_marker(), two.get_linestyle(), two.get_color())
+    assert one.get_markerfacecolor() == "none"  # hollow: the one below shows through
+    assert ax.get_legend().get_title().get_text() == (
+        "bars: geometric mean ×/÷ geometric sd over seeds")
+    plt.close(fig)
+
+
+def test_importing_plots_changes_no_setting_and_save_applies_the_style(runs, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib as m; before = dict(m.rcParams); "
+            "import workbench.experiments.plots; "
+            "print(sorted(k for k in before if before[k] != m.rcParams[k]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip() == "[]", res.stderr
+    df, _ = runs
+    fig, ax = plots.plot_sparsity_curve(df, "val_ppl")
+    assert ax.get_yscale() == "log"
+    check_saved(fig, "style", tmp_path)
+    assert not ax.spines["top"].get_visible()
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+    assert [t for t in labels if t], labels
+    assert not [t for t in labels if "times" in t or "^" in t or "\\" in t], labels
+    for t in labels:
+        if t:
+            float(t)  # plain numbers
+
+
+def test_sweep_figure_true_sparsity_and_zero_shot(sweep, tmp_path):
+    from workbench.experiments import oneshot_analysis as oa
+
+    *_, df = sweep
+    df = df.assign(zeroshot_acc=0.25 + 0.1 * df["sparsity"] + 0.01 * df["seed"])
+    fig, rows = oa.plot_oneshot(df, ["val_ppl", "zeroshot_acc"])
+    assert len(rows) == 2  # perplexity and zero-shot accuracy
+    ax = rows[0][0]
+    assert list(ax.get_xticks()) == [0.5] and ax.get_xticklabels()[0].get_text() == "50%"
+    xs = [x for c in ax.containers for x in c.lines[0].get_xdata()]
+    assert xs and all(abs(x - 0.5) <= 0.01 + 1e-9 for x in xs)  # offset by at most 1 point
+    lo, hi = ax.get_xlim()
+    assert hi - lo >= 0.1  # the offsets are small beside the axis
+    title = fig._suptitle.get_text()
+    for part in (df["model"].iloc[0], "lee", "n = 2 calibration seeds", "profile: none"):
+        assert part in title, title
+    assert "zeroshot_acc: mean ± sd over seeds" in fig.legends[0].get_title().get_text()
+    check_saved(fig, "sweep", tmp_path)
 
 
 def test_controls_are_reference_lines(runs):

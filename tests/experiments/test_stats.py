@@ -125,3 +125,12 @@ def test_compare_factor_bad_arguments(runs):
     with pytest.raises(ValueError, match="round"):
         stats.compare_factor(runs, "init", "val_ppl", at="step")
     assert stats.compare_factor(runs, "scope", "val_ppl").empty
+
+
+def test_below_three_pairs_is_not_testable():
+    """n = 2: the means are given, no p-value, and the note says why (issue 20)."""
+    res = stats.paired_test([1.0, 2.0], [1.5, 2.7])
+    assert res["n"] == 2 and res["mean_diff"] == pytest.approx(0.6)
+    assert np.isnan(res["p_t"]) and np.isnan(res["p_wilcoxon"]) and np.isnan(res["d_z"])
+    assert "not testable: n=2 pairs < 3" in res["note"]
+    assert not np.isnan(stats.paired_test([1.0, 2.0, 3.0], [1.5, 2.7, 3.2])["p_t"])

@@ -43,6 +43,9 @@ from workbench.experiments import runs
 STATES = ("done", "running", "interrupted", "failed", "incomplete", "pending")
 #: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
 KERNEL_RUNTIME_DIR = ".jupyter-runtime"
+#: The cell's heartbeat file, rewritten by the kernel while it works
+#: (:mod:`workbench.core.heartbeat`); kept after the cell ends (its last state).
+HEARTBEAT = "heartbeat.json"
 
 
 def cell_state(directory: str | os.PathLike) -> str:
@@ -186,3 +189,57 @@ def kernel_files_in(directory: str | os.PathLike) -> Iterator[Path]:
         else:
             os.environ["JUPYTER_RUNTIME_DIR"] = previous_env
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_heartbeat(directory: str | os.PathLike) -> dict[str, Any]:
+    """The cell's last heartbeat record (:mod:`workbench.core.heartbeat`), ``{}`` if none."""
+    import json
+
+    try:
+        return json.loads((Path(directory) / HEARTBEAT).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def progress_fields(directory: str | os.PathLike, now: float | None = None) -> dict[str, Any]:
+    """What ``grid status`` shows of a cell's work: ``round`` (``"2/5"``), ``step``
+    (``"40/100"``), ``elapsed`` (seconds since the attempt started, from ``status.json``),
+    ``heartbeat`` (seconds since the kernel's last beat) and ``doing`` (the beat's item,
+    tokens/s and ETA as text). Missing values are ``None``."""
+    from workbench.core.heartbeat import eta_seconds
+
+    now = time.time() if now is None else now
+    st, hb = read_status(directory), read_heartbeat(directory)
+    started = _parse_utc(st.get("started"))
+    out: dict[str, Any] = {"round": None, "step": None, "elapsed": None, "heartbeat": None,
+                           "doing": None}
+    if st.get("status") == "running" and started is not None:
+        out["elapsed"] = round(now - started)
+    if not hb or (started is not None and float(hb.get("time", 0)) < started - 1):
+        return out  # no beat yet in this attempt
+    if hb.get("round") is not None:
+        out["round"] = f"{hb['round']}/{hb.get('n_rounds', '?')}"
+    if hb.get("step") is not None:
+        out["step"] = f"{hb['step']}/{hb.get('steps', '?')}"
+    elif hb.get("done") is not None and hb.get("total"):
+        out["step"] = f"{hb['done']}/{hb['total']} {hb.get('unit') or ''}".strip()
+    if hb.get("time"):
+        out["heartbeat"] = round(now - float(hb["time"]))
+    doing = [str(hb.get("item") or hb.get("task") or "")]
+    if hb.get("tokens_per_s"):
+        doing.append(f"{hb['tokens_per_s']:,.0f} tok/s")
+    eta = eta_seconds(hb, now) if st.get("status") == "running" else None
+    if eta is not None:
+        doing.append(f"ETA {eta / 60:.1f} min")
+    out["doing"] = ", ".join(d for d in doing if d) or None
+    return out
+
+
+def _parse_utc(text: Any) -> float | None:
+    """Unix time of a ``YYYY-MM-DDTHH:MM:SSZ`` string (:func:`utc_now`), else ``None``."""
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None

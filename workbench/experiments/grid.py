@@ -42,12 +42,15 @@ import pandas as pd
 
 from workbench.core import io, paths
 from workbench.experiments import notebooks, runs
-from workbench.experiments.cell_state import (cell_state, clean_cell, kernel_files_in,
-                                              owner_record, read_status, refresh_state,
-                                              utc_now)
+from workbench.experiments.cell_state import (HEARTBEAT, cell_state, clean_cell,
+                                              kernel_files_in, owner_record, progress_fields,
+                                              read_status, refresh_state, utc_now)
 from workbench.experiments.specs import Spec, load_spec
 
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
+#: Columns of :func:`status` read from a cell's heartbeat
+#: (:func:`workbench.experiments.cell_state.progress_fields`).
+PROGRESS_COLUMNS = ("round", "step", "elapsed", "heartbeat", "doing")
 
 
 @dataclass
@@ -128,10 +131,11 @@ def status(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
                      "seconds": st.get("seconds"), "error": st.get("error"),
                      "notebook": st.get("notebook"), "directory": str(c.directory),
                      "resumed": st.get("resumed"),
-                     "interrupted_found": st.get("interrupted_found")})
+                     "interrupted_found": st.get("interrupted_found"),
+                     **progress_fields(c.directory)})
     return pd.DataFrame(rows, columns=["experiment", "seed", "state", "seconds", "error",
                                        "notebook", "directory", "resumed",
-                                       "interrupted_found"])
+                                       "interrupted_found", *PROGRESS_COLUMNS])
 
 
 def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int | None = None,
@@ -176,7 +180,8 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
     try:
         with kernel_files_in(d):
             notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
-                                   kernel_name=kernel_name, timeout=timeout)
+                                   kernel_name=kernel_name, timeout=timeout,
+                                   heartbeat=d / HEARTBEAT)
         problem = runs.completion_problem(d)
         if problem is not None:
             raise RuntimeError(f"the notebook finished but the run is not complete: {problem}")
@@ -252,8 +257,8 @@ def run_grid(
     spec = load_spec(spec)
     cells = plan(spec, profile, runs_dir)
     # Names checked against the parameters cell before anything runs (papermill only warns).
-    names = set().union(*(c.parameters for c in cells))
-    notebooks.check_parameters(spec.notebook, dict.fromkeys(names))
+    for c in cells:  # names and declared types, each cell's values
+        notebooks.check_parameters(spec.notebook, c.parameters)
     logger = _mlflow_logger(mlflow, spec.name) if mlflow else None
 
     root = spec.runs_dir(profile, runs_dir)
@@ -286,6 +291,11 @@ def run_grid(
             bar.set_postfix_str(f"last {cell.experiment}/seed{cell.seed}, failed {failed}")
 
     kwargs = dict(kernel_name=kernel_name, timeout=timeout)
+    watcher = None
+    if progress:  # the work inside the running cells, from their heartbeat files
+        watcher = notebooks.HeartbeatBars(lambda: {
+            f"{c.experiment}/seed{c.seed}": Path(c.directory) / HEARTBEAT for c in todo
+            if read_status(c.directory).get("status") == "running"}, position=1).start()
     try:
         if executor == "local" and jobs == 1:
             for cell in todo:
@@ -299,6 +309,8 @@ def run_grid(
             _run_submitit(todo, jobs, finished, executor, root / runs.SUBMITIT_DIR, params,
                           timeout=timeout, kernel_name=kernel_name, cells=cells)
     finally:
+        if watcher is not None:
+            watcher.stop()
         if bar is not None:
             bar.close()
     return status(spec, profile, runs_dir)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_range
+from workbench.core import heartbeat
 
 #: Columns every row of :func:`oneshot_sweep` has, in order.
 COLUMNS = (
@@ -213,10 +214,13 @@ def oneshot_sweep(
     rows: list[dict] = []
     bar = tqdm(total=len(jobs) * len(seeds) + bool(dense), desc="one-shot sweep",
                disable=not progress)
+    heartbeat.start("one-shot sweep", total=bar.total, unit="model",
+                    item="dense model" if dense else "")
     try:
         if dense:
             rows += run.dense_rows(seeds)
             bar.update(1)
+            heartbeat.beat(force=True, done=bar.n)
         for job in jobs:
             rows += run.job_rows(*job, seeds, bar)
     finally:
@@ -429,7 +433,10 @@ class _Sweep:
                 rows.append(dict(rows[-1], seed=seed,
                                  calibration_hash=tensor_hash(self.cals[seed])))
                 bar.update(1)
+                heartbeat.beat(done=bar.n)
                 continue
+            heartbeat.beat(force=True, item=f"{method} {allocation} {label} seed {seed}",
+                           done=bar.n)
             res = self.prune_fresh(method, allocation, s, scope, seed)
             rows.append(dict(self.common, **self.evaluate(), method=method,
                              method_label=entry.props["label"] or method,
@@ -440,6 +447,7 @@ class _Sweep:
                              prune_seconds=res.info["seconds"],
                              calibration_hash=tensor_hash(self.cals[seed])))
             bar.update(1)
+            heartbeat.beat(force=True, done=bar.n)
         return rows
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -203,6 +204,12 @@ def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
     if table is None or len(table) == 0:
         return "No paired comparisons (need two methods or allocations with shared seeds)."
     n = int(table["n"].min())
+    if int(table["n"].max()) < stats.MIN_TEST_N:
+        return (f"{len(table)} paired comparisons, not testable: n = {n} calibration "
+                f"seeds per comparison, fewer than {stats.MIN_TEST_N} (a paired t-test on "
+                f"{n} pairs has {max(n - 1, 0)} degree(s) of freedom and the exact Wilcoxon "
+                f"test cannot go below p = {stats.wilcoxon_min_p(n):.2g}); no p-values are "
+                "reported. Run with seeds=[0, 1, 2] or more.")
     sig = table[table["significant"].astype(bool)]
     parts = []
     for _, r in sig.iterrows():
@@ -246,63 +253,115 @@ def curve_style(method: str, allocation: str) -> tuple[str, str]:
     return c, lab if allocation == "uniform" else f"{lab} + {allocation.upper()}"
 
 
-def plot_oneshot(df: pd.DataFrame, metric: str = "val_ppl", *, axes=None, seeds: bool = True):
-    """Metric vs sparsity, mean ± sd over seeds with the seeds overlaid, per method.
+def sweep_title(df: pd.DataFrame, profile: str | None = None) -> str:
+    """Figure title of a sweep: model, corpus and evaluation protocol, zero-shot task and
+    its n, calibration seeds n, and the profile (``None``: a direct notebook run)."""
+    first = df.iloc[0]
+    parts = [f"{first.get('model', '?')}",
+             f"{first.get('corpus', '?')}: val ppl on {first.get('eval_n_blocks', '?')} x "
+             f"{first.get('eval_context_length', '?')} tokens"]
+    if "zeroshot_n" in df and df["zeroshot_n"].max() > 0:
+        task = os.path.basename(str(first.get("zeroshot_task") or "zero-shot"))
+        parts.append(f"{task} n = {int(df['zeroshot_n'].max())} examples")
+    parts.append(f"n = {df['seed'].nunique()} calibration seeds x "
+                 f"{first.get('calibration_n', '?')} windows of "
+                 f"{first.get('calibration_seq_len', '?')}")
+    parts.append(f"profile {profile}" if profile else "profile: none (notebook run)")
+    return " · ".join(parts)
 
-    One panel for the unstructured curves and one per N:M pattern, drawn by
-    :func:`workbench.experiments.plots.plot_sparsity_curve` (perplexity: geometric mean
-    ×/÷ geometric sd) with the methods' registered colours (:func:`curve_style`);
+
+def plot_oneshot(df: pd.DataFrame, metric: str | Sequence[str] = "val_ppl", *, axes=None,
+                 seeds: bool = True, title: str | None = None, profile: str | None = None):
+    """Metrics vs sparsity, mean ± sd over seeds with the seeds overlaid, per method.
+
+    One row per metric (``metric`` may be a list, e.g. ``["val_ppl", "zeroshot_acc"]``;
+    metrics with no values are left out), one column for the unstructured curves and one
+    per N:M pattern, drawn by :func:`workbench.experiments.plots.plot_sparsity_curve`
+    (perplexity: geometric mean ×/÷ geometric sd; accuracy: mean ± sd) with each method's
+    fixed look (:func:`workbench.experiments.plots.style`: colour, marker, line style);
     non-uniform allocations (OWL) are dashed; the dense model is a reference line.
 
+    Curves at one sparsity are offset sideways a little so their error bars stay apart;
+    the x ticks are at the true sparsities (the offset is a drawing aid only, stated in
+    the axis label).
+
+    Args:
+        df: Rows of :func:`workbench.experiments.oneshot.oneshot_sweep`.
+        metric: One metric or a list of them (rows of panels).
+        axes: Axes array ``[rows][cols]`` to draw into (a new figure when ``None``).
+        seeds: Overlay each seed as a faint line.
+        title: Figure title (default :func:`sweep_title`).
+        profile: Profile named in the default title.
+
     Returns:
-        ``(fig, axes)``.
+        ``(fig, axes)``: ``axes`` is a flat list for one metric, else a list of rows.
     """
     import matplotlib.pyplot as plt
 
-    from workbench.experiments.plots import plot_sparsity_curve
+    from workbench.experiments.plots import bar_meaning, plot_sparsity_curve
 
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    metrics = [m for m in metrics if m in df and df[m].notna().any()] or metrics[:1]
     pruned = df[df["method"] != "dense"]
     panels = sorted(set(pruned["pattern"]), key=lambda p: (p != "unstructured", p))
     if axes is None:
         widths = [3.2 if p == "unstructured" else 1.4 for p in panels]
-        fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1.0, 3.4),
+        fig, grid = plt.subplots(len(metrics), len(panels),
+                                 figsize=(sum(widths) + 1.0, 3.0 * len(metrics) + 0.4),
                                  gridspec_kw=dict(width_ratios=widths), squeeze=False,
-                                 sharey=True)
-        axes = list(axes[0])
-    fig = axes[0].figure
+                                 sharey="row")
+        rows = [list(r) for r in grid]
+    else:
+        rows = [list(r) for r in (axes if isinstance(axes[0], (list, tuple, np.ndarray))
+                                  else [axes])]
+    fig = rows[0][0].figure
     data = df.assign(round=df["sparsity"], curve=df["method"] + "/" + df["allocation"])
     styles = {k: curve_style(*k.split("/", 1)) for k in data["curve"].unique()}
-    # dodge the curves sideways a little so that error bars at one sparsity stay apart
+    # offset the curves sideways a little so that error bars at one sparsity stay apart
     order = {k: i for i, k in enumerate(sorted(styles))}
-    width = 0.004 if len(set(data["sparsity"])) > 2 else 0.01
+    true_x = sorted(set(pruned.loc[pruned["pattern"] == "unstructured", "sparsity"]))
+    gaps = np.diff(true_x) if len(true_x) > 1 else np.array([0.5])
+    width = min(0.01, 0.25 * float(gaps.min()) / max(len(order), 1))
     data["sparsity"] = data["sparsity"] + [
         0.0 if k.startswith("dense/") else width * (order[k] - (len(order) - 1) / 2)
         for k in data["curve"]]
     dense_keys = [k for k in styles if k.startswith("dense/")]
-    for ax, pattern in zip(axes, panels):
-        part = data[(data["pattern"] == pattern) | (data["method"] == "dense")]
-        plot_sparsity_curve(part, metric, x="sparsity", hue="curve", ax=ax, seeds=seeds,
-                            styles=styles, references=dense_keys,
-                            logy="ppl" in metric, title=pattern)
-        dashed = {styles[k][1] for k in styles if not k.endswith("/uniform")}
-        for cont in ax.containers:
-            if str(cont.get_label()).split(" (n=")[0] in dashed:
-                cont.lines[0].set_linestyle("--")
-        if ax is not axes[0]:
-            ax.set_ylabel("")
-        if pattern != "unstructured":
-            ax.set_xlabel("")
-            ax.set_xticks([float(part.loc[part["pattern"] == pattern, "round"].iloc[0])])
-        ax.legend().remove()
-    handles, labels = axes[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    for ax in axes[1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
+    for r, (m, row) in enumerate(zip(metrics, rows)):
+        for ax, pattern in zip(row, panels):
+            part = data[(data["pattern"] == pattern) | (data["method"] == "dense")]
+            plot_sparsity_curve(part, m, x="sparsity", hue="curve", ax=ax, seeds=seeds,
+                                styles=styles, references=dense_keys,
+                                logy="ppl" in m, title=pattern if r == 0 else None)
+            if ax is not row[0]:
+                ax.set_ylabel("")
+            pad = max(0.05, 0.5 * float(gaps.min()))  # the offsets stay small beside it
+            if pattern != "unstructured":
+                x0 = float(part.loc[part["pattern"] == pattern, "round"].iloc[0])
+                ax.set_xticks([x0])
+                ax.set_xticklabels([pattern])
+                ax.set_xlim(x0 - pad, x0 + pad)
+                ax.set_xlabel("")
+            else:
+                ax.set_xlim(min(true_x) - pad, max(true_x) + pad)
+                ax.set_xticks(true_x)
+                ax.set_xticklabels([f"{v:.0%}" for v in true_x])
+                ax.set_xlabel("sparsity (true value at each tick; points offset "
+                              "sideways to keep bars apart)" if r == len(metrics) - 1
+                              else "")
+            ax.legend().remove()
+    seen: dict = {}
+    for row in rows:
+        for ax in row:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+    notes = "; ".join(f"{metric_name}: {bar_meaning('ppl' in metric_name)[6:]}"
+                      for metric_name in metrics)
     fig.legend(list(seen.values()), list(seen), fontsize=7, frameon=False,
-               loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig, axes
+               loc="center left", bbox_to_anchor=(1.0, 0.5),
+               title="bars: " + notes.replace("; ", "\n"), title_fontsize=7)
+    fig.suptitle(title if title is not None else sweep_title(df, profile), fontsize=8)
+    return fig, (rows[0] if len(rows) == 1 else rows)
 
 
 __all__ = ["summarize", "results_table", "paired_comparisons", "significance", "findings",
-           "curve_style", "plot_oneshot"]
+           "curve_style", "plot_oneshot", "sweep_title"]

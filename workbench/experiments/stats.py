@@ -55,6 +55,12 @@ def wilcoxon_min_p(n: int) -> float:
     return min(1.0, 2.0 / 2**n) if n > 0 else 1.0
 
 
+#: Fewest pairs a paired test is run on: with n = 2 the t-test has one degree of freedom
+#: (its p-value rests on a single sd estimate from two differences, and Wilcoxon cannot
+#: go below p = 0.5), so below this the comparison is reported as not testable.
+MIN_TEST_N = 3
+
+
 def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
                 confidence: float = 0.95, n_resamples: int = 9999,
                 random_state: int = 0) -> dict[str, Any]:
@@ -70,8 +76,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
 
     Returns:
         ``n, mean_a, mean_b, mean_diff, sd_diff, t, p_t, w, p_wilcoxon, wilcoxon_min_p,
-        wilcoxon_can_reach, d_z, ci_low, ci_high, note`` where diff = b - a. Statistics
-        that need n >= 2 (or non-zero differences) are NaN.
+        wilcoxon_can_reach, d_z, ci_low, ci_high, note`` where diff = b - a. Below
+        :data:`MIN_TEST_N` pairs no test is run: the means are given, the statistics
+        and p-values are NaN and ``note`` says "not testable" and why.
 
     Raises:
         ValueError: If ``a`` and ``b`` differ in length or hold non-finite values.
@@ -98,8 +105,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
     if not out["wilcoxon_can_reach"]:
         notes.append(f"n={n}: exact Wilcoxon cannot reach p<{alpha:g} "
                      f"(smallest two-sided p = {wilcoxon_min_p(n):.3g})")
-    if n < 2:
-        notes.append("n<2: no test")
+    if n < MIN_TEST_N:
+        notes.append(f"not testable: n={n} pairs < {MIN_TEST_N} (a paired t-test on {n} "
+                     f"pair(s) has {max(n - 1, 0)} degree(s) of freedom)")
         out["note"] = "; ".join(notes)
         return out
     sd = out["sd_diff"]

@@ -129,10 +129,50 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
     model, train_tokens, val_tokens, sw_input = load_inputs(cfg)
     sws = detect_super_weights(model, sw_input, cfg)
     result = run_imp(model, train_tokens, val_tokens, cfg, super_weights=sws, sw_input=sw_input,
-                     output_dir=None if run_dir is None else Path(run_dir), progress=progress)
+                     output_dir=None if run_dir is None else Path(run_dir), progress=progress,
+                     **heartbeat_hooks(cfg, int(train_tokens.shape[1])))
     manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
                             n_train_blocks=int(train_tokens.shape[0]))
     return CellRun(cfg, result, sws, run_tables(result, sws), manifest)
+
+
+def heartbeat_hooks(cfg: IMPConfig, seq_len: int) -> dict[str, Any]:
+    """``run_imp`` hooks that report the round, the step, tokens/s and the ETA to the
+    driver's heartbeat file (:mod:`workbench.core.heartbeat`); ``{}`` when the process has
+    none (an interactive kernel), so they cost nothing there.
+
+    Progress is counted in optimizer steps over all rounds (round ``r`` of ``n_rounds``,
+    round 0 being the dense training): ``done = r * steps_per_round + step``.
+    """
+    from workbench.core import heartbeat
+
+    if not heartbeat.enabled():
+        return {}
+    steps, n_rounds = int(cfg.steps_per_round), len(cfg.round_targets())
+    tokens_per_step = int(cfg.batch_size) * int(cfg.grad_accum) * int(seq_len)
+    clock = {"round": None, "t0": time.perf_counter()}
+
+    def on_round_start(rnd: int, model, masks) -> None:
+        if clock["round"] is None:  # first round of this process (maybe resumed)
+            heartbeat.start("IMP", total=(n_rounds + 1) * steps, done=rnd * steps,
+                            unit="step", n_rounds=n_rounds, steps=steps)
+        clock.update(round=rnd, t0=time.perf_counter())
+        heartbeat.beat(force=True, round=rnd, step=0, item=f"round {rnd}/{n_rounds} training",
+                       done=rnd * steps)
+
+    def on_step(rnd: int, step: int) -> None:
+        elapsed = time.perf_counter() - clock["t0"]
+        heartbeat.beat(round=rnd, step=step + 1, done=rnd * steps + step + 1,
+                       tokens_per_s=round((step + 1) * tokens_per_step / max(elapsed, 1e-9)),
+                       item=f"round {rnd}/{n_rounds} training")
+
+    def on_round_end(record: dict) -> None:
+        rnd = int(record.get("round", clock["round"] or 0))
+        heartbeat.beat(force=True, round=rnd, step=steps, done=(rnd + 1) * steps,
+                       item=f"round {rnd}/{n_rounds} done, val ppl "
+                            f"{float(record.get('val_ppl', float('nan'))):.2f}")
+
+    return dict(on_round_start=on_round_start, on_step=on_step, on_round_end=on_round_end)
 
 
 def sentence(run: CellRun) -> str:

@@ -257,7 +257,9 @@ def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Calla
     result = train_masked(model, ctx.train_tokens, steps=cfg.steps_per_round,
                           masks=state.masks if rnd > 0 else None,
                           seed=cfg.seed * 100003 + rnd, snapshot_step=snap,
-                          desc=f"round {rnd}", progress=ctx.progress, **cfg.train_kwargs())
+                          desc=f"round {rnd}", progress=ctx.progress, **cfg.train_kwargs(),
+                          callback=None if hooks.get("on_step") is None else
+                          (lambda step: hooks["on_step"](rnd, step)))
     if snap is not None:
         state.rewind_state = result.snapshot
         if ctx.ckdir is not None:
@@ -341,6 +343,7 @@ def run_imp(
     on_round_end: Callable[[dict], None] | None = None,
     on_rewind: Callable[[int, nn.Module, dict], None] | None = None,
     on_round_start: Callable[[int, nn.Module, dict], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> IMPResult:
     """Run iterative magnitude pruning with rewinding and retraining (module docstring).
@@ -365,6 +368,8 @@ def run_imp(
         on_rewind: ``on_rewind(round, model, masks)`` right after prune + rewind.
         on_round_start: ``on_round_start(round, model, masks)`` right before each
             round's training (round 0 included).
+        on_step: ``on_step(round, step)`` after each optimizer step of a round's training
+            (``step`` as passed to ``train_masked``'s ``callback``), e.g. a heartbeat.
 
     Returns:
         An :class:`IMPResult`.
@@ -388,7 +393,8 @@ def run_imp(
     n_rounds = len(ctx.targets)
     for rnd in range(state.last_round + 1, n_rounds + 1):
         record = _run_round(ctx, state, rnd, dict(on_rewind=on_rewind,
-                                                  on_round_start=on_round_start))
+                                                  on_round_start=on_round_start,
+                                                  on_step=on_step))
         _plan_next(ctx, state, rnd)
         if ctx.ckdir is not None and rnd < n_rounds:
             _checkpoint_round(ctx, state, rnd)

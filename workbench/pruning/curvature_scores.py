@@ -25,7 +25,7 @@ import torch
 from workbench.core.checks import check_range
 from workbench.pruning.calibration import batches_of
 from workbench.pruning.masks import prunable_modules
-from workbench.pruning.methods import PALETTE, score_method
+from workbench.pruning.methods import score_method
 from workbench.pruning.registry import METHODS, SCORE_KINDS
 
 
@@ -67,5 +67,5 @@ def obs_kfac_scores(model, *, tokens, include=None, exclude=None, batch_size=8,
 
 METHODS.register("obs_kfac", score_method("obs_kfac"), score_kind="obs_kfac",
                  needs_calibration=True, reusable_scores=True, default_scope="layer",
-                 label="OBS saliency (K-FAC)", color=PALETTE[11],
+                 label="OBS saliency (K-FAC)",
                  description="lowest OBS saliency w^2 / [F^-1]_jj from K-FAC factors")

@@ -2,7 +2,7 @@
 
 Every method is registered once, below, in :data:`workbench.pruning.registry.METHODS`
 with its properties as data (needs calibration, default scope, reusable scores, the
-layer-sparsity allocations it supports, display label and colour, description).
+layer-sparsity allocations it supports, display label, description).
 :func:`prune`, :func:`default_scope`, :func:`workbench.pruning.sweeps.sweep` and
 :data:`workbench.pruning.sweeps.PRESETS` read those
 properties; nothing else names a method.
@@ -54,11 +54,6 @@ from workbench.pruning import layerwise
 from workbench.pruning.registry import METHODS
 from workbench.pruning.sparsegpt import sparsegpt
 from workbench.pruning.scores import accepted_options, check_calibration, importance
-
-#: Colourblind-safe palette (Okabe & Ito 2008, then Paul Tol's "muted" scheme).
-PALETTE = ("#0072B2", "#D55E00", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000",
-           "#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#DDCC77", "#117733")
-
 
 @dataclass
 class PruneRequest:
@@ -210,35 +205,35 @@ _CALIBRATED = dict(needs_calibration=True, default_scope="row")
 _OWL = ("uniform", "owl")
 
 METHODS.register("magnitude", score_method("magnitude"), score_kind="magnitude",
-                 allocations=_OWL, label="Magnitude", color=PALETTE[0],
+                 allocations=_OWL, label="Magnitude",
                  description="lowest |w| (per layer by default)", **_SCORES)
-# score kinds that need calibration tokens, pruned by ranking: (kind, colour, description)
-for _kind, _color, _description in (
-        ("gradient_norm", 4, "lowest RMS per-batch gradient"),
-        ("taylor", 3, "lowest |w * g| (first-order Taylor)"),
-        ("obd_empirical", 7, "lowest OBD saliency, empirical diagonal Fisher"),
-        ("obd_true", 8, "lowest OBD saliency, true diagonal Fisher"),
-        ("hybrid", 6, "lowest weighted sum of normalised kinds")):
+# score kinds that need calibration tokens, pruned by ranking: (kind, description); colours
+# are not registry data (workbench.experiments.plots.style keys them by name)
+for _kind, _description in (
+        ("gradient_norm", "lowest RMS per-batch gradient"),
+        ("taylor", "lowest |w * g| (first-order Taylor)"),
+        ("obd_empirical", "lowest OBD saliency, empirical diagonal Fisher"),
+        ("obd_true", "lowest OBD saliency, true diagonal Fisher"),
+        ("hybrid", "lowest weighted sum of normalised kinds")):
     METHODS.register(_kind, score_method(_kind), score_kind=_kind, needs_calibration=True,
-                     label=_kind_label(_kind), color=PALETTE[_color],
+                     label=_kind_label(_kind),
                      description=_description, **_SCORES)
 METHODS.register("wanda", layerwise.wanda, allocations=_OWL, label="Wanda",
-                 color=PALETTE[1], description="lowest |W_ij| ||X_j|| per row (Sun et al. "
+                 description="lowest |W_ij| ||X_j|| per row (Sun et al. "
                  "2024), sequential calibration", **_CALIBRATED)
 METHODS.register("wanda_obs", layerwise.wanda_obs, allocations=_OWL,
-                 label="Wanda + OBS update", color=PALETTE[2],
+                 label="Wanda + OBS update",
                  description="Wanda's mask, kept weights updated by OBS (full X^T X)",
                  **_CALIBRATED)
 METHODS.register("wanda_prac", layerwise.wanda_prac, label="Wanda + PRAC update",
-                 color=PALETTE[9],
                  description="Wanda's mask, OBS update from max_samples stored rows",
                  **_CALIBRATED)
 METHODS.register("sparsegpt", sparsegpt, allocations=_OWL, label="SparseGPT",
-                 color=PALETTE[10], needs_calibration=True, default_scope="layer",
+                 needs_calibration=True, default_scope="layer",
                  description="mask chosen per column block by w^2/[H^-1]_jj^2 with OBS "
                  "updates (Frantar & Alistarh 2023)")
 METHODS.register("gradprobe", _gradprobe, needs_calibration=True, default_scope="global",
-                 label="Gradient probe", color=PALETTE[5],
+                 label="Gradient probe",
                  description="base candidates kept where the loss gradient reacts")
 
 

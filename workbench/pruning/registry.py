@@ -15,7 +15,8 @@ properties as data. Unknown names fail with the list of registered names.
   :func:`workbench.pruning.methods.score_method` (``METHODS.register("x",
   score_method("x"), score_kind="x", ...)``).
 
-Properties (data, read by ``prune``, ``sweep``, the presets and the plots):
+Properties (data, read by ``prune``, ``sweep``, the presets and the plots; colours are
+not registry data: :func:`workbench.experiments.plots.style` keys them by name):
 
 ========================  ==================================================================
 ``needs_calibration``     calibration token ids are required
@@ -27,7 +28,6 @@ Properties (data, read by ``prune``, ``sweep``, the presets and the plots):
 ``score_kind``            methods: the :data:`SCORE_KINDS` name it ranks by, if any
 ``allocations``           methods: layer-sparsity allocations supported
                           (``"uniform"``, ``"owl"``)
-``color``                 methods: hex colour from a colourblind-safe palette
 ========================  ==================================================================
 
 Providers (modules whose import registers entries) are imported on first lookup.
@@ -51,6 +51,5 @@ METHODS = Registry(
     argument="method",
     providers=("workbench.pruning.methods", "workbench.pruning.curvature_scores"),
     defaults=dict(needs_calibration=False, default_scope="layer", reusable_scores=False,
-                  score_kind=None, allocations=("uniform",), label=None, color=None,
-                  description=""),
+                  score_kind=None, allocations=("uniform",), label=None, description=""),
 )
