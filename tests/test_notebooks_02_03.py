@@ -71,7 +71,7 @@ def test_03_reproduces_a_published_table_on_local_files(tmp_path):
     params = dict(model="tiny-llama", corpus="lee", methods=["wanda"], sparsities=[0.5],
                   seeds=[0, 1], n_calibration=2, seq_len=16, n_eval=2, eval_seq_len=16,
                   zeroshot_task=None, batch_size=2, output_dir=str(out),
-                  figure_name="test_03r_sparsity_sweep", eval_card="wikitext2",
+                  figure_name=str(tmp_path / "figures" / "03r"), eval_card="wikitext2",
                   calibration_card="c4", data=str(data), reproduce_table="wanda-llama2-7b",
                   reproduce_seq_len=16, reproduce_n_eval=2)
     assert set(params) <= set(notebook_parameters("03_sparsity_sweep"))
