@@ -90,6 +90,28 @@ def test_hvp_averaging_reduces_error():
         hvp_variance_reduction(model, batches, ks=(17,))
 
 
+def test_hvp_averaging_error_falls_as_one_over_sqrt_k():
+    """The mean of k of B batch HVPs drawn without replacement has
+    E||Hv_k - Hv||^2 = tr(Cov) / k * (B - k) / (B - 1) (finite-population correction), so
+    the RMS error, divided by sqrt((B - k) / (B - 1)), has log-log slope -1/2 in k."""
+    import numpy as np
+
+    model = cases.mlp(5)
+    X, y = cases.classification_data(6, 128)
+    B = 64
+    batches = [(X[i:i + 2], y[i:i + 2]) for i in range(0, 128, 2)]
+    ks = (1, 2, 4, 8, 16)
+    df = hvp_variance_reduction(model, batches, ks=ks, n_repeats=24, seed=0)
+    rms = df.groupby("k").rel_error.apply(lambda e: float(np.sqrt((e ** 2).mean())))
+    k = np.array(rms.index, dtype=float)
+    corrected = rms.to_numpy() / np.sqrt((B - k) / (B - 1))
+    slope = np.polyfit(np.log(k), np.log(corrected), 1)[0]
+    assert -0.62 < slope < -0.38, slope
+    # and the constant: sqrt(k) * corrected error is flat (within sampling noise)
+    flat = corrected * np.sqrt(k)
+    assert flat.max() / flat.min() < 1.5, flat
+
+
 def test_subspace_alignment_extremes():
     A = torch.diag(torch.tensor([5.0, 4.0, 1.0, 0.5], dtype=torch.float64))
     P = torch.eye(4, dtype=torch.float64)[[2, 3, 0, 1]]

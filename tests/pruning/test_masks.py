@@ -224,3 +224,61 @@ def test_masks_written_without_checksum_load_with_a_warning(tmp_path):
     save_file({"w": torch.ones(2, 2, dtype=torch.bool)}, str(tmp_path / "old.safetensors"))
     with pytest.warns(UserWarning, match="no checksum"):
         assert M.load_masks(tmp_path / "old.safetensors")["w"].all()
+
+
+def test_remove_with_noise_matches_its_definition():
+    """Pruned weights become original + noise * std(original tensor) * N(0, 1): the
+    standardised differences have mean ~0 and sd ~1 (not just 0 < diff < 1), kept
+    weights are untouched, the draw is seeded, and noise=0 is restore."""
+    model = torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.Linear(64, 80))
+    with torch.no_grad():
+        model[1].weight.mul_(30.0)  # a different scale per tensor
+    scores = {n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight")}
+    masks = M.select_masks(scores, 0.5, scope="layer")
+    orig = M.apply_masks(model, masks, keep_original=True)
+    params = dict(model.named_parameters())
+    for noise in (0.05, 0.5):
+        M.remove_with_noise(model, orig, masks, noise=noise, seed=3)
+        for n, mk in masks.items():
+            assert torch.equal(params[n][mk], orig[n][mk])  # kept weights untouched
+            z = (params[n].detach()[~mk] - orig[n][~mk]) / (noise * orig[n].std())
+            assert abs(float(z.mean())) < 0.1 and abs(float(z.std()) - 1) < 0.08, (n, noise)
+        first = {n: p.detach().clone() for n, p in params.items()}
+        M.remove_with_noise(model, orig, masks, noise=noise, seed=3)
+        assert all(torch.equal(first[n], params[n]) for n in masks)  # seeded
+        M.remove_with_noise(model, orig, masks, noise=noise, seed=4)
+        assert not torch.equal(first["0.weight"], params["0.weight"])
+    M.remove_with_noise(model, orig, masks, noise=0.0)
+    assert all(torch.equal(params[n], orig[n]) for n in masks)
+
+
+def test_global_and_layerwise_masks_differ_where_layer_scales_differ():
+    """Seed 000: "global vs layerwise: different methods produce different results". On
+    tiny-llama with one layer's weights scaled x10, global magnitude pruning at 50 %
+    spares that layer mostly (< 15 % pruned) and prunes the others beyond 50 %, while layerwise
+    prunes exactly 50 % of each; the global masks follow the brute-force global order."""
+    from workbench.core.models import load_model
+    from workbench.pruning.methods import prune
+
+    model, _ = load_model("tiny-llama", device="cpu")
+    big = "model.layers.0.mlp.down_proj.weight"
+    with torch.no_grad():
+        model.get_parameter(big).mul_(10.0)
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    glob = prune(model, "magnitude", 0.5, scope="global").masks
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(dense[n])
+    layer = prune(model, "magnitude", 0.5, scope="layer").masks
+    assert set(glob) == set(layer)
+    for n in layer:
+        assert abs((~layer[n]).float().mean().item() - 0.5) < 1e-3
+    assert (~glob[big]).float().mean().item() < 0.15
+    others = [n for n in glob if n != big]
+    assert all((~glob[n]).float().mean().item() > 0.5 for n in others)
+    differ = sum(int((glob[n] != layer[n]).sum()) for n in glob)
+    assert differ > 0.05 * sum(m.numel() for m in glob.values())
+    allv = torch.cat([dense[n].abs().reshape(-1) for n in glob])
+    kth = torch.kthvalue(allv, round(0.5 * allv.numel())).values
+    for n in glob:  # the global threshold is the brute-force one (no ties in floats)
+        assert torch.equal(~glob[n], dense[n].abs() <= kth)

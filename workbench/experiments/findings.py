@@ -232,6 +232,65 @@ def scale_note(a: Analysis) -> str:
     return " ".join(parts)
 
 
+# ----------------------------------------------------------------------------- super weights
+#: Parameters of the super-weight detector (defaults: :class:`workbench.lottery.schema.IMPConfig`).
+SW_SETTINGS = ("sw_threshold", "sw_spike_ratio", "sw_blocks", "sw_seq_len")
+
+
+def sw_settings(a: Analysis) -> dict[str, list]:
+    """The detector settings the runs used: ``{parameter: sorted distinct values}`` over
+    the experiments (a run's parameters, else the schema default), plus ``max_iter`` and
+    ``module`` of :func:`workbench.lottery.superweights.find_super_weights` (its
+    defaults; the run cell does not override them)."""
+    import dataclasses
+    import inspect
+
+    from workbench.lottery import superweights
+    from workbench.lottery.schema import IMPConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(IMPConfig)}
+    params = list(a.parameters.values()) or [{}]
+    out = {key: sorted({p.get(key, defaults[key]) for p in params}) for key in SW_SETTINGS}
+    sig = inspect.signature(superweights.find_super_weights).parameters
+    out["max_iter"] = [sig["max_iter"].default]
+    out["module"] = [superweights.DEFAULT_MODULE]
+    return out
+
+
+def _one(values: list) -> str:
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def sw_definition(a: Analysis, *, short: bool = False) -> str:
+    """What these runs call a super weight and how its pruning is detected.
+
+    Yu et al. 2024 ("The Super Weight in Large Language Models"), as implemented in
+    :func:`workbench.lottery.superweights.find_super_weights`, with the settings read
+    from the runs (:func:`sw_settings`). ``short``: one line for a figure caption.
+    """
+    st = {k: _one(v) for k, v in sw_settings(a).items()}
+    if short:
+        return (f"SW (Yu et al. 2024): {st['module']}[row, col] with max |input| and "
+                f"|output| >= {st['sw_threshold']}, output spike >= {st['sw_spike_ratio']}x "
+                f"the next channel; detector on {st['sw_blocks']} val. blocks x "
+                f"{st['sw_seq_len']} tokens; SW survival = share of the pre-trained SW "
+                "coordinates the mask keeps")
+    return (
+        "**Super weight (SW)** (Yu et al. 2024, `workbench.lottery.superweights`): one "
+        f"scalar `weight[row, col]` of a block's MLP output projection (`{st['module']}`; "
+        "`mlp.c_proj` for GPT-2) where, in one forward pass, the largest absolute "
+        "activation entering the projection (channel `col`) and the largest leaving it "
+        f"(channel `row`) both reach **sw_threshold = {st['sw_threshold']}**, and that "
+        f"output maximum is at least **sw_spike_ratio = {st['sw_spike_ratio']}** times the "
+        "largest of any other output channel. Found SWs are zeroed and the pass repeated "
+        f"(at most {st['max_iter']} passes), the model restored afterwards. Detector input: "
+        f"**{st['sw_blocks']} validation blocks of {st['sw_seq_len']} tokens**. "
+        "A SW counts as *pruned* when the round's mask is False at its coordinate: "
+        "`sw_survival` is the share of the pre-trained model's SW coordinates the mask "
+        "keeps; `esw_survival` the same for the SWs that emerged after the previous "
+        "round's training (same detector and settings).")
+
+
 # ----------------------------------------------------------------------------- markdown
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -321,7 +380,8 @@ def findings_markdown(a: Analysis) -> str:
              f"{n_runs} finished runs of {len(exps)} experiments ({', '.join(exps)}), seeds "
              f"{sorted(int(s) for s in a.records['seed'].unique())}, from `{a.runs_dir}`. "
              "Perplexity is tested on its logarithm (`val_nll`, nats per token): a paired "
-             "difference of log-perplexities is a log perplexity ratio.", ""]
+             "difference of log-perplexities is a log perplexity ratio.", "",
+             sw_definition(a), ""]
     if a.spec is not None and a.spec.references():
         refs = [e for e in a.spec.references() if e in exps]
         if refs:
@@ -369,6 +429,9 @@ def figures(a: Analysis, out_dir: str | os.PathLike, *, prefix: str | None = Non
     plots.plot_sparsity_curve(a.records, "val_ppl", ax=axes[0], spec=a.spec)
     plots.plot_sw_survival(a.records, ax=axes[1], spec=a.spec)
     fig.suptitle(title, fontsize=9)
+    fig.text(0.5, 0.005, sw_definition(a, short=True), ha="center", va="bottom", fontsize=6,
+             wrap=True)
+    fig.subplots_adjust(bottom=0.2)
     out = {"sparsity": plots.save_figure(fig, f"{prefix}_sparsity", folder=out_dir)}
     if not a.losses.empty:
         fig2, _ = plots.plot_loss_curves(a.losses, spec=a.spec, title=title)

@@ -34,7 +34,14 @@ from typing import Collection, Mapping
 
 import torch
 
-from workbench.pruning.threshold import Source, exact_kth, global_threshold
+from workbench.core.checks import check_choice
+from workbench.pruning.threshold import (
+    DEFAULT_TOLERANCE,
+    THRESHOLD_METHODS,
+    Source,
+    exact_kth,
+    global_threshold,
+)
 
 SCOPES = ("global", "layer", "row", "n:m")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -124,6 +131,7 @@ def select_masks(
     m: int | None = None,
     transposed: Collection[str] = (),
     threshold_method: str = "exact",
+    threshold_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks (``True`` = keep) pruning the lowest scores.
 
@@ -137,20 +145,28 @@ def select_masks(
         n, m: N and M for ``scope="n:m"`` (default 2:4).
         transposed: Names of tensors stored ``[in, out]`` (GPT-2 ``Conv1D``), so rows
             and N:M groups follow the output/input meaning.
-        threshold_method: Global scope only: ``"exact"`` (default, counts exact);
-            ``"statistical"`` or ``"histogram"`` (approximate, for comparison: prune
-            ``score <= threshold``, so counts may differ and the tie rule is not used).
+        threshold_method: Global scope only: ``"exact"`` (default, counts exact, the
+            tie rule above); ``"statistical"`` or ``"histogram"``
+            (:mod:`workbench.pruning.threshold`; approximate: prune ``score <=
+            threshold``, no tie rule, the count within ``threshold_tolerance`` or a
+            :class:`~workbench.pruning.threshold.ThresholdToleranceError`).
+        threshold_tolerance: Allowed ``|pruned - round(sparsity * n)| / n`` of the
+            approximate methods (default 1e-3).
 
     Returns:
         ``{name: BoolTensor}`` with each score's shape and device.
 
     Raises:
-        ValueError: Bad sparsity, unknown scope, N:M with a width not divisible by M or a
-            sparsity other than ``1 - N/M``, NaN scores, or empty ``scores``.
+        ValueError: Bad sparsity, unknown scope or threshold method, an approximate
+            threshold method with a scope other than ``global``, N:M with a width not
+            divisible by M or a sparsity other than ``1 - N/M``, NaN scores, or empty
+            ``scores``.
+        ThresholdToleranceError: An approximate method missed ``threshold_tolerance``.
         TypeError: ``scores`` not a dict of tensors.
     """
     s = check_sparsity(sparsity)
     scope, n, m = parse_scope(scope, n, m)
+    check_threshold_method(threshold_method, scope)
     transposed = set(transposed)
     if not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a dict {{param name: score tensor}}, "
@@ -162,7 +178,7 @@ def select_masks(
         raise TypeError(f"scores[{bad[0]!r}] must be a tensor, "
                         f"got {type(scores[bad[0]]).__name__}")
     if scope == "global":
-        return _select_global(scores, s, threshold_method)
+        return _select_global(scores, s, threshold_method, threshold_tolerance)
     masks = {}
     for name, score in scores.items():
         tr = name in transposed
@@ -192,14 +208,30 @@ def select_masks(
     return masks
 
 
-def _select_global(scores: Mapping[str, torch.Tensor], s: float, method: str) -> dict:
+def check_threshold_method(threshold_method: str, scope: str = "global") -> str:
+    """Raise ``ValueError`` for an unknown threshold method, or an approximate one with a
+    scope other than ``global`` (per-group selections are always exact)."""
+    check_choice("threshold_method", threshold_method, THRESHOLD_METHODS)
+    if threshold_method != "exact" and scope != "global":
+        raise ValueError(f"threshold_method={threshold_method!r} needs scope='global' (the "
+                         f"only scope with one threshold over all scores), got scope={scope!r}")
+    return threshold_method
+
+
+def _select_global(scores: Mapping[str, torch.Tensor], s: float, method: str,
+                   tolerance: float = DEFAULT_TOLERANCE) -> dict:
     n_total = sum(int(t.numel()) for t in scores.values())
     k = round(s * n_total)
     if k == 0:
         return {name: torch.ones_like(t, dtype=torch.bool) for name, t in scores.items()}
     if method != "exact":
-        th = global_threshold(scores, k, method=method)
-        return {name: t > th.value for name, t in scores.items()}
+        th = global_threshold(scores, k, method=method, tolerance=tolerance)
+        if math.isinf(th.value) and th.value > 0:
+            warnings.warn("fewer finite scores than the number to prune; +inf scores were "
+                          "kept, so sparsity is below the target", stacklevel=3)
+        # compare in float32 (the threshold is a float32 value; a bf16 comparison rounds)
+        return {name: (t.detach().float() > th.value) | torch.isposinf(t)
+                for name, t in scores.items()}
     th = exact_kth(scores, k, n_total=n_total)
     value = th.value
     if math.isinf(value) and value > 0:  # never prune +inf: prune every finite score
@@ -243,4 +275,5 @@ __all__ = [
     "mask_gradients", "sparsity_report", "mask_overlap", "overlap_matrix", "save_masks",
     "load_masks", "prunable_modules", "prunable_parameters", "transposed_names",
     "is_transposed_module", "parse_scope", "check_sparsity", "Source",
+    "check_threshold_method",
 ]

@@ -44,6 +44,7 @@ from workbench.core.checks import check_choice, check_kwargs
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
+    check_threshold_method,
     parse_scope,
     prunable_modules,
     select_masks,
@@ -71,6 +72,8 @@ class PruneRequest:
         scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
         layer_sparsity: ``{param name: sparsity}`` from a non-uniform allocation, or
             ``None`` (every layer at ``sparsity``).
+        threshold_method: How a ``global`` scope finds its threshold
+            (:data:`workbench.pruning.threshold.THRESHOLD_METHODS`).
     """
 
     model: nn.Module
@@ -87,6 +90,7 @@ class PruneRequest:
     device: Any = None
     scores: Mapping[str, torch.Tensor] | None = None
     layer_sparsity: dict | None = None
+    threshold_method: str = "exact"
 
     def sparsity_for(self, name: str) -> float:
         """The target sparsity of parameter ``name``."""
@@ -126,7 +130,7 @@ def select_by_scores(req, scores: Mapping[str, torch.Tensor]) -> dict:
     transposed = transposed_names(req.model) & set(scores)
     if req.layer_sparsity is None:
         masks = select_masks(scores, req.sparsity, scope=req.scope_name, n=req.n, m=req.m,
-                             transposed=transposed)
+                             transposed=transposed, threshold_method=req.threshold_method)
     elif req.scope_name == "global":
         raise ValueError("scope='global' has one threshold: it cannot be combined with a "
                          "per-layer allocation")
@@ -175,7 +179,8 @@ def _gradprobe_options() -> set[str]:
     does not set itself."""
     from workbench.pruning.gradient_probe import gradprobe
 
-    given = {"calibration_tokens", "scope", "include", "exclude", "batch_size", "apply"}
+    given = {"calibration_tokens", "scope", "include", "exclude", "batch_size", "apply",
+             "threshold_method"}
     return accepted_options(gradprobe) - given
 
 
@@ -186,7 +191,8 @@ def _gradprobe(req, **options):
     check_kwargs("prune(method='gradprobe')", options, _gradprobe_options())
     res = gradprobe(req.model, req.sparsity, calibration_tokens=req.calibration_tokens,
                     scope=req.scope, include=req.include, exclude=req.exclude,
-                    batch_size=req.batch_size, **options)
+                    batch_size=req.batch_size, threshold_method=req.threshold_method,
+                    **options)
     return res.masks, {**res.info, "mode": "gradprobe"}
 
 
@@ -252,6 +258,7 @@ def prune(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
+    threshold_method: str = "exact",
     **options,
 ) -> PruneResult:
     """Prune ``model`` in place and return the masks with a report.
@@ -272,6 +279,10 @@ def prune(
         batch_size: Calibration sequences per forward.
         device: Device each block runs on during sequential calibration.
         scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
+        threshold_method: ``scope="global"`` only: ``"exact"`` (default),
+            ``"statistical"`` or ``"histogram"`` (approximate, within a stated tolerance
+            of the target count or an error; :mod:`workbench.pruning.threshold`), for
+            every method with a global scope (score methods, ``wanda``, ``gradprobe``).
         **options: The method's own options (e.g. ``sequential``, ``damp``,
             ``block_size`` for the calibrated methods, ``weights`` for ``hybrid``,
             ``exact_sparsity`` for ``gradprobe``). Unknown names are an error.
@@ -287,6 +298,7 @@ def prune(
     s = check_sparsity(sparsity)
     scope = entry.props["default_scope"] if scope is None else scope
     scope_name, n, m = parse_scope(scope)
+    check_threshold_method(threshold_method, scope_name)
     check_choice("allocation", allocation, entry.props["allocations"])
     allowed = accepted_options(entry.fn)
     if allowed is not None:
@@ -303,8 +315,10 @@ def prune(
     req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,
                        modules=modules, include=include, exclude=exclude,
                        calibration_tokens=calibration_tokens, batch_size=batch_size,
-                       device=device, scores=scores)
+                       device=device, scores=scores, threshold_method=threshold_method)
     info: dict = dict(method=method, scope=scope, allocation=allocation, target_sparsity=s)
+    if threshold_method != "exact":
+        info["threshold_method"] = threshold_method
     if allocation != "uniform":
         from workbench.pruning.allocation import allocate
 

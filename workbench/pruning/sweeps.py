@@ -33,6 +33,7 @@ def sweep(
     *,
     evaluate=None,
     calibration_tokens=None,
+    return_masks: bool = False,
     **options,
 ):
     """Prune at each sparsity (from the same dense weights) and evaluate.
@@ -45,14 +46,22 @@ def sweep(
     Args:
         evaluate: ``f(model) -> float`` (e.g. validation perplexity) or ``None``.
         calibration_tokens: Token ids ``LongTensor[n, seq]`` (see :func:`prune`).
+        return_masks: Also return the masks of every level (CPU copies, ``True`` = keep).
         **options: Passed to :func:`prune`.
 
     Returns:
-        DataFrame with ``method, scope, sparsity, achieved_sparsity, metric, seconds``.
+        DataFrame with ``method, scope, sparsity, achieved_sparsity, metric, seconds``;
+        with ``return_masks`` the pair ``(DataFrame, {sparsity: {param name:
+        BoolTensor}})`` (one entry per row, keyed by the row's ``sparsity``).
+
+    Raises:
+        TypeError: ``return_masks`` not a bool, or an option the method does not take.
     """
     import pandas as pd
 
     entry = METHODS.get(method)
+    if not isinstance(return_masks, bool):
+        raise TypeError(f"return_masks must be True or False, got {return_masks!r}")
     allowed = accepted_options(entry.fn)
     if allowed is not None:
         check_kwargs(f"sweep(method={method!r})", options, allowed | prune_keywords())
@@ -67,19 +76,23 @@ def sweep(
                             include=include, exclude=exclude,
                             batch_size=options.get("batch_size", 8), **kind_options)
         options = {k: v for k, v in options.items() if k in prune_keywords()}
-    rows = []
+    rows, kept = [], {}
     try:
         for s in sparsities:
             restore(model, originals)
             res = prune(model, method, s, calibration_tokens=calibration_tokens, scores=scores,
                         **options)
+            if return_masks:
+                kept[float(s)] = {n: m.detach().to("cpu", copy=True)
+                                  for n, m in res.masks.items()}
             metric = evaluate(model) if evaluate is not None else float("nan")
             rows.append(dict(method=method, scope=res.info["scope"], sparsity=float(s),
                              achieved_sparsity=res.info["achieved_sparsity"], metric=metric,
                              seconds=res.info["seconds"]))
     finally:
         restore(model, originals)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return (frame, kept) if return_masks else frame
 
 
 def _presets() -> dict[str, tuple[str, dict]]:
