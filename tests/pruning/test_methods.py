@@ -242,13 +242,15 @@ def test_bad_calibration_tokens_are_clear_errors():
         prune(model, "wanda", 0.5, calibration_tokens="some text")
 
 
-def test_every_method_is_registered_with_label_colour_and_runs():
+def test_every_method_is_registered_with_label_and_a_distinct_look_and_runs():
+    from workbench.experiments.plots import style
     from workbench.pruning.registry import METHODS
 
-    colours = [e.props["color"] for e in METHODS]
     assert all(isinstance(e.props["label"], str) and e.props["label"] for e in METHODS)
-    assert all(c and c.startswith("#") and len(c) == 7 for c in colours)
-    assert len(set(colours)) == len(colours)
+    assert not any("color" in e.props for e in METHODS)  # presentation lives in plots.style
+    looks = [(style(e.name).color, style(e.name).marker) for e in METHODS]
+    assert all(c.startswith("#") and len(c) == 7 for c, _ in looks)
+    assert len(set(looks)) == len(looks)  # every method drawn distinguishably
     data = _data(2, 16)
     for entry in METHODS:
         if entry.name in ("gradprobe", "obd_true", "obd_empirical"):
