@@ -308,12 +308,67 @@ def _dequantize_to_cache(gguf: Path, cache: Path) -> None:
         )
 
 
+#: Files of which a model folder must hold at least one (its tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_safetensors_file(path: Path) -> None:
+    """A safetensors file is whole: its header parses and the file holds every byte the
+    header promises (a truncated copy or a cut-off download fails here, named).
+
+    Raises:
+        ValueError: Header too short, not JSON, or the data section shorter or longer
+            than the header's offsets.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{path} is not a whole safetensors file ({size} bytes; the "
+                             "header is cut off): the file is truncated or not safetensors")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            raise ValueError(f"{path}: safetensors header is not valid JSON (damaged file)"
+                             ) from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v),
+              default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{path} is truncated or damaged: its header describes "
+                         f"{8 + n + end} bytes, the file has {size}")
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A local model folder has its weights whole and its tokenizer, before loading."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"spec: model folder {folder} has no tokenizer files (one of "
+                                f"{list(TOKENIZER_FILES)}); save the tokenizer beside the "
+                                "model (tokenizer.save_pretrained(folder))")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"spec: model folder {folder} has no *.safetensors weights "
+                                "(model.safetensors); other formats are not loaded")
+    for w in weights:
+        check_safetensors_file(w)
+
+
 def _load_hf(source: str | Path, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **kw
+    if isinstance(source, Path) and source.is_dir():
+        _check_model_folder(source)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+        output_loading_info=True, **kw
     )
+    missing = list(info.get("missing_keys") or []) + [
+        m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]
+    if missing:
+        raise ValueError(f"spec: the weights of {source} lack {len(missing)} tensors of the "
+                         f"model (e.g. {sorted(missing)[:5]}); transformers would initialise "
+                         "them at random: the checkpoint is incomplete")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
     return model, tokenizer
 
