@@ -437,6 +437,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
                 profiles=all_profiles, description=str(raw.get("description") or ""),
                 slurm=dict(slurm), path=path, questions=questions)
     own = set(raw.get("profiles") or {})
+    _check_profile_keys(all_profiles, exps, allowed_params, where)
     for prof in all_profiles:  # every profile must give valid values
         for name, params in spec.resolve(prof).items():
             check_values(params, f"{where}: experiment {name} under profile {prof!r}",
@@ -446,6 +447,26 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
             if allowed_params is not None and prof in own:
                 check_keys(params, allowed_params, f"{where}: profile {prof!r}")
     return spec
+
+
+def _check_profile_keys(profiles: Mapping[str, Mapping[str, Any]],
+                        experiments: Mapping[str, "Experiment"], allowed_params: set | None,
+                        where: str) -> None:
+    """Keys a profile scales or sets are parameters somebody reads: fields of the lottery
+    schema, parameters of the experiments, or the notebook's parameters (a typo such as
+    ``steps_per_rnd`` would otherwise be skipped silently).
+
+    Raises:
+        ValueError: Naming the profile, the section, the keys and the allowed ones.
+    """
+    known = set(schema_fields()) | {k for e in experiments.values() for k in e.parameters}
+    known |= set(allowed_params or ())
+    for prof, body in profiles.items():
+        for section in ("scale", "set"):
+            unknown = sorted(set((body or {}).get(section) or {}) - known)
+            if unknown:
+                raise ValueError(f"{where}: profile {prof!r} {section}: {unknown} are not "
+                                 f"parameters of this spec; allowed: {sorted(known)}")
 
 
 def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,
