@@ -469,6 +469,13 @@ def build_task(cfg: dict, path: Path):
         raise ValueError(f"task: {path}: {' / '.join(keys)} was refused by the Jinja sandbox "
                          f"({err}); templates may read the document's fields, not Python "
                          "attributes") from None
+    except TemplateError as err:
+        word = re.search(r"'([^']+)'", str(err))
+        keys = [k for k in TEMPLATE_KEYS if isinstance(cfg.get(k), str)
+                and (word is None or word.group(1) in cfg[k])] or ["a template"]
+        raise ValueError(f"task: {path}: {' / '.join(keys)} cannot be rendered on the task's "
+                         f"documents ({type(err).__name__}: {err}); templates may use the "
+                         "fields of the data files") from None
     split = cfg.get("test_split") or cfg.get("validation_split")
     docs = task.eval_docs
     if len(docs) == 0:
