@@ -504,3 +504,428 @@ def test_protocol_bad_input(index, env):
 ])
 def test_cli_reproduce_bad_input(argv, names, capsys):
     test_cli_bad_input(argv, names, capsys)
+# ----------------------------------------------------------------------------- issue 20
+# Cases of issue 20 (silent results, deep tracebacks, late errors) and more found the same
+# way. Each names the argument or file and what is allowed.
+_TASK = """task: t
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: t.jsonl
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{context}}"
+doc_to_target: "{{target}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _task(env: Env, *, replace: tuple = (), extra: str = "", rows: int = 3):
+    import json as _json
+
+    _write(env, "t.jsonl", "".join(_json.dumps({"context": f"a b {i}", "target": "c"}) + "\n"
+                                   for i in range(rows)))
+    text = _TASK
+    for old, new in replace:
+        text = text.replace(old, new)
+    return _write(env, "t.yaml", text + extra)
+
+
+def _task_config(env: Env, **kw):
+    from workbench.core.zeroshot import load_task_config
+
+    return load_task_config(_task(env, **kw))
+
+
+def _task_eval(env: Env, **kw):
+    from workbench.core.zeroshot import evaluate_zeroshot
+
+    return evaluate_zeroshot(env.model, env.tokenizer, _task(env, **kw))
+
+
+def _function_task(env: Env):
+    """!function next to a helpers.py that writes a marker on import: refused, no marker."""
+    marker = env.tmp / "marker"
+    _write(env, "helpers.py", f"open({str(marker)!r}, 'w').write('x')\ndef fn(d):\n    return d\n")
+    try:
+        return _task_config(env, extra="process_docs: !function helpers.fn\n")
+    finally:
+        assert not marker.exists(), "helpers.py was imported"
+
+
+def _jinja_task(env: Env):
+    marker = env.tmp / "marker"
+    tpl = "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
+    try:
+        return _task_eval(env, replace=(('"{{context}}"', f'"{tpl}"'),))
+    finally:
+        assert not marker.exists(), "the template ran os.system"
+
+
+def _pruned(env: Env):
+    from workbench.pruning.checkpoint import save_pruned
+
+    res = wb.prune(env.model, "magnitude", 0.5)
+    return save_pruned(env.model, env.tokenizer, res.masks, env.tmp / "ckpt"), res.masks
+
+
+def _flip_weights(env: Env):
+    from workbench.pruning.checkpoint import load_pruned
+
+    out, _ = _pruned(env)
+    raw = bytearray((out / "model.safetensors").read_bytes())
+    raw[-9] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(raw))
+    return load_pruned(out)
+
+
+def _other_masks(env: Env):
+    import json as _json
+
+    from workbench.pruning.checkpoint import file_checksums, load_pruned
+
+    out, masks = _pruned(env)
+    wb.save_masks({n: ~m for n, m in masks.items()}, out / "masks.safetensors")
+    manifest = _json.loads((out / "manifest.json").read_text())
+    manifest["files"] = file_checksums(out)
+    (out / "manifest.json").write_text(_json.dumps(manifest))
+    return load_pruned(out)
+
+
+def _cut_manifest(env: Env):
+    from workbench.pruning.checkpoint import load_pruned
+
+    out, _ = _pruned(env)
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[:40])
+    return load_pruned(out)
+
+
+def _truncated_weights(env: Env):
+    out, _ = _pruned(env)
+    raw = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(raw[:-64])
+    return load_model(out)
+
+
+def _header_only_weights(env: Env):
+    out, _ = _pruned(env)
+    (out / "model.safetensors").write_bytes(b"\x10\x00")
+    return load_model(out)
+
+
+def _missing_tensor(env: Env):
+    from safetensors.torch import load_file, save_file
+
+    out, _ = _pruned(env)
+    tensors = load_file(out / "model.safetensors")
+    del tensors["model.layers.0.mlp.up_proj.weight"]
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return load_model(out)
+
+
+def _no_tokenizer(env: Env):
+    out, _ = _pruned(env)
+    for f in out.glob("tokenizer*"):
+        f.unlink()
+    return load_model(out)
+
+
+def _missing_listed_file(env: Env):
+    from workbench.pruning.checkpoint import load_pruned
+
+    out, _ = _pruned(env)
+    (out / "config.json").unlink()
+    return load_pruned(out)
+
+
+def _kfac_lm(env: Env, batches, **kw):
+    from workbench.curvature.kfac import KFAC
+
+    return KFAC(env.model, batches, modules=["model.layers.0.mlp.up_proj"], **kw)
+
+
+def _kfac_net_inverse(env: Env, damping):
+    from workbench.curvature.kfac import KFAC
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    return KFAC(net, [(x, y)]).inverse_diagonal("0", damping=damping)
+
+
+def _group_fisher(env: Env, batches):
+    from workbench.curvature.groups import collect_group_fisher
+
+    return collect_group_fisher(env.model, batches, modules=["model.layers.0.mlp.up_proj"])
+
+
+def _expand_onto(env: Env, which: str):
+    from workbench.curvature.groups import collect_group_fisher, expand_groups
+
+    groups = collect_group_fisher(env.model, env.tokens[:2, :8],
+                                  modules=["model.layers.0.mlp.up_proj"])
+    if which == "gpt2":
+        other, _ = load_model("tiny-gpt2", device="cpu")
+        return expand_groups(groups, other)
+    if which == "kind":
+        return expand_groups({k: v for k, v in groups.items() if k.endswith("|channel")},
+                             env.model, group="input")
+    if which == "shape":
+        return expand_groups({"model.layers.0.mlp.up_proj.weight|channel": torch.ones(7)},
+                             env.model)
+    return expand_groups(list(groups.items()), env.model)
+
+
+def _sgpt(env: Env, sparsity=0.5, **kw):
+    return wb.prune(env.model, "sparsegpt", sparsity, calibration_tokens=env.tokens, **kw)
+
+
+SPEC = {"name": "t", "notebook": "04_lottery_run", "seeds": [0],
+        "defaults": {"init": "pretrained", "schedule": "constant", "n_rounds": 2},
+        "experiments": {"X": {"prune_pct": 0.2}, "Y": {"prune_pct": 0.1}}}
+
+
+def _spec(env: Env, change: Callable[[dict], None]):
+    import yaml
+
+    from workbench.experiments import specs
+
+    raw = copy.deepcopy(SPEC)
+    change(raw)
+    path = _write(env, "spec.yaml", yaml.safe_dump(raw))
+    return specs.load_spec(path, check_notebook=False)
+
+
+def _set(raw, where, **values):
+    raw["experiments"][where].update(values)
+
+
+def _question(raw, body):
+    raw["questions"] = {"q": {"question": "Does it matter?", **body}}
+
+
+def _runs_folder(env: Env, experiments):
+    from workbench.experiments.aggregate import load_runs
+
+    (env.tmp / "runs" / "A" / "seed0").mkdir(parents=True)
+    return load_runs(env.tmp / "runs", experiments=experiments)
+
+
+def _spec_runs(env: Env, experiments):
+    from workbench.experiments.aggregate import load_runs
+
+    return load_runs("pilot", "cpu", runs_dir=env.tmp, experiments=experiments)
+
+
+ISSUE20_CASES = [
+    # ---- task files are data (item 1)
+    Case("task !function without trust_task_code", _function_task, ValueError,
+         ("t.yaml", "!function helpers.fn", "trust_task_code=True")),
+    Case("task !function in a non-local task is not imported",
+         lambda e: _task_config(e, replace=(("dataset_path: json", "dataset_path: org/hub"),),
+                                extra="process_docs: !function helpers.fn\n"),
+         ValueError, ("t.yaml", "org/hub", "local files only")),
+    Case("task !!python/object tag",
+         lambda e: _task_config(e, extra="metadata: !!python/object/apply:os.system ['true']\n"),
+         ValueError, ("t.yaml", "line", "python/object/apply", "!function")),
+    Case("task !!python/name tag",
+         lambda e: _task_config(e, extra="x: !!python/name:os.system ''\n"), ValueError,
+         ("t.yaml", "python/name", "data")),
+    Case("task Jinja __globals__ -> os.system", _jinja_task, ValueError,
+         ("t.yaml", "doc_to_text", "sandbox", "unsafe")),
+    Case("task Jinja __class__ walk",
+         lambda e: _task_eval(e, replace=(('"{{target}}"',
+                                           '"{{ target.__class__.__mro__ }}"'),)),
+         ValueError, ("t.yaml", "doc_to_target", "sandbox")),
+    Case("task trust_task_code string",
+         lambda e: __import__("workbench.core.zeroshot", fromlist=["x"]).load_task_config(
+             _task(e), trust_task_code="yes"), TypeError, ("trust_task_code", "True or False")),
+    Case("task dataset trust_remote_code",
+         lambda e: _task_config(e, replace=(("  data_files:", "  trust_remote_code: true\n"
+                                                              "  data_files:"),)),
+         ValueError, ("t.yaml", "trust_remote_code", "trust_task_code=True")),
+    Case("task metric not built in (no evaluate download)",
+         lambda e: _task_config(e, replace=(("metric: acc", "metric: rouge"),)), ValueError,
+         ("t.yaml", "metric_list[0].metric='rouge'", "allowed", "'acc'")),
+    Case("task hf_evaluate metric",
+         lambda e: _task_config(e, replace=(("    aggregation: mean", "    aggregation: mean\n"
+                                                                     "    hf_evaluate: true"),)),
+         ValueError, ("t.yaml", "hf_evaluate", "built-in")),
+    Case("task aggregation unknown",
+         lambda e: _task_config(e, replace=(("aggregation: mean", "aggregation: average"),)),
+         ValueError, ("t.yaml", "aggregation='average'", "'mean'")),
+    Case("task metric computed by nobody is an error, not NaN",
+         lambda e: _task_eval(e, replace=(("metric: acc", "metric: acc_norm"),)), RuntimeError,
+         ("t.yaml", "'acc_norm'", "could not be computed")),
+    Case("task split that does not exist",
+         lambda e: _task_config(e, replace=(("test_split: test", "test_split: tset"),)),
+         ValueError, ("t.yaml", "test_split='tset'", "['test']")),
+    Case("task no split to evaluate",
+         lambda e: _task_config(e, replace=(("test_split: test\n", ""),)), ValueError,
+         ("t.yaml", "test_split", "validation_split")),
+    Case("task output_type unknown",
+         lambda e: _task_config(e, replace=(("output_type: loglikelihood",
+                                             "output_type: likelihood"),)),
+         ValueError, ("t.yaml", "output_type='likelihood'", "loglikelihood")),
+    Case("task empty data file", lambda e: _task_config(e, rows=0), ValueError,
+         ("t.jsonl", "t.yaml", "empty")),
+    Case("task template syntax error",
+         lambda e: _task_config(e, replace=(('"{{context}}"', '"{{context"'),)), ValueError,
+         ("t.yaml", "doc_to_text", "Jinja")),
+    Case("task template names a missing field",
+         lambda e: _task_eval(e, replace=(('"{{context}}"', '"{{question}}"'),)), ValueError,
+         ("t.yaml", "doc_to_text", "'question' is undefined")),
+    Case("task YAML a list", lambda e: __import__(
+        "workbench.core.zeroshot", fromlist=["x"]).load_task_config(_write(e, "l.yaml", "- a\n")),
+         ValueError, ("l.yaml", "mapping")),
+    Case("task include cycle",
+         lambda e: _task_config(e, extra="include: t.yaml\n"), ValueError,
+         ("t.yaml", "include cycle")),
+    # ---- pruned-model folders and model files
+    Case("load_pruned flipped weight bytes", _flip_weights, ValueError,
+         ("model.safetensors", "SHA-256", "manifest.json")),
+    Case("load_pruned another model's masks", _other_masks, ValueError,
+         ("masks.safetensors", "does not match the weights", "non-zero")),
+    Case("load_pruned cut-off manifest.json", _cut_manifest, ValueError,
+         ("manifest.json", "cut off", "JSON")),
+    Case("load_pruned file listed in the manifest missing", _missing_listed_file,
+         FileNotFoundError, ("config.json", "manifest.json", "missing")),
+    Case("load_model truncated model.safetensors", _truncated_weights, ValueError,
+         ("model.safetensors", "truncated")),
+    Case("load_model safetensors header cut off", _header_only_weights, ValueError,
+         ("model.safetensors", "header")),
+    Case("load_model checkpoint missing a tensor", _missing_tensor, ValueError,
+         ("model.layers.0.mlp.up_proj.weight", "incomplete", "random")),
+    Case("load_model folder without tokenizer files", _no_tokenizer, FileNotFoundError,
+         ("ckpt", "tokenizer.json", "tokenizer files")),
+    # ---- pruning options
+    Case("sparsegpt 2:4 at sparsity 0.6", lambda e: _sgpt(e, 0.6, scope="2:4"), ValueError,
+         ("sparsity=0.6", "scope='2:4'", "1 - N/M = 0.5")),
+    Case("magnitude 2:4 at sparsity 0.7",
+         lambda e: wb.prune(e.model, "magnitude", 0.7, scope="2:4"), ValueError,
+         ("sparsity=0.7", "2:4", "0.5")),
+    Case("sparsegpt sequential='no'", lambda e: _sgpt(e, sequential="no"), TypeError,
+         ("sequential", "True or False", "'no'")),
+    Case("wanda sequential=1", lambda e: wb.prune(e.model, "wanda", 0.5,
+                                                  calibration_tokens=e.tokens, sequential=1),
+         TypeError, ("sequential", "True or False")),
+    Case("sparsegpt damp=nan", lambda e: _sgpt(e, damp=float("nan")), ValueError,
+         ("damp", "finite", "nan")),
+    Case("sparsegpt damp=inf", lambda e: _sgpt(e, damp=float("inf")), ValueError,
+         ("damp", "finite", "inf")),
+    Case("sparsegpt damp string", lambda e: _sgpt(e, damp="0.01"), TypeError,
+         ("damp", "number")),
+    Case("sparsegpt block_size float", lambda e: _sgpt(e, block_size=64.5), TypeError,
+         ("block_size", "integer", "64.5")),
+    Case("sparsegpt Cholesky failure names damp",
+         lambda e: wb.prune(e.model, "sparsegpt", 0.5, calibration_tokens=e.tokens[:1, :2],
+                            damp=0.0),
+         ValueError, ("SparseGPT", "damp=0.0", "positive definite", "Hint")),
+    Case("obs_kfac n_samples=2.7",
+         lambda e: wb.prune(e.model, "obs_kfac", 0.5, calibration_tokens=e.tokens,
+                            n_samples=2.7), TypeError, ("n_samples", "integer", "2.7")),
+    Case("obs_kfac damping=inf",
+         lambda e: wb.prune(e.model, "obs_kfac", 0.5, calibration_tokens=e.tokens,
+                            damping=float("inf")), ValueError, ("damping", "finite")),
+    # ---- curvature
+    Case("K-FAC damping inf", lambda e: _kfac_net_inverse(e, float("inf")), ValueError,
+         ("damping", "finite", "inf")),
+    Case("K-FAC natural gradient damping inf",
+         lambda e: _kfac_lm(e, [e.tokens[:1, :8]]).inverse_matvec(
+             [torch.ones(512, 64)], damping=float("inf")), ValueError, ("damping", "finite")),
+    Case("K-FAC sequences longer than the positions",
+         lambda e: _kfac_lm(e, [torch.zeros(1, POSITIONS + 4, dtype=LONG)]), ValueError,
+         ("batches[0]", str(POSITIONS + 4), str(POSITIONS))),
+    Case("K-FAC ids >= vocabulary", lambda e: _kfac_lm(e, [torch.full((1, 8), VOCAB + 1)]),
+         ValueError, ("batches[0]", str(VOCAB + 1))),
+    Case("K-FAC negative ids in input_ids",
+         lambda e: _kfac_lm(e, [{"input_ids": torch.full((1, 8), -2)}]), ValueError,
+         ("batches[0]", "-2")),
+    Case("group Fisher ids >= vocabulary",
+         lambda e: _group_fisher(e, torch.full((2, 8), VOCAB + 3)), ValueError,
+         ("batches[0]", str(VOCAB + 3))),
+    Case("group Fisher too long",
+         lambda e: _group_fisher(e, torch.zeros(1, POSITIONS + 1, dtype=LONG)), ValueError,
+         ("batches[0]", str(POSITIONS + 1))),
+    Case("expand_groups onto another model", lambda e: _expand_onto(e, "gpt2"), ValueError,
+         ("groups", "another model", "model.layers.0.mlp.up_proj")),
+    Case("expand_groups of another kind", lambda e: _expand_onto(e, "kind"), ValueError,
+         ("group='input'", "channel")),
+    Case("expand_groups group count does not fit", lambda e: _expand_onto(e, "shape"),
+         ValueError, ("up_proj.weight|channel", "7 groups")),
+    Case("expand_groups not a mapping", lambda e: _expand_onto(e, "list"), TypeError,
+         ("groups", "list")),
+    # ---- specs, contrasts, profiles, runs
+    Case("spec gradual 2 targets n_rounds 3",
+         lambda e: _spec(e, lambda r: _set(r, "X", schedule="gradual", targets=[0.1, 0.2],
+                                           n_rounds=3)),
+         ValueError, ("spec.yaml", "experiment X", "n_rounds=3", "must be 2")),
+    Case("spec unknown model name",
+         lambda e: _spec(e, lambda r: _set(r, "X", model="smollm-135m")), ValueError,
+         ("spec.yaml", "model='smollm-135m'", "smollm2-135m")),
+    Case("spec model path that does not exist",
+         lambda e: _spec(e, lambda r: _set(r, "Y", model="./models/nope")), ValueError,
+         ("experiment Y", "./models/nope", "known names")),
+    Case("spec unknown corpus name",
+         lambda e: _spec(e, lambda r: _set(r, "X", corpus="wikitext")), ValueError,
+         ("spec.yaml", "corpus='wikitext'", "wiki-excerpt")),
+    Case("spec profile typo key",
+         lambda e: _spec(e, lambda r: r.update(profiles={"fast": {"scale": {
+             "steps_per_rnd": 0.1}}})), ValueError,
+         ("profile 'fast'", "steps_per_rnd", "steps_per_round")),
+    Case("spec profile set typo key",
+         lambda e: _spec(e, lambda r: r.update(profiles={"fast": {"set": {"batchsize": 2}}})),
+         ValueError, ("profile 'fast'", "batchsize", "batch_size")),
+    Case("contrast level never reached",
+         lambda e: _spec(e, lambda r: _question(r, {"contrasts": {"c": {
+             "a": "X", "b": "Y", "at": "sparsity", "levels": [0.9]}},
+             "metrics": ["val_ppl"]})),
+         ValueError, ("contrasts.c", "0.9", "never reached", "levels both reach")),
+    Case("contrast auto typo",
+         lambda e: _spec(e, lambda r: _question(r, {"auto": ["inti"]})), ValueError,
+         ("q.auto", "inti", "init")),
+    Case("load_runs unknown experiment of a folder", lambda e: _runs_folder(e, ["e1"]),
+         ValueError, ("experiments", "e1", "['A']")),
+    Case("load_runs unknown experiment of a spec", lambda e: _spec_runs(e, ["e1"]),
+         ValueError, ("experiments", "e1", "B2")),
+    Case("load_runs experiments a string", lambda e: _runs_folder(e, "A"), TypeError,
+         ("experiments", "list")),
+]
+
+
+@pytest.mark.parametrize("case", ISSUE20_CASES, ids=lambda c: c.id)
+def test_issue20_bad_input(case, env):
+    _run(case, env)
+
+
+ISSUE20_CLI_CASES = [
+    (["grid", "status", "pilot", "--runs-dir", "/no/such/runs"], ("--runs-dir", "/no/such/runs")),
+    (["grid", "run", "pilot", "--executor", "slurm"], ("--executor slurm", "sbatch", "local")),
+    (["pilot", "--executor", "slurm"], ("--executor slurm", "SLURM")),
+]
+
+
+@pytest.mark.parametrize("argv, names", ISSUE20_CLI_CASES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)
+def test_issue20_cli_bad_input(argv, names, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no SLURM here
+    test_cli_bad_input(argv, names, capsys)
+
+
+def test_cli_unknown_spec_fails_before_torch_is_imported(tmp_path):
+    """The spec-name check of the CLI runs before torch (and the grid) are imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom workbench import cli\nstatus = cli.main(['grid', 'run', "
+            "'no_such_spec'])\nprint(status, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["2", "False"], (out.stdout, out.stderr[-500:])
+    assert "no_such_spec" in out.stderr and "available" in out.stderr

@@ -66,7 +66,39 @@ def _profile(value: str) -> str | None:
     return None if value in ("none", "") else value
 
 
+def _check_spec_name(spec: str) -> None:
+    """A spec name or path exists (cheap: no torch, no spec parsing), else a UserError
+    listing the specs under ``data/experiments/``."""
+    p = Path(spec)
+    for c in (p, paths.EXPERIMENTS_DIR / p, paths.EXPERIMENTS_DIR / f"{p}.yaml"):
+        if c.is_file():
+            return
+    names = sorted(q.stem for q in paths.EXPERIMENTS_DIR.glob("*.yaml")
+                   if q.name != "profiles.yaml")
+    raise UserError(f"spec {spec!r} not found (neither a file nor a spec under "
+                    f"{paths.EXPERIMENTS_DIR}); available: {names}")
+
+
+def _check_executor(executor: str) -> None:
+    """``--executor slurm`` needs SLURM's ``sbatch`` on this machine."""
+    import shutil
+
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: SLURM is not available here (no 'sbatch' on "
+                        "PATH); use --executor local, submitit-local or debug")
+
+
+def _check_runs_dir(runs_dir: str | None) -> None:
+    """An explicit ``--runs-dir`` to read must exist (else every cell reads as pending)."""
+    if runs_dir is not None and not Path(runs_dir).is_dir():
+        raise UserError(f"--runs-dir {runs_dir!r} does not exist or is not a folder "
+                        f"(relative to {Path.cwd()}); omit it for the default "
+                        f"{paths.RUNS_DIR}")
+
+
 def _grid_run(args: argparse.Namespace) -> int:
+    _check_spec_name(args.spec)
+    _check_executor(args.executor)
     from workbench.experiments import grid
 
     t0 = time.perf_counter()
@@ -90,6 +122,8 @@ def _report(table, seconds: float) -> int:
 
 
 def _grid_status(args: argparse.Namespace) -> int:
+    _check_spec_name(args.spec)
+    _check_runs_dir(args.runs_dir)
     import pandas as pd
 
     from workbench.experiments import grid
@@ -112,6 +146,7 @@ def _grid_status(args: argparse.Namespace) -> int:
 
 def _pilot(args: argparse.Namespace) -> int:
     """The pilot grid with the profile, then the analysis notebook on its runs."""
+    _check_executor(args.executor)
     from workbench.experiments import grid
 
     profile = _profile(args.profile)

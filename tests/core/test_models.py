@@ -161,3 +161,53 @@ def test_device_is_checked_before_the_model_is_built(monkeypatch):
     with pytest.raises(ValueError, match="device='cuda:1' but CUDA is not available"):
         load_model("tiny-llama", device="cuda:1")
     assert devices.resolve_device("cpu") == torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- interrupted caches
+KILLED_FIRST_LOAD = r"""
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch, transformers
+from workbench.core import models
+
+tiny, tok = models.load_model("tiny-llama", device="cpu")
+transformers.AutoModelForCausalLM.from_pretrained = lambda *a, **k: tiny
+transformers.AutoTokenizer.from_pretrained = lambda *a, **k: None
+
+def killed(model, path, **kw):
+    Path(path).write_bytes(b"half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+safetensors.torch.save_model = killed
+gguf = Path(sys.argv[1]) / "m.gguf"
+gguf.write_bytes(b"gguf")
+models._dequantize_to_cache(gguf, Path(sys.argv[1]) / "smollm2-135m")
+"""
+
+
+def test_killed_first_load_leaves_a_folder_the_next_load_removes(tmp_path):
+    """A real dequantisation killed with SIGKILL mid-write: its temporary folder (with
+    the dead owner's record) is removed by the next load; a live owner's folder stays."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from workbench.core import models
+    from workbench.core.processes import owner_record
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_FIRST_LOAD, str(tmp_path)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    left = list(tmp_path.glob(".smollm2-135m.*.tmp"))
+    assert len(left) == 1 and (left[0] / "owner.json").is_file()
+    live = tmp_path / ".smollm2-135m.live.tmp"
+    live.mkdir()
+    (live / "owner.json").write_text(json.dumps(owner_record()))
+    legacy = tmp_path / ".smollm2-135m.legacy.tmp"  # before owner records were written
+    legacy.mkdir()
+    cache = tmp_path / "smollm2-135m"
+    cache.mkdir()
+    (cache / "model.safetensors").write_bytes(b"cached")
+    models._ensure_dequantized(lambda: pytest.fail("the cache exists"), cache)
+    assert sorted(p.name for p in tmp_path.glob(".smollm2-135m.*.tmp")) == [live.name]

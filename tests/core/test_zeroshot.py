@@ -258,3 +258,109 @@ def test_standard_config_is_lm_evals_own_with_local_data(tmp_path):
     assert {m["metric"] for m in cfg["metric_list"]} == {"acc", "acc_norm"}
     arc = zeroshot.standard_task_config("arc_challenge", tmp_path / "arc_challenge.jsonl")
     assert arc["test_split"] == "test" and arc["doc_to_text"].startswith("Question:")
+# ----------------------------------------------------------------------------- task files are data
+HELPERS = """import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+
+
+def keep_two(dataset):
+    pathlib.Path({marker!r}).write_text("called")
+    return dataset.select(range(2))
+"""
+
+
+def _exploit_task(folder, *, extra="", source="json"):
+    """A task whose ``process_docs`` is ``!function helpers.keep_two``; importing
+    helpers.py writes a marker file."""
+    marker = folder / "marker.txt"
+    (folder / "helpers.py").write_text(HELPERS.format(marker=str(marker)))
+    path = write_task(folder, "exploit", [dict(context=f"a b {i}", target="c") for i in range(5)])
+    text = path.read_text().replace("dataset_path: json", f"dataset_path: {source}")
+    path.write_text(text + "process_docs: !function helpers.keep_two\n" + extra)
+    return path, marker
+
+
+def test_function_tag_is_refused_without_trust_and_imports_nothing(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    path, marker = _exploit_task(tmp_path)
+    with pytest.raises(ValueError, match=r"runs Python code \(process_docs: !function "
+                                         r"helpers.keep_two\).*trust_task_code=True"):
+        evaluate_zeroshot(model, tok, path)
+    assert not marker.exists()
+
+
+def test_function_tag_in_a_non_local_task_is_not_imported_before_validation(tmp_path):
+    path, marker = _exploit_task(tmp_path, source="EleutherAI/lambada_openai")
+    with pytest.raises(ValueError, match="local files only"):
+        load_task_config(path, trust_task_code=True)
+    assert not marker.exists()
+
+
+def test_function_tag_runs_with_trust_task_code(tmp_path, tiny_llama, one_thread):
+    model, tok = tiny_llama
+    path, marker = _exploit_task(tmp_path)
+    res = evaluate_zeroshot(model, tok, path, trust_task_code=True)
+    assert marker.read_text() == "called"
+    assert res.n == 2  # keep_two was applied to the 5 documents
+
+
+def test_trust_task_code_must_be_a_bool(tmp_path):
+    path, marker = _exploit_task(tmp_path)
+    with pytest.raises(TypeError, match="trust_task_code"):
+        load_task_config(path, trust_task_code="yes")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("template", [
+    "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+    "{{ self.__init__.__globals__.__builtins__.open('MARKER', 'w').write('x') }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ context }}",
+])
+def test_template_reaching_for_globals_is_refused(tmp_path, tiny_llama, template):
+    model, tok = tiny_llama
+    marker = tmp_path / "MARKER"
+    path = write_task(tmp_path, "jinja", [dict(context="a b", target="c")])
+    text = path.read_text().replace('doc_to_text: "{{context}}"',
+                                    f'doc_to_text: "{template.replace("MARKER", str(marker))}"')
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"jinja.yaml: doc_to_text was refused by the Jinja "
+                                         r"sandbox.*unsafe"):
+        evaluate_zeroshot(model, tok, path)
+    assert not marker.exists()
+
+
+def test_python_object_tags_are_refused(tmp_path):
+    marker = tmp_path / "marker"
+    path = write_task(tmp_path, "obj", [dict(context="a b", target="c")])
+    path.write_text(path.read_text() + f"metadata: !!python/object/apply:os.system "
+                                       f"['touch {marker}']\n")
+    with pytest.raises(ValueError, match=r"obj.yaml line \d+: .*python/object/apply.*data"):
+        load_task_config(path)
+    assert not marker.exists()
+
+
+def test_unknown_metric_is_refused_before_evaluate_reaches_the_network(tmp_path):
+    path = write_task(tmp_path, "m", [dict(context="a b", target="c")])
+    path.write_text(path.read_text().replace("metric: acc", "metric: accuracy"))
+    with pytest.raises(ValueError, match=r"metric_list\[0\].metric='accuracy'.*allowed: "
+                                         r"\[.*'acc'"):
+        load_task_config(path)
+
+
+def test_metric_not_computed_is_an_error_not_nan(tmp_path, tiny_llama):
+    """acc_norm is a built-in metric that a loglikelihood task never produces."""
+    model, tok = tiny_llama
+    path = write_task(tmp_path, "nan", [dict(context="a b", target="c")])
+    path.write_text(path.read_text().replace("metric: acc", "metric: acc_norm"))
+    with pytest.raises(RuntimeError, match="metric 'acc_norm' could not be computed"):
+        evaluate_zeroshot(model, tok, path)
+
+
+def test_missing_split_and_empty_data_are_named(tmp_path):
+    path = write_task(tmp_path, "s", [dict(context="a b", target="c")])
+    path.write_text(path.read_text().replace("test_split: test", "test_split: validation"))
+    with pytest.raises(ValueError, match=r"test_split='validation' is not a split.*\['test'\]"):
+        load_task_config(path)
+    empty = write_task(tmp_path, "e", [])
+    with pytest.raises(ValueError, match=r"e.jsonl of task .* is empty"):
+        load_task_config(empty)

@@ -75,3 +75,97 @@ def test_round_trip_default_model(tmp_path):
     out = _round_trip(model, tok, "magnitude", tmp_path, seq=64)
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["tie_word_embeddings"]
+
+
+# ----------------------------------------------------------------------------- integrity on load
+@pytest.fixture
+def saved(tmp_path):
+    model, tok = wb.load_model("tiny-llama", device="cpu", seed=0)
+    res = wb.prune(model, "magnitude", 0.5)
+    return save_pruned(model, tok, res.masks, tmp_path / "ckpt"), res.masks
+
+
+def _flip(path, at):
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_manifest_holds_the_sha256_of_every_file(saved):
+    import hashlib
+
+    out, _ = saved
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "masks.safetensors", "config.json"} <= files.keys()
+    for name, record in files.items():
+        assert record["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+
+
+def test_flipped_weight_bytes_are_detected(saved):
+    out, _ = saved
+    _flip(out / "model.safetensors", -7)
+    with pytest.raises(ValueError, match=r"model.safetensors is corrupted.*SHA-256"):
+        load_pruned(out)
+
+
+def test_another_models_masks_are_detected(saved, tmp_path):
+    """Masks of a different pruning, with the manifest's checksum rewritten to match: the
+    masks are checked against the weights' zeros."""
+    from workbench.pruning.checkpoint import file_checksums
+
+    out, masks = saved
+    other = {n: ~m for n, m in masks.items()}
+    wb.save_masks(other, out / "masks.safetensors")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = file_checksums(out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"masks.safetensors does not match the weights.*"
+                                         r"non-zero"):
+        load_pruned(out)
+
+
+def test_masks_naming_unknown_parameters_are_detected(saved):
+    out, masks = saved
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"]  # an old folder: no checksums, the masks are still checked
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    wb.save_masks({"model.no_such.weight": next(iter(masks.values()))},
+                  out / "masks.safetensors")
+    with pytest.warns(UserWarning, match="no file checksums"):
+        with pytest.raises(ValueError, match="model.no_such.weight"):
+            load_pruned(out)
+
+
+def test_cut_off_manifest_and_truncated_weights_are_named(saved):
+    out, _ = saved
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"manifest.json is cut off"):
+        load_pruned(out)
+    (out / "manifest.json").write_text(text)
+    raw = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(ValueError, match=r"model.safetensors has \d+ bytes.*truncated"):
+        load_pruned(out)
+    with pytest.raises(ValueError, match=r"model.safetensors is truncated"):
+        wb.load_model(out)  # load_model alone checks the safetensors layout
+
+
+def test_a_checkpoint_missing_a_tensor_is_an_error(saved):
+    from safetensors.torch import load_file, save_file
+
+    out, _ = saved
+    tensors = load_file(out / "model.safetensors")
+    dropped = sorted(tensors)[3]
+    del tensors[dropped]
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"lack 1 tensors.*{dropped}.*incomplete"):
+        wb.load_model(out)
+
+
+def test_a_folder_without_tokenizer_files_is_named(saved):
+    out, _ = saved
+    for f in out.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt has no tokenizer files"):
+        wb.load_model(out)

@@ -117,3 +117,54 @@ def check_token_ids(argument: str, ids: Any, *, vocab_size: int | None = None,
         raise ValueError(f"{argument} has sequence length {ids.shape[-1]}, longer than the "
                          f"model's {max_length} positions")
     return ids
+
+
+def check_option_types(function: str, options: Mapping[str, Any], *fns: Any) -> None:
+    """Check keyword options against the defaults and annotations of ``fns``.
+
+    An option whose parameter defaults to a bool (or is annotated ``bool``) must be a
+    bool (``sequential="no"`` is refused, not truthy); one annotated ``int`` must be an
+    integer (``n_samples=2.7`` is refused, not truncated); one annotated ``float`` must be
+    a finite real number (``damping=inf`` and NaN are refused). ``None`` passes where the
+    annotation allows it. Options none of ``fns`` declares are left to
+    :func:`check_kwargs`.
+
+    Raises:
+        TypeError: Wrong type (names ``function``, the option and the allowed type).
+        ValueError: A non-finite float.
+    """
+    import inspect
+    import math
+
+    declared: dict[str, inspect.Parameter] = {}
+    for fn in reversed(fns):
+        if fn is None:
+            continue
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                declared[p.name] = p
+    for name, value in options.items():
+        p = declared.get(name)
+        if p is None:
+            continue
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(
+            p.annotation, "__name__", str(p.annotation))
+        parts = {a.strip() for a in str(ann).replace("Optional[", "").rstrip("]").split("|")}
+        default = p.default
+        if value is None and ("None" in parts or default is None):
+            continue
+        if parts & {"bool"} or isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError(f"{function}: {name} must be True or False, got "
+                                f"{type(value).__name__} {value!r}")
+        elif "int" in parts and "float" not in parts or (
+                type(default) is int and "float" not in parts):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{function}: {name} must be an integer, got "
+                                f"{type(value).__name__} {value!r}")
+        elif "float" in parts or isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{function}: {name} must be a finite number, got "
+                                f"{type(value).__name__} {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{function}: {name} must be a finite number, got {value!r}")

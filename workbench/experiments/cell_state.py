@@ -30,13 +30,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
-from workbench.core import io
+from workbench.core import io, processes
 from workbench.experiments import runs
 
 #: Cell states (see :func:`cell_state`).
@@ -95,47 +94,12 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def owner_record() -> dict[str, Any]:
-    """``{"host", "pid", "pid_start"}`` of this process, for a "running" status record
-    (what :func:`cell_state` checks to tell whether the owner is alive)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid())}
-
-
-def _process_start(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22 of proc(5)
-
-
-def _process_state(pid: int) -> str | None:
-    """State letter of ``pid`` from ``/proc/<pid>/stat`` (``Z``: zombie), else ``None``."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()[0]
-
-
-def _owner_alive(status: Mapping[str, Any]) -> bool | None:
-    """Is the process named in a status record alive? ``None`` when it cannot be told
-    (another host, no pid recorded). A recycled pid is told apart by its start time."""
-    pid, host = status.get("pid"), status.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if _process_state(pid) in ("Z", "X"):  # killed, not yet reaped (no init in containers)
-        return False
-    started = status.get("pid_start")
-    return started is None or _process_start(pid) in (None, started)
+# The owner record and its liveness check live in the core layer (also used for the
+# interrupted dequantisation folders of workbench.core.models).
+owner_record = processes.owner_record
+_process_start = processes.process_start
+_process_state = processes.process_state
+_owner_alive = processes.owner_alive
 
 
 def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[Path]:

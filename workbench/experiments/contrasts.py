@@ -148,6 +148,7 @@ def parse_questions(raw: Any, experiments: Mapping[str, Mapping[str, Any]], *,
         qmetrics = _names(body.get("metrics", ()), f"{w}.metrics")
         describe = _names(body.get("describe", ()), f"{w}.describe")
         auto = _names(body.get("auto", ()), f"{w}.auto")
+        _check_auto_factors(auto, experiments, f"{w}.auto")
         for m in (*qmetrics, *describe):
             _check_metric(m, metrics, f"{w}")
         items = body.get("contrasts") or {}
@@ -167,6 +168,39 @@ def parse_questions(raw: Any, experiments: Mapping[str, Mapping[str, Any]], *,
         out[str(qid)] = Question(str(qid), text.strip(), tuple(contrasts), describe, auto,
                                  qmetrics)
     return out
+
+
+def _check_auto_factors(auto: Sequence[str], experiments: Mapping[str, Mapping[str, Any]],
+                        where: str) -> None:
+    """``auto`` factors are parameters the experiments set (``[inti]`` is a typo).
+
+    Raises:
+        ValueError: Naming the unknown factors and the allowed ones.
+    """
+    known = sorted({k for params in experiments.values() for k in params})
+    unknown = [f for f in auto if f not in known]
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not parameters of the experiments; "
+                         f"allowed factors: {known}")
+
+
+def _check_levels_reached(levels: Sequence[float], a: str, b: str,
+                          experiments: Mapping[str, Mapping[str, Any]], at: str, take: str,
+                          where: str) -> None:
+    """Every requested level is reached by both experiments (else it is never compared).
+
+    Raises:
+        ValueError: Naming the levels, the experiment that does not reach them and the
+            levels both reach.
+    """
+    pa = planned_rounds(experiments[a], at, take)
+    pb = planned_rounds(experiments[b], at, take)
+    both = sorted(set(pa) & set(pb))
+    for lv in levels:
+        missing = [e for e, p in ((a, pa), (b, pb)) if lv not in p]
+        if missing:
+            raise ValueError(f"{where}: levels: {at} level {lv} is never reached by "
+                             f"{' and '.join(missing)}; levels both reach: {both}")
 
 
 def _check_metric(metric: str, known: Sequence[str] | None, where: str) -> None:
@@ -207,6 +241,8 @@ def _parse_contrast(name: str, qid: str, c: Any, experiments, qmetrics, known,
                              f"got {levels!r}")
         levels = tuple(round(float(v), DECIMALS) if at == "sparsity" else int(v)
                        for v in levels)
+    if levels is not None:
+        _check_levels_reached(levels, c["a"], c["b"], experiments, at, take, where)
     contrast = Contrast(name, qid, c["a"], c["b"], at, cmetrics, levels, take, expect)
     testable = testable_levels(contrast, experiments[c["a"]], experiments[c["b"]])
     if not testable:

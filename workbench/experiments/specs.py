@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -253,6 +254,60 @@ def check_values(params: Mapping[str, Any], where: str,
     for key, value in params.items():
         if defaults is not None and key in defaults and key not in fields:
             _check_type(key, value, defaults[key], where)
+    check_gradual_rounds(params, where)
+    check_model_and_corpus(params, where)
+
+
+def check_gradual_rounds(params: Mapping[str, Any], where: str) -> None:
+    """A gradual schedule prunes once per target: ``n_rounds`` (when given) must equal
+    ``len(targets)`` (else the run records rounds it never pruned).
+
+    Raises:
+        ValueError: Naming ``where``, both values and the allowed one.
+    """
+    if params.get("schedule") != "gradual" or "n_rounds" not in params:
+        return
+    targets = params.get("targets")
+    if isinstance(targets, (list, tuple)) and params["n_rounds"] != len(targets):
+        raise ValueError(f"{where}: n_rounds={params['n_rounds']!r} but schedule='gradual' "
+                         f"has {len(targets)} targets {list(targets)}: a gradual schedule "
+                         f"prunes once per target, so n_rounds must be {len(targets)} (or "
+                         "left out)")
+
+
+def check_model_and_corpus(params: Mapping[str, Any], where: str) -> None:
+    """``model`` and ``corpus`` of an experiment name something that exists, checked at
+    spec load (no model is loaded): a known name, an existing path, or (models) a hub id
+    ``owner/name`` in the local Hugging Face cache.
+
+    Raises:
+        ValueError: Naming ``where``, the key, the value and the known names.
+    """
+    from workbench.core.data import KNOWN_CORPORA
+    from workbench.core.models import KNOWN_MODELS
+
+    def exists(value: str) -> bool:
+        p = Path(value).expanduser()
+        return p.exists() or (not p.is_absolute() and (paths.ROOT / p).exists())
+
+    model = params.get("model")
+    if isinstance(model, str) and model not in KNOWN_MODELS and not exists(model):
+        cached = False
+        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", model):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+            except Exception:  # noqa: BLE001 - no cache, no hub library: not cached
+                cached = False
+        if not cached:
+            raise ValueError(f"{where}: model={model!r} is not a known model, an existing "
+                             f"path or a hub id in the local cache; known names: "
+                             f"{list(KNOWN_MODELS)}")
+    corpus = params.get("corpus")
+    if isinstance(corpus, str) and corpus not in KNOWN_CORPORA and not exists(corpus):
+        raise ValueError(f"{where}: corpus={corpus!r} is not a known corpus or an existing "
+                         f"file; known names: {list(KNOWN_CORPORA)}, or a .txt/.jsonl path")
 
 
 def takes_config(notebook_defaults: Mapping[str, Any] | None) -> bool:
@@ -382,6 +437,7 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
                 profiles=all_profiles, description=str(raw.get("description") or ""),
                 slurm=dict(slurm), path=path, questions=questions)
     own = set(raw.get("profiles") or {})
+    _check_profile_keys(all_profiles, exps, allowed_params, where)
     for prof in all_profiles:  # every profile must give valid values
         for name, params in spec.resolve(prof).items():
             check_values(params, f"{where}: experiment {name} under profile {prof!r}",
@@ -391,6 +447,26 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
             if allowed_params is not None and prof in own:
                 check_keys(params, allowed_params, f"{where}: profile {prof!r}")
     return spec
+
+
+def _check_profile_keys(profiles: Mapping[str, Mapping[str, Any]],
+                        experiments: Mapping[str, "Experiment"], allowed_params: set | None,
+                        where: str) -> None:
+    """Keys a profile scales or sets are parameters somebody reads: fields of the lottery
+    schema, parameters of the experiments, or the notebook's parameters (a typo such as
+    ``steps_per_rnd`` would otherwise be skipped silently).
+
+    Raises:
+        ValueError: Naming the profile, the section, the keys and the allowed ones.
+    """
+    known = set(schema_fields()) | {k for e in experiments.values() for k in e.parameters}
+    known |= set(allowed_params or ())
+    for prof, body in profiles.items():
+        for section in ("scale", "set"):
+            unknown = sorted(set((body or {}).get(section) or {}) - known)
+            if unknown:
+                raise ValueError(f"{where}: profile {prof!r} {section}: {unknown} are not "
+                                 f"parameters of this spec; allowed: {sorted(known)}")
 
 
 def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,

@@ -11,7 +11,14 @@
 
 Pruned weights are stored as exact zeros in the dense ``model.safetensors`` (no sparse
 format), so any loader gives the same function; the masks say which zeros are pruned
-(a kept weight may be zero too). The workbench's byte tokenizer of the tiny test models
+(a kept weight may be zero too).
+
+Integrity: the manifest records the SHA-256 and size of every other file of the folder
+(``"files"``, the weights included, like the masks file's own checksum), and
+:func:`load_pruned` verifies them, then checks the masks against the loaded weights
+(every mask names a parameter of the same shape, and every weight it prunes is zero), so
+flipped weight bytes, another model's masks or a cut-off file are errors naming the
+file. The workbench's byte tokenizer of the tiny test models
 is saved as the equivalent ``PreTrainedTokenizerFast`` with the same ids
 (:func:`workbench.core.zeroshot.hf_tokenizer`). A ``quantization_config`` left in the
 config (models dequantized from GGUF) is dropped before saving: the weights written are
@@ -20,8 +27,10 @@ the dense float ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -115,6 +124,7 @@ def save_pruned(
         tok.save_pretrained(tmp)
         save_masks(masks, tmp / MASKS_FILE, metadata={"source": "workbench.save_pruned"})
         total = report.iloc[-1]
+        checksums = file_checksums(tmp)
         write_manifest(
             tmp / MANIFEST_FILE, parameters=dict(manifest or {}),
             masks=dict(file=MASKS_FILE, tensors=len(masks), numel=int(total["numel"]),
@@ -122,6 +132,7 @@ def save_pruned(
                        per_tensor={r["name"]: float(r["sparsity"])
                                    for _, r in report.iloc[:-1].iterrows()}),
             model_class=type(model).__name__, dtype=str(next(model.parameters()).dtype),
+            files=checksums,
         )
     return out
 
@@ -135,7 +146,11 @@ def load_pruned(path: str | os.PathLike, *, device: str | torch.device | None = 
         same model.
 
     Raises:
-        FileNotFoundError: The folder, its masks or its manifest are missing (named).
+        FileNotFoundError: The folder, its masks, its manifest or a file the manifest
+            lists are missing (named).
+        ValueError: A cut-off or damaged manifest, a file whose SHA-256 does not match
+            the manifest, or masks that do not match the loaded weights (names, shapes,
+            non-zero pruned weights).
     """
     from workbench.core.models import load_model
     from workbench.pruning.masks import load_masks
@@ -145,10 +160,82 @@ def load_pruned(path: str | os.PathLike, *, device: str | torch.device | None = 
         if not f.is_file():
             raise FileNotFoundError(f"path: {f} is missing; {folder} is not a checkpoint "
                                     "written by save_pruned")
-    model, tok = load_model(folder, device=device)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
     masks = load_masks(folder / MASKS_FILE)
-    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    model, tok = load_model(folder, device=device)
+    try:
+        _check_masks(model, masks)
+    except ValueError as err:
+        raise ValueError(f"path: {folder / MASKS_FILE} does not match the weights in "
+                         f"{folder}: {err}") from None
     return model, tok, masks, manifest
 
 
-__all__ = ["save_pruned", "load_pruned", "MASKS_FILE", "MANIFEST_FILE"]
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{file name: {"sha256", "bytes"}}`` of every file in ``folder`` but the manifest."""
+    folder = Path(folder)
+    return {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size}
+            for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST_FILE}
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a pruned-model folder, parsed.
+
+    Raises:
+        ValueError: Not valid JSON (cut off or damaged) or not an object (file named).
+    """
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"path: {path} is cut off or damaged (not valid JSON: {err}); "
+                         "rewrite the folder with save_pruned") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"path: {path} must hold a JSON object, got "
+                         f"{type(manifest).__name__}")
+    return manifest
+
+
+def verify_files(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """Every file the manifest lists exists with its recorded size and SHA-256.
+
+    Folders written before checksums were recorded (no ``"files"``) load with a warning.
+
+    Raises:
+        FileNotFoundError: A listed file is missing.
+        ValueError: A listed file has another size or SHA-256 (flipped bytes, truncated).
+    """
+    folder = Path(folder)
+    files = manifest.get("files")
+    if files is None:
+        warnings.warn(f"{folder / MANIFEST_FILE} records no file checksums (written by an "
+                      "older version); the weights cannot be verified", stacklevel=3)
+        return
+    if not isinstance(files, Mapping):
+        raise ValueError(f"path: {folder / MANIFEST_FILE}: 'files' must map file names to "
+                         f"{{sha256, bytes}}, got {type(files).__name__}")
+    for name, record in files.items():
+        f = folder / name
+        if not f.is_file():
+            raise FileNotFoundError(f"path: {f} is listed in {MANIFEST_FILE} but missing")
+        if not isinstance(record, Mapping) or "sha256" not in record:
+            raise ValueError(f"path: {folder / MANIFEST_FILE}: files[{name!r}] has no sha256")
+        if record.get("bytes") is not None and f.stat().st_size != record["bytes"]:
+            raise ValueError(f"path: {f} has {f.stat().st_size} bytes, the manifest recorded "
+                             f"{record['bytes']}: the file is truncated or was replaced")
+        if _sha256(f) != record["sha256"]:
+            raise ValueError(f"path: {f} is corrupted or was replaced: its SHA-256 does not "
+                             f"match the one in {MANIFEST_FILE} ({record['sha256'][:12]}...)")
+
+
+__all__ = ["save_pruned", "load_pruned", "file_checksums", "read_manifest", "verify_files",
+           "MASKS_FILE", "MANIFEST_FILE"]

@@ -40,7 +40,7 @@ from typing import Any, Collection, Mapping
 import torch
 from torch import nn
 
-from workbench.core.checks import check_choice, check_kwargs
+from workbench.core.checks import check_choice, check_kwargs, check_option_types
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -303,6 +303,11 @@ def prune(
     allowed = accepted_options(entry.fn)
     if allowed is not None:
         check_kwargs(f"prune(method={method!r})", options, allowed | prune_keywords())
+    check_option_types(f"prune(method={method!r})", options, entry.fn,
+                       *_option_sources(entry.fn))
+    if scope_name == "n:m" and abs(s - (1 - n / m)) > 1e-9:
+        raise ValueError(f"sparsity={sparsity!r} does not fit scope={scope!r}: N:M keeps N of "
+                         f"every M weights, so sparsity must be 1 - N/M = {1 - n / m:g}")
     if entry.props["needs_calibration"] and calibration_tokens is None and scores is None:
         raise ValueError(f"method {method!r} needs calibration data "
                          "(calibration_tokens=LongTensor[n, seq])")
@@ -334,6 +339,23 @@ def prune(
     info["achieved_sparsity"] = float(report.iloc[-1]["sparsity"])
     info["seconds"] = time.perf_counter() - t0
     return PruneResult(masks=masks, report=report, info=info)
+
+
+def _option_sources(fn) -> list:
+    """The functions a registered method forwards its ``**options`` to (for type checks)."""
+    name = getattr(fn, "__name__", "")
+    try:
+        if name.endswith("_method"):
+            from workbench.pruning.registry import SCORE_KINDS
+
+            return [SCORE_KINDS.get(name[: -len("_method")]).fn]
+        if fn is _gradprobe:
+            from workbench.pruning.gradient_probe import gradprobe
+
+            return [gradprobe]
+    except (KeyError, ValueError, AttributeError):
+        return []
+    return []
 
 
 def prune_keywords() -> set[str]:

@@ -58,8 +58,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01, *,
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(Hinv, upper=True), dead
+    try:
+        if not torch.isfinite(H).all():
+            raise torch.linalg.LinAlgError("non-finite entries")
+        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        return torch.linalg.cholesky(Hinv, upper=True), dead
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(
+            f"SparseGPT: the dampened Hessian X^T X + damp * mean(diag) * I ([{H.shape[0]}, "
+            f"{H.shape[0]}], damp={damp}) is not positive definite ({err}). Hint: damp must "
+            "be a finite number > 0 (SparseGPT's percdamp, default 0.01); raise it (e.g. 0.1) "
+            "or give more calibration tokens (rows of X) than inputs, and check the "
+            "calibration activations for inf/NaN") from None
 
 
 @torch.no_grad()
@@ -96,6 +106,9 @@ def sparsegpt_layer(
     if weight.dim() != 2 or tuple(hessian.shape) != (weight.shape[1],) * 2:
         raise ValueError(f"weight must be [out, in] and hessian [in, in]; got "
                          f"{tuple(weight.shape)} and {tuple(hessian.shape)}")
+    if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not damp == damp or (
+            damp == float("inf")):
+        raise ValueError(f"damp must be a finite number >= 0 (default 0.01), got {damp!r}")
     if damp < 0 or block_size < 1:
         raise ValueError(f"need damp >= 0 and block_size >= 1, got damp={damp}, "
                          f"block_size={block_size}")
