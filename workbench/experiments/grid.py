@@ -164,11 +164,12 @@ def check_budgets(cells: list[Cell], world_size: int = 1, *,
         plan_ = budget.plan_budget(cfg, sizes[key], world_size)
         rows.append(dict(experiment=c.experiment, seed=c.seed, **vars(plan_)))
         if plan_.exceeds and not allow_repeats:
-            refused.append(budget.budget_message(cfg, plan_))
+            refused.append((c.experiment, budget.budget_message(cfg, plan_)))
     if refused:
-        more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+        first = list({exp: msg for exp, msg in reversed(refused)}.values())[::-1]
+        more = f" (showing the first seed of each of {len(first)} experiments)"
         raise budget.BudgetExceeded(f"{len(refused)} of {len(rows)} cells refused before "
-                                    f"anything ran{more}: " + " | ".join(refused[:3]))
+                                    f"anything ran{more}: " + " | ".join(first[:4]))
     return rows
 
 
