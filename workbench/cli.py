@@ -105,7 +105,8 @@ def _grid_run(args: argparse.Namespace) -> int:
     table = grid.run_grid(args.spec, _profile(args.profile), jobs=args.jobs,
                           executor=args.executor, runs_dir=args.runs_dir,
                           rerun_failed=not args.keep_failed, timeout=args.timeout,
-                          mlflow=args.mlflow or False)
+                          mlflow=args.mlflow or False, nproc=args.nproc,
+                          allow_repeats=args.allow_repeats)
     return _report(table, time.perf_counter() - t0)
 
 
@@ -246,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per notebook cell, seconds")
     run.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="TRACKING_URI",
                      help="log finished cells to MLflow (needs mlflow installed)")
+    run.add_argument("--nproc", type=_positive_int, default=1,
+                     help="processes per cell (torch.distributed DDP; gloo on CPU, NCCL on "
+                          "CUDA); on SLURM use the spec's slurm.tasks_per_node instead")
+    run.add_argument("--allow-repeats", action="store_true",
+                     help="run plans over max_epochs passes of the training split anyway")
     run.set_defaults(func=_grid_run)
     st = gsub.add_parser("status", help="state of every cell of a spec", parents=[debug])
     st.add_argument("spec")

@@ -199,3 +199,42 @@ def test_killed_cell_resumes_from_its_last_finished_round(tmp_path):
     pd.testing.assert_frame_equal(
         pd.read_parquet(cell.directory / "records.parquet").drop(columns=drop),
         pd.read_parquet(Path(ref.directory.iloc[0]) / "records.parquet").drop(columns=drop))
+
+
+# ----------------------------------------------------------------------------- budgets
+def test_origin_spec_dry_run_names_the_missing_shard_folder():
+    from workbench.lottery.schema import IMPConfig
+
+    spec = specs.load_spec("seed002-gpt2")
+    params = spec.resolve(None)
+    cfg = IMPConfig.from_params(params["B2"])
+    assert cfg.tokens_per_step(4) == 12 * 1024 * 20 * 4 == 983_040
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.lr) == (
+        0.9, 0.95, 0.1, 1.0, 6e-4)
+    assert spec.slurm["tasks_per_node"] * spec.slurm.get("nodes", 1) == 4
+    assert params["B2"]["init"] == "normal" and params["C1"]["init"] == "xavier"
+    assert params["E1"]["init"] == "kaiming"
+    with pytest.raises(FileNotFoundError, match=r"openwebtext-gpt2.*workbench data prepare"):
+        grid.status(spec, None)
+
+
+def test_plan_over_max_epochs_is_refused_with_the_numbers(tmp_path):
+    from workbench.lottery.budget import BudgetExceeded
+
+    raw = {"name": "big", "notebook": "04_lottery_run", "seeds": [0],
+           "defaults": dict(model="tiny-llama", corpus="lee", n_rounds=1, seq_len=32,
+                            batch_size=4),
+           "experiments": {"X": {"steps_per_round": 100000}, "Y": {"steps_per_round": 1}}}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    with pytest.raises(BudgetExceeded) as err:
+        grid.run_grid(path, None, runs_dir=runs, progress=False)
+    msg = str(err.value)
+    assert "1 of 2 cells refused" in msg and "X seed 0: 100000 steps x 128 tokens" in msg
+    assert "more than max_epochs=1" in msg and "--allow-repeats" in msg
+    assert not any(runs.glob("*/X"))  # nothing ran
+    rows = grid.check_budgets(grid.plan(path, None, runs), 2, allow_repeats=True)
+    x = next(r for r in rows if r["experiment"] == "X")
+    assert x["tokens_per_step"] == 4 * 32 * 2
+    assert x["epochs_per_round"] == pytest.approx(100000 * 256 / x["train_tokens"])

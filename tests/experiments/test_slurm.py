@@ -568,3 +568,20 @@ def test_stale_lease_of_a_cancelled_job_is_released_and_resubmitted_once(tmp_pat
     jobs = _jobs_named(slurm.job_name(cell.directory))
     assert len(jobs) == 1 and jobs[0][1] == "COMPLETED" and jobs[0][0] != dead
     assert _round_counts(log)[("X", 0, "end")] == 1
+
+
+def test_ranks_per_cell_come_from_the_slurm_section():
+    from workbench.experiments import grid
+
+    assert grid.cell_world_size("slurm", 1, {"tasks_per_node": 4, "nodes": 2}) == 8
+    assert grid.cell_world_size("slurm", 1, {}) == 1
+    assert grid.cell_world_size("local", 3, {"tasks_per_node": 4}) == 3
+    with pytest.raises(ValueError, match="tasks_per_node"):
+        grid.run_grid("pilot", "cpu", executor="slurm", nproc=2, progress=False)
+
+
+def test_single_task_job_exports_no_distributed_env():
+    from workbench.experiments import slurm as slurm_mod
+
+    assert slurm_mod._export_distributed_env({"SLURM_NTASKS": "1"}) == 0
+    assert slurm_mod._export_distributed_env({}) == 0

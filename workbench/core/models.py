@@ -70,7 +70,13 @@ TINY_LLAMA_CONFIG = dict(
 TINY_GPT2_CONFIG = dict(vocab_size=260, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                         bos_token_id=256, eos_token_id=257)
 
-KNOWN_MODELS = ("smollm2-135m", "random-smollm2-135m", "tiny-llama", "tiny-gpt2")
+#: GPT-2 124M (nanoGPT's shape: 12 layers, 12 heads, 768 wide, 1024 positions, vocabulary
+#: padded to 50304 as nanoGPT does), for from-scratch runs of the lottery table's origin.
+GPT2_124M_CONFIG = dict(vocab_size=50304, n_embd=768, n_layer=12, n_head=12, n_positions=1024,
+                        bos_token_id=50256, eos_token_id=50256)
+
+KNOWN_MODELS = ("smollm2-135m", "random-smollm2-135m", "tiny-llama", "tiny-gpt2",
+                "random-gpt2-124m")
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -223,6 +229,8 @@ def _random_model(kind: str, seed: int):
             model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA_CONFIG))
         elif kind == "tiny-gpt2":
             model = GPT2LMHeadModel(GPT2Config(**TINY_GPT2_CONFIG))
+        elif kind == "random-gpt2-124m":
+            model = GPT2LMHeadModel(GPT2Config(**GPT2_124M_CONFIG))
         else:  # random-smollm2-135m
             model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_CONFIG))
     return model
@@ -442,10 +450,12 @@ def load_model(
     if not isinstance(trust_remote_code, bool):
         raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     path = Path(spec_str).expanduser()
-    if spec_str in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m"):
+    if spec_str in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m", "random-gpt2-124m"):
         model = _random_model(spec_str, seed)
         if spec_str == "random-smollm2-135m":
             tokenizer = _smollm2_tokenizer_or_bytes()
+        elif spec_str == "random-gpt2-124m":
+            tokenizer = _gpt2_tokenizer()
         else:
             tokenizer = ByteTokenizer()
     elif spec_str == DEFAULT_MODEL:
@@ -490,6 +500,17 @@ def load_model(
     model = model.to(device=device, dtype=torch_dtype)
     model.eval()
     return model, tokenizer
+
+
+def _gpt2_tokenizer():
+    """GPT-2's tokenizer from the local Hugging Face cache (hub id ``gpt2``)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained("gpt2", local_files_only=True)
+    except OSError as err:
+        raise ValueError("random-gpt2-124m needs GPT-2's tokenizer ('gpt2') in the local "
+                         "Hugging Face cache (hub downloads are off)") from err
 
 
 def _smollm2_tokenizer_or_bytes():

@@ -209,7 +209,40 @@ def scale_title(a: Analysis) -> str:
         return f"{a.name}, profile {prof}"
     steps = ", ".join(f"{r} ({_k(d)} in the design)" if r != d else f"{r}"
                       for r, d, _ in pairs)
-    return f"{a.name}, profile {prof}: steps/round {steps}"
+    epochs = epochs_range(a)
+    tail = "" if epochs is None else f", {_epochs_text(epochs)} epochs/round"
+    return f"{a.name}, profile {prof}: steps/round {steps}{tail}"
+
+
+def epochs_range(a: Analysis) -> tuple[float, float] | None:
+    """``(min, max)`` passes over the training split per round in the runs' records
+    (``epochs_round``, :mod:`workbench.lottery.budget`); ``None`` for older records."""
+    rec = a.records
+    if rec is None or not len(rec) or "epochs_round" not in rec:
+        return None
+    e = pd.to_numeric(rec["epochs_round"], errors="coerce").dropna()
+    return (float(e.min()), float(e.max())) if len(e) else None
+
+
+def _epochs_text(epochs: tuple[float, float]) -> str:
+    lo, hi = epochs
+    return f"{lo:.3g}" if math.isclose(lo, hi, rel_tol=1e-3) else f"{lo:.3g}-{hi:.3g}"
+
+
+def repeats_note(a: Analysis) -> str | None:
+    """A sentence naming the experiments that trained more passes per round than their
+    ``max_epochs`` (run with ``--allow-repeats``), or ``None``."""
+    rec = a.records
+    if rec is None or not len(rec) or not {"epochs_round", "max_epochs"} <= set(rec):
+        return None
+    over = rec[pd.to_numeric(rec["epochs_round"]) > pd.to_numeric(rec["max_epochs"])]
+    if not len(over):
+        return None
+    worst = over.groupby("experiment")["epochs_round"].max()
+    return ("Repeats allowed (--allow-repeats): " + ", ".join(
+        f"{e} trains {v:.3g} epochs per round" for e, v in worst.items())
+        + f", over max_epochs = {over['max_epochs'].iloc[0]:g}: perplexities there measure "
+        "memorisation of the training split as much as what survives pruning.")
 
 
 def scale_note(a: Analysis) -> str:
@@ -226,6 +259,13 @@ def scale_note(a: Analysis) -> str:
              if k in any_params]
     if sizes:
         parts.append("Sizes: " + ", ".join(sizes) + ".")
+    epochs = epochs_range(a)
+    if epochs is not None:
+        parts.append(f"Passes over the training split per round: {_epochs_text(epochs)} "
+                     "epochs (records: tokens_per_step, tokens_round, epochs_round).")
+    repeats = repeats_note(a)
+    if repeats:
+        parts.append(repeats)
     if any(r != d for r, d, _ in pairs):
         parts.append("These are scaled-down budgets: every number below is a pilot of the "
                      "procedure, not a result at the design's scale.")

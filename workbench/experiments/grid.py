@@ -21,6 +21,20 @@ process is gone (same host) becomes ``interrupted``, with the time it was found 
 states, the dead-owner check and the cleaning of leftovers live in
 :mod:`workbench.experiments.cell_state`.
 
+Budgets: before anything is dispatched, every lottery cell's plan is checked against its
+training split (:func:`check_budgets`, :mod:`workbench.lottery.budget`: refused above
+``max_epochs`` passes per stretch of training, with the numbers, unless
+``allow_repeats``); a spec naming a token-shard folder that does not exist fails already
+in :func:`plan` (so ``grid status`` says so too), naming the folder and the ``workbench
+data prepare`` command.
+
+N processes per cell: ``nproc`` > 1 (``grid run --nproc N``) runs each cell on N local
+ranks (:mod:`workbench.lottery.distributed`: the notebook's kernel launches them through
+torchrun's ``elastic_launch``; rank 0 writes). A rank killed by a signal leaves the cell
+``interrupted`` (checkpoints kept; a re-run resumes with any N), a rank that raised
+leaves it ``failed``. On SLURM the spec's ``slurm:`` section (``tasks_per_node``,
+``nodes``, ``gpus_per_node``) sets the ranks (:mod:`workbench.experiments.slurm`).
+
 Executors: ``"local"`` (``jobs`` worker processes; with ``jobs > 1`` each kernel gets
 ``cpu_count // jobs`` torch threads), ``"slurm"`` (submitit on a SLURM cluster, at most
 ``jobs`` cells queued at once), ``"submitit-local"`` and ``"debug"`` (submitit's local
@@ -29,6 +43,7 @@ and in-process executors, for tests and debugging).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -91,6 +106,8 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
     spec = load_spec(spec)
     root = spec.runs_dir(profile, runs_dir)
     config_mode = _takes_config(spec.notebook)
+    if config_mode:
+        _check_shard_folders(spec.resolve(profile))
     cells = []
     for name, params in spec.resolve(profile).items():
         for seed in spec.experiments[name].seeds:
@@ -102,6 +119,61 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
                 full = {**params, "experiment": name, "seed": seed, "output_dir": str(d)}
             cells.append(Cell(name, seed, spec.notebook, full, d))
     return cells
+
+
+def _check_shard_folders(resolved: Mapping[str, Mapping[str, Any]]) -> None:
+    """A corpus that names a token-shard folder must exist (cheap; before any model)."""
+    from workbench.lottery import budget
+
+    for name, params in resolved.items():
+        corpus = params.get("corpus")
+        if isinstance(corpus, str) and budget.looks_like_shards(corpus) \
+                and not Path(corpus).expanduser().is_dir():
+            raise FileNotFoundError(f"experiment {name}: " + budget.missing_shards_message(corpus))
+
+
+def cell_world_size(executor: str, nproc: int, slurm: Mapping[str, Any] | None) -> int:
+    """Ranks per cell: ``nproc`` locally; ``tasks_per_node * nodes`` on SLURM."""
+    if executor == "slurm":
+        params = dict(slurm or {})
+        return int(params.get("tasks_per_node", 1)) * int(params.get("nodes", 1))
+    return int(nproc)
+
+
+def check_budgets(cells: list[Cell], world_size: int = 1, *,
+                  allow_repeats: bool = False) -> list[dict[str, Any]]:
+    """Check every lottery cell's token budget before anything runs
+    (:func:`workbench.lottery.budget.check_budget`); the training split is tokenized once
+    per (model, corpus, seq_len), without building a model where possible.
+
+    Returns:
+        One dict per lottery cell: experiment, seed and the plan's numbers.
+
+    Raises:
+        workbench.lottery.budget.BudgetExceeded: Naming every refused cell's numbers.
+    """
+    from workbench.lottery import budget
+    from workbench.lottery.schema import IMPConfig
+
+    sizes: dict[tuple, int] = {}
+    rows, refused = [], []
+    for c in cells:
+        if "config" not in c.parameters:
+            continue
+        cfg = IMPConfig.from_params(c.parameters["config"])
+        key = (cfg.model, cfg.corpus, cfg.seq_len)
+        if key not in sizes:
+            sizes[key] = budget.train_split_tokens(cfg)
+        plan_ = budget.plan_budget(cfg, sizes[key], world_size)
+        rows.append(dict(experiment=c.experiment, seed=c.seed, **vars(plan_)))
+        if plan_.exceeds and not allow_repeats:
+            refused.append((c.experiment, budget.budget_message(cfg, plan_)))
+    if refused:
+        first = list({exp: msg for exp, msg in reversed(refused)}.values())[::-1]
+        more = f" (showing the first seed of each of {len(first)} experiments)"
+        raise budget.BudgetExceeded(f"{len(refused)} of {len(rows)} cells refused before "
+                                    f"anything ran{more}: " + " | ".join(first[:4]))
+    return rows
 
 
 def _takes_config(notebook: str | os.PathLike) -> bool:
@@ -139,7 +211,8 @@ def status(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
 
 
 def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int | None = None,
-             timeout: int | None = None) -> dict[str, Any]:
+             timeout: int | None = None, nproc: int = 1,
+             allow_repeats: bool = False) -> dict[str, Any]:
     """Run one cell in this process (the kernel is a child process); never raises.
 
     An unfinished folder is cleaned (:func:`clean_cell`), not emptied: its checkpoints
@@ -154,6 +227,8 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
         kernel_name: Jupyter kernel.
         threads: Torch/OpenMP threads of the kernel (``None``: leave the default).
         timeout: Per-notebook-cell timeout in seconds.
+        nproc: Ranks the cell's kernel launches (:mod:`workbench.lottery.distributed`).
+        allow_repeats: Let the cell run a plan over ``max_epochs``.
 
     Returns:
         The final status record.
@@ -176,9 +251,11 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
     }
     io.write_json(d / runs.PARAMS, cell.parameters)
     io.write_json(d / runs.STATUS, {**record, "status": "running"})
+    if nproc > 1:
+        record["nproc"] = nproc
     t0 = time.perf_counter()
     try:
-        with kernel_files_in(d):
+        with kernel_files_in(d), _cell_env(nproc, allow_repeats):
             notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
                                    kernel_name=kernel_name, timeout=timeout,
                                    heartbeat=d / HEARTBEAT)
@@ -187,12 +264,41 @@ def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int |
             raise RuntimeError(f"the notebook finished but the run is not complete: {problem}")
         record.update(status="done", error=None)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
-        record.update(status="failed", error=f"{type(exc).__name__}: {_short(exc)}",
+        # A rank killed by a signal is an interruption (resume), not a failure (restart).
+        lost = getattr(exc, "ename", None) == "RanksInterrupted"
+        record.update(status="interrupted" if lost else "failed",
+                      error=f"{type(exc).__name__}: {_short(exc)}",
                       traceback=traceback.format_exc(limit=5))
+        if lost:
+            record["interrupted_found"] = utc_now()
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["finished"] = utc_now()
     io.write_json(d / runs.STATUS, record)
     return record
+
+
+@contextlib.contextmanager
+def _cell_env(nproc: int, allow_repeats: bool):
+    """The environment the cell's kernel inherits: ranks to launch, repeats allowed."""
+    from workbench.lottery.budget import ALLOW_REPEATS_ENV
+    from workbench.lottery.distributed import NPROC_ENV
+
+    values = {NPROC_ENV: str(int(nproc)) if nproc > 1 else None,
+              ALLOW_REPEATS_ENV: "1" if allow_repeats else None}
+    before = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _short(exc: Exception, limit: int = 2000) -> str:
@@ -222,6 +328,8 @@ def run_grid(
     progress: bool = True,
     slurm: Mapping[str, Any] | None = None,
     mlflow: bool | str = False,
+    nproc: int = 1,
+    allow_repeats: bool = False,
 ) -> pd.DataFrame:
     """Run every unfinished cell of a spec; return the final :func:`status` table.
 
@@ -243,22 +351,36 @@ def run_grid(
             merged over the spec's ``slurm:`` section.
         mlflow: Log each finished cell to MLflow (``True`` or a tracking URI); off by
             default, MLflow is imported only when enabled.
+        nproc: Ranks per cell on the local executors (``torch.distributed``, DDP); on
+            SLURM the spec's ``slurm.tasks_per_node * nodes`` instead.
+        allow_repeats: Run plans over ``max_epochs`` anyway (the findings say so).
 
     Returns:
         The :func:`status` table after the run.
 
     Raises:
-        ValueError: On a bad ``jobs``/``executor`` or a parameter the notebook lacks.
+        ValueError: On a bad ``jobs``/``executor``/``nproc`` or a parameter the notebook
+            lacks.
+        workbench.lottery.budget.BudgetExceeded: A plan over ``max_epochs`` (before
+            anything runs).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor={executor!r} is not allowed; allowed: {list(EXECUTORS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
+    if nproc > 1 and executor == "slurm":
+        raise ValueError("nproc is for the local executors; on SLURM set tasks_per_node "
+                         "(and nodes, gpus_per_node) in the spec's slurm: section")
     spec = load_spec(spec)
     cells = plan(spec, profile, runs_dir)
     # Names checked against the parameters cell before anything runs (papermill only warns).
     for c in cells:  # names and declared types, each cell's values
         notebooks.check_parameters(spec.notebook, c.parameters)
+    slurm_params = {**spec.slurm, **dict(slurm or {})}
+    world = cell_world_size(executor, nproc, slurm_params)
+    check_budgets(cells, world, allow_repeats=allow_repeats)
     logger = _mlflow_logger(mlflow, spec.name) if mlflow else None
 
     root = spec.runs_dir(profile, runs_dir)
@@ -296,6 +418,10 @@ def run_grid(
         watcher = notebooks.HeartbeatBars(lambda: {
             f"{c.experiment}/seed{c.seed}": Path(c.directory) / HEARTBEAT for c in todo
             if read_status(c.directory).get("status") == "running"}, position=1).start()
+    if nproc > 1:
+        kwargs["nproc"] = nproc
+    if allow_repeats:
+        kwargs["allow_repeats"] = True
     try:
         if executor == "local" and jobs == 1:
             for cell in todo:
@@ -305,9 +431,10 @@ def run_grid(
         elif executor == "local":
             _run_pool(todo, jobs, finished, threads=_threads_per_job(jobs), **kwargs)
         else:
-            params = {**spec.slurm, **dict(slurm or {})} if executor == "slurm" else {}
+            params = slurm_params if executor == "slurm" else {}
             _run_submitit(todo, jobs, finished, executor, root / runs.SUBMITIT_DIR, params,
-                          timeout=timeout, kernel_name=kernel_name, cells=cells)
+                          timeout=timeout, kernel_name=kernel_name, cells=cells,
+                          allow_repeats=allow_repeats, nproc=nproc)
     finally:
         if watcher is not None:
             watcher.stop()
@@ -344,7 +471,7 @@ def _record_failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
 
 
 def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
-                  kernel_name, cells=()) -> None:
+                  kernel_name, cells=(), allow_repeats=False, nproc=1) -> None:
     import submitit
 
     folder = Path(folder)
@@ -352,7 +479,8 @@ def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
         from workbench.experiments import slurm
 
         return slurm.drive(todo, jobs, finished, folder, params, cells=cells,
-                           kernel_name=kernel_name, timeout=timeout)
+                           kernel_name=kernel_name, timeout=timeout,
+                           allow_repeats=allow_repeats)
     if executor == "submitit-local":
         ex = submitit.LocalExecutor(folder=folder / "%j")
         params = {"timeout_min": 24 * 60, **params}
@@ -365,7 +493,8 @@ def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
     while queue or running:
         while queue and len(running) < jobs:
             cell = queue.pop(0)
-            job = ex.submit(run_cell, cell, kernel_name=kernel_name, timeout=timeout)
+            job = ex.submit(run_cell, cell, kernel_name=kernel_name, timeout=timeout,
+                            nproc=nproc, allow_repeats=allow_repeats)
             running[job] = cell
         for job in [j for j in running if j.done()]:
             cell = running.pop(job)

@@ -31,6 +31,17 @@ removes the lease when the cell ends (done or failed; both recorded in ``status.
 Its torch/OpenMP/MKL threads are capped to its CPU allocation
 (:func:`workbench.experiments.scheduler.allocated_cpus`).
 
+**Multi-task jobs** (one cell on N ranks: the spec's ``slurm:`` section with
+``tasks_per_node`` x ``nodes`` > 1, usually ``gpus_per_node`` = ``tasks_per_node``):
+submitit starts one task per rank, each running :func:`run_leased_cell`. Every task
+exports the torch.distributed environment first (``submitit.helpers.
+TorchDistributedEnvironment().export()``: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``). Task 0 does everything above (lease, cleaning, status,
+the notebook, whose kernel inherits the environment and joins as rank 0); the other tasks
+wait until the lease names their job (else they are duplicates and leave), then run
+:func:`workbench.lottery.cell.run_cell` as their rank, forbidden to write into the cell
+folder (:func:`workbench.lottery.distributed.forbid_writes_under`).
+
 Job states come from a :class:`workbench.experiments.scheduler.Scheduler` (``squeue``,
 then ``sacct``). A scheduler that cannot be asked raises
 :class:`~workbench.experiments.scheduler.SchedulerError`: a lease is never released on a
@@ -237,6 +248,9 @@ def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: 
     scheduler = scheduler or SlurmScheduler()
     job_id = current_job_id() or f"local-{socket.gethostname()}-{os.getpid()}"
     d = Path(cell.directory)
+    task = _export_distributed_env()
+    if task > 0:
+        return _run_other_rank(cell, job_id, task)
     held = claim(d, job_id, scheduler)
     if held is None:
         lease = read_lease(d) or {}
@@ -249,6 +263,39 @@ def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: 
     finally:
         release(d, job_id)
     return {**record, "slurm_job_id": job_id}
+
+
+def _export_distributed_env(environ: Mapping[str, str] | None = None) -> int:
+    """In a multi-task SLURM job, export the torch.distributed variables of this task
+    (submitit's ``TorchDistributedEnvironment``) and return its rank; 0 otherwise."""
+    env = os.environ if environ is None else environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) <= 1:
+        return 0
+    from submitit.helpers import TorchDistributedEnvironment
+
+    dist_env = TorchDistributedEnvironment().export()
+    return int(dist_env.rank)
+
+
+def _run_other_rank(cell: Any, job_id: str, task: int, *, wait_s: float = 600.0,
+                    poll: float = 1.0) -> dict[str, Any]:
+    """Rank ``task`` > 0 of a multi-task job: wait for task 0 to hold the lease, then run
+    the cell's IMP as this rank (no writes into the folder)."""
+    from workbench.lottery import cell as lottery_cell
+    from workbench.lottery.distributed import forbid_writes_under
+
+    d = Path(cell.directory)
+    deadline = time.monotonic() + wait_s
+    while str((read_lease(d) or {}).get("job_id")) != job_id or not (d / runs.PARAMS).exists():
+        if time.monotonic() > deadline:
+            return {"status": "duplicate", "experiment": cell.experiment, "seed": cell.seed,
+                    "job_id": (read_lease(d) or {}).get("job_id"), "rank": task}
+        time.sleep(poll)
+    limit_threads(allocated_cpus())
+    forbid_writes_under(d)
+    lottery_cell.run_cell(cell.parameters["config"], d, progress=False, nproc=1)
+    return {"status": "done", "experiment": cell.experiment, "seed": cell.seed, "rank": task,
+            "slurm_job_id": job_id}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -278,7 +325,8 @@ def adopt(directory: str | os.PathLike, scheduler: Scheduler
 def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], None],
           folder: str | os.PathLike, params: Mapping[str, Any], *, cells: list = (),
           kernel_name: str, timeout: int | None, scheduler: Scheduler | None = None,
-          executor: Any = None, job_class: Any = None, poll: float = 1.0) -> None:
+          executor: Any = None, job_class: Any = None, poll: float = 1.0,
+          allow_repeats: bool = False) -> None:
     """Run cells as SLURM jobs, exactly once (the ``executor="slurm"`` path of the grid).
 
     First every cell with a lease is looked at (:func:`adopt`): jobs in flight are
@@ -304,6 +352,7 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
             (default ``submitit.SlurmJob``).
         poll: Seconds between checks of the result files (submitit rate-limits its own
             ``sacct`` calls).
+        allow_repeats: Let cells run plans over ``max_epochs``.
     """
     import logging
 
@@ -342,8 +391,9 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
     def submitter(cell):
         def submit(name: str):
             executor.update_parameters(name=name)
+            extra = {"allow_repeats": True} if allow_repeats else {}
             return executor.submit(run_leased_cell, cell, kernel_name=kernel_name,
-                                   timeout=timeout)
+                                   timeout=timeout, **extra)
         return submit
 
     while queue or running:

@@ -7,6 +7,21 @@ weights, runs :func:`workbench.lottery.imp.run_imp` (resuming from the folder's
 checkpoints) and returns the tables, summary and manifest of the finished run, ready for
 :func:`workbench.experiments.runs.write_run` (which lives one layer up, so the notebook
 calls it). Nothing here depends on the notebook: adding a schema field needs no edit.
+
+Budget: before anything trains, the plan is checked against the training split
+(:func:`workbench.lottery.budget.check_budget`: refused above ``max_epochs`` unless
+repeats are allowed); the grid checks it earlier, before any model loads.
+
+On N processes (:mod:`workbench.lottery.distributed` has the whole story):
+
+* this process already is one rank of several (torchrun, submitit's
+  ``TorchDistributedEnvironment``): it joins the process group (NCCL on CUDA, gloo on
+  CPU), runs the cell as its rank (rank 0 writes the checkpoints) and leaves the group;
+* ``nproc`` > 1 (argument, or :data:`~workbench.lottery.distributed.NPROC_ENV` set by
+  ``grid run --nproc N``): this process is the launcher: it starts N ranks
+  (:func:`workbench.lottery.distributed.launch`, torchrun's ``elastic_launch``), waits,
+  and reads the finished run back from the checkpoint rank 0 wrote (``run_imp`` returns
+  a completed checkpoint without training), so notebook 04 goes on as for one process.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from typing import Any, Mapping
 
 import torch
 
+from workbench.lottery import budget, distributed
 from workbench.lottery.imp import IMPResult, run_imp
 from workbench.lottery.rounds import EMERGENT_COLUMNS
 from workbench.lottery.schema import IMPConfig
@@ -104,15 +120,41 @@ def run_tables(result: IMPResult, super_weights: list[dict]) -> dict[str, Any]:
 
 
 def run_manifest(cfg: IMPConfig, result: IMPResult, *, seconds: float,
-                 n_train_blocks: int) -> dict[str, Any]:
-    """Manifest of a cell: seed, every parameter, the design factors, timings."""
+                 n_train_blocks: int, **extra: Any) -> dict[str, Any]:
+    """Manifest of a cell: seed, every parameter, the design factors, timings (and
+    ``extra``: world size, train tokens, ...)."""
     return dict(seed=cfg.seed, parameters=cfg.to_dict(), design=cfg.design(),
                 rank=cfg.rank, seconds=seconds, resumed_from=result.resumed_from,
-                n_train_blocks=int(n_train_blocks))
+                n_train_blocks=int(n_train_blocks), **extra)
+
+
+def _nproc(nproc: int | None) -> int:
+    value = nproc if nproc is not None else os.environ.get(distributed.NPROC_ENV, "1")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1:
+        raise ValueError(f"nproc ({distributed.NPROC_ENV}) must be a positive integer, "
+                         f"got {value!r}")
+    return n
+
+
+def _finished_round(run_dir: str | os.PathLike | None) -> int | None:
+    """Last finished round of the checkpoints in ``run_dir`` (``None``: none)."""
+    from workbench.lottery import checkpoint as ckpt
+
+    if run_dir is None:
+        return None
+    path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        return None
+    return int(ckpt.read_checkpoint(path)[0]["round"])
 
 
 def run_cell(config: IMPConfig | Mapping[str, Any] | None,
-             run_dir: str | os.PathLike | None, *, progress: bool = True) -> CellRun:
+             run_dir: str | os.PathLike | None, *, progress: bool = True,
+             nproc: int | None = None) -> CellRun:
     """Run one cell (resuming from ``run_dir/checkpoints``); see the module docstring.
 
     Args:
@@ -120,36 +162,69 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
         run_dir: Run folder (checkpoints go to ``run_dir/checkpoints``); ``None``: no
             checkpoints.
         progress: Progress bars.
+        nproc: Ranks to launch (``None``: :data:`~workbench.lottery.distributed.NPROC_ENV`,
+            default 1). Ignored when this process already is a rank.
 
     Returns:
-        A :class:`CellRun`.
+        A :class:`CellRun` (on every rank; only rank 0's writes reach the folder).
+
+    Raises:
+        workbench.lottery.budget.BudgetExceeded: The plan is over ``max_epochs``.
+        workbench.lottery.distributed.RanksInterrupted: A launched rank was killed.
+        workbench.lottery.distributed.RanksFailed: A launched rank raised.
     """
     t0 = time.perf_counter()
     cfg = as_config(config)
-    model, train_tokens, val_tokens, sw_input = load_inputs(cfg)
-    sws = detect_super_weights(model, sw_input, cfg)
-    result = run_imp(model, train_tokens, val_tokens, cfg, super_weights=sws, sw_input=sw_input,
-                     output_dir=None if run_dir is None else Path(run_dir), progress=progress,
-                     **heartbeat_hooks(cfg, int(train_tokens.shape[1])))
+    n = _nproc(nproc)
+    launched, resumed_from = False, None
+    if n > 1 and not distributed.in_distributed_env():
+        if run_dir is None:
+            raise ValueError(f"nproc={n} needs a run_dir: the ranks hand the run back "
+                             "through its checkpoints")
+        budget.check_budget(cfg, budget.train_split_tokens(cfg), n)  # before any rank starts
+        resumed_from = _finished_round(run_dir)
+        distributed.launch(n, cfg.to_dict(), run_dir, progress=progress)
+        launched = True
+    joined = distributed.init_from_env(cfg.device)
+    try:
+        model, train_tokens, val_tokens, sw_input = load_inputs(cfg)
+        from workbench.lottery.train import input_tokens
+
+        n_train = input_tokens(train_tokens)
+        world = n if launched else distributed.world_size()
+        if not launched:
+            budget.check_budget(cfg, n_train, world)
+        sws = detect_super_weights(model, sw_input, cfg)
+        result = run_imp(model, train_tokens, val_tokens, cfg, super_weights=sws,
+                         sw_input=sw_input, output_dir=None if run_dir is None else Path(run_dir),
+                         progress=progress, **heartbeat_hooks(cfg, world))
+    finally:
+        if joined:
+            distributed.shutdown()
+    if launched:
+        result.resumed_from = resumed_from
+    n_blocks = train_tokens.shape[0] if isinstance(train_tokens, torch.Tensor) else 0
     manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
-                            n_train_blocks=int(train_tokens.shape[0]))
+                            n_train_blocks=int(n_blocks), train_tokens=n_train,
+                            world_size=world)
     return CellRun(cfg, result, sws, run_tables(result, sws), manifest)
 
 
-def heartbeat_hooks(cfg: IMPConfig, seq_len: int) -> dict[str, Any]:
+def heartbeat_hooks(cfg: IMPConfig, world_size: int = 1) -> dict[str, Any]:
     """``run_imp`` hooks that report the round, the step, tokens/s and the ETA to the
     driver's heartbeat file (:mod:`workbench.core.heartbeat`); ``{}`` when the process has
-    none (an interactive kernel), so they cost nothing there.
+    none (an interactive kernel) or is not the writing rank (rank 0 alone writes into the
+    cell folder), so they cost nothing there.
 
     Progress is counted in optimizer steps over all rounds (round ``r`` of ``n_rounds``,
     round 0 being the dense training): ``done = r * steps_per_round + step``.
     """
     from workbench.core import heartbeat
 
-    if not heartbeat.enabled():
+    if not heartbeat.enabled() or not distributed.is_writer():
         return {}
-    steps, n_rounds = int(cfg.steps_per_round), len(cfg.round_targets())
-    tokens_per_step = int(cfg.batch_size) * int(cfg.grad_accum) * int(seq_len)
+    steps, n_rounds = int(cfg.steps_for(world_size)), len(cfg.round_targets())
+    tokens_per_step = cfg.tokens_per_step(world_size)
     clock = {"round": None, "t0": time.perf_counter()}
 
     def on_round_start(rnd: int, model, masks) -> None:
@@ -181,8 +256,9 @@ def sentence(run: CellRun) -> str:
     last = rec.iloc[-1]
     cfg = run.config
     return (f"{cfg.experiment} seed {cfg.seed} (θ0 {cfg.init}, rank {cfg.rank}): sparsity "
-            f"{last['sparsity']:.3f} after {len(rec) - 1} rounds of {cfg.steps_per_round} "
-            f"steps, val ppl {rec['val_ppl'].iloc[0]:.2f} -> {last['val_ppl']:.2f}; "
+            f"{last['sparsity']:.3f} after {len(rec) - 1} rounds of "
+            f"{int(last.get('tokens_round', 0)) // max(1, int(last.get('tokens_per_step', 1)))}"
+            f" steps ({last.get('epochs_round', float('nan')):.3g} epochs each), val ppl {rec['val_ppl'].iloc[0]:.2f} -> {last['val_ppl']:.2f}; "
             f"{int(last['sw_kept'])}/{int(last['sw_total'])} pre-trained and "
             f"{int(last['esw_total'])} emergent super weights; winning-ticket score "
             f"{run.result.summary['winning_ticket_score']:.3f}")

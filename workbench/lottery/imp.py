@@ -56,6 +56,19 @@ SHA-256 checksums, bit-packed masks, no pickle; only the latest kept); calling
 :func:`run_imp` again with the same ``output_dir`` and config resumes after the last
 finished round and yields the same records as an uninterrupted run (on CPU).
 
+Token budgets: every record carries ``tokens_per_step``, ``tokens_round``,
+``tokens_total``, ``train_tokens``, ``epochs_round``, ``epochs_total`` and ``world_size``
+(:mod:`workbench.lottery.budget`); a round trains ``cfg.steps_for(world_size)`` steps
+(``steps_per_round``, or ``tokens_per_round`` converted at the run's world size).
+
+Distributed (a process group is initialised, :mod:`workbench.lottery.distributed`): every
+rank runs this same loop on its own windows; training is DDP; the next masks are
+computed on every rank and broadcast from rank 0; evaluation and the super-weight
+detector run on every rank on the same tokens and weights (identical results); only
+rank 0 writes checkpoints. Every rank reads the checkpoints when resuming (a barrier
+follows), so a run can resume on any number of ranks; its records then say per round
+how many ranks trained it.
+
 Robustness summary: :func:`workbench.lottery.summary.robustness_summary` (re-exported here).
 """
 
@@ -74,7 +87,9 @@ from torch import nn
 from workbench.core.checks import check_kwargs
 from workbench.core.evaluate import perplexity
 from workbench.pruning.params import transposed_names
+from workbench.lottery import budget
 from workbench.lottery import checkpoint as ckpt
+from workbench.lottery import distributed
 from workbench.lottery.init import init_model, reinit_weights  # noqa: F401  (re-exported)
 from workbench.lottery.rounds import (
     EMERGENT_COLUMNS, TRAIN_LOSS_TAIL, emergent_fields, emergent_super_weights, layer_rows,
@@ -85,7 +100,7 @@ from workbench.lottery.schema import (  # noqa: F401  (re-exported)
     CONTROLS, IMP_SCOPES, INITS, RANKS, REINIT_SCHEMES, REWIND_TO, SCHEDULES, IMPConfig,
     config_fields, design_keys,
 )
-from workbench.lottery.train import train_masked
+from workbench.lottery.train import input_tokens, is_sampler, train_masked
 
 CHECKPOINT_VERSION = ckpt.VERSION
 
@@ -93,7 +108,7 @@ RECORD_COLUMNS = (
     "round", "target_sparsity", "sparsity", "density", "n_kept", "n_prunable", "val_ppl",
     "val_ppl_pruned", "train_loss", "sw_total", "sw_kept", "sw_zeroed", "sw_survival",
     "sw_value_drift", "esw_total", "esw_pretrained", "esw_survival", "esw0_survival",
-    "mask_jaccard_prev", "rewound",
+    "mask_jaccard_prev", "rewound", *budget.BUDGET_COLUMNS,
 )
 
 
@@ -136,11 +151,13 @@ class _Context:
     targets: list[float]
     theta0: dict[str, torch.Tensor]
     fresh: dict[str, torch.Tensor]
-    train_tokens: torch.Tensor
+    train_tokens: Any
     val_tokens: torch.Tensor
     sw_input: torch.Tensor
     ckdir: Path | None
     progress: bool
+    writer: bool = True
+    world_size: int = 1
 
 
 @dataclass
@@ -186,7 +203,8 @@ def _prepare(model, cfg, labels, super_weights, train_tokens, val_tokens, sw_inp
                     val_tokens=val_tokens,
                     sw_input=sw_input if sw_input is not None else sw_input_ids(val_tokens, cfg),
                     ckdir=None if output_dir is None else Path(output_dir) / "checkpoints",
-                    progress=progress)
+                    progress=progress, writer=distributed.is_writer(),
+                    world_size=distributed.world_size())
 
 
 def _fresh_state(ctx: _Context) -> _State:
@@ -254,7 +272,8 @@ def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Calla
     if hooks.get("on_round_start") is not None:
         hooks["on_round_start"](rnd, model, state.masks)
     snap = cfg.rewind_step if (rnd == 0 and cfg.rewind_step > 0) else None
-    result = train_masked(model, ctx.train_tokens, steps=cfg.steps_per_round,
+    steps = cfg.steps_for(ctx.world_size)
+    result = train_masked(model, ctx.train_tokens, steps=steps,
                           masks=state.masks if rnd > 0 else None,
                           seed=cfg.seed * 100003 + rnd, snapshot_step=snap,
                           desc=f"round {rnd}", progress=ctx.progress, **cfg.train_kwargs(),
@@ -262,7 +281,7 @@ def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Calla
                           (lambda step: hooks["on_step"](rnd, step)))
     if snap is not None:
         state.rewind_state = result.snapshot
-        if ctx.ckdir is not None:
+        if ctx.ckdir is not None and ctx.writer:
             ckpt.save_tensors(ctx.ckdir / "rewind.safetensors", result.snapshot)
     emergent = emergent_super_weights(model, ctx.sw_input, cfg, rnd, state.masks,
                                       ctx.super_weights)
@@ -271,7 +290,10 @@ def _run_round(ctx: _Context, state: _State, rnd: int, hooks: Mapping[str, Calla
         prev_masks=prev, val_ppl=_evaluate(ctx), val_ppl_pruned=val_pruned,
         losses=result.losses, rewound=rewound,
         sw=sw_fields(ctx.super_weights, state.masks, model),
-        esw=emergent_fields(emergent, state.emergent, rnd, state.masks))
+        esw=emergent_fields(emergent, state.emergent, rnd, state.masks),
+        budget=budget.record_fields(cfg, train_tokens=input_tokens(ctx.train_tokens),
+                                    world_size=ctx.world_size, steps=steps,
+                                    previous=state.records[-1] if state.records else None))
     state.records.append(record)
     state.emergent.extend(emergent)
     state.losses.extend(dict(round=rnd, step=i, loss=loss, lr=lr)
@@ -285,9 +307,18 @@ def _plan_next(ctx: _Context, state: _State, rnd: int) -> None:
     """Choose the next round's masks from the weights trained in round ``rnd``."""
     state.next_masks = None
     if rnd < len(ctx.targets) and rewinds_in(ctx.cfg, rnd + 1):
-        calibration_tokens = ctx.train_tokens[: ctx.cfg.n_calibration]
-        state.next_masks = prune_step(ctx.model, ctx.cfg, state.masks, ctx.targets[rnd],
-                                      calibration_tokens, ctx.super_weights)
+        state.next_masks = distributed.broadcast_masks(
+            prune_step(ctx.model, ctx.cfg, state.masks, ctx.targets[rnd],
+                       calibration_inputs(ctx.train_tokens, ctx.cfg), ctx.super_weights))
+
+
+def calibration_inputs(train_tokens: Any, cfg: IMPConfig) -> torch.Tensor:
+    """Calibration blocks of the data-dependent importance kinds: the first
+    ``n_calibration`` training blocks, or as many windows of a sampler drawn with a
+    generator seeded by ``cfg.seed`` (the same on every rank)."""
+    if is_sampler(train_tokens):
+        return train_tokens.sample(cfg.n_calibration, torch.Generator().manual_seed(cfg.seed))
+    return train_tokens[: cfg.n_calibration]
 
 
 def _payload(ctx: _Context, state: _State, complete: bool) -> dict[str, Any]:
@@ -352,7 +383,8 @@ def run_imp(
         model: The model as loaded (normally pre-trained). For a random ``init`` its
             parameters are replaced in place by θ0 first. Trained and pruned in place.
             When resuming, pass it freshly loaded again: θ0 is re-created from it.
-        train_tokens: ``LongTensor[n, seq_len]`` training tokens.
+        train_tokens: ``LongTensor[n, seq_len]`` training tokens, or a window sampler
+            (:func:`workbench.lottery.train.train_masked`).
         val_tokens: ``LongTensor[m, val_seq_len]`` validation tokens.
         config: An :class:`IMPConfig`; ``overrides`` (config field names only) replace
             its fields.
@@ -385,6 +417,7 @@ def run_imp(
     ctx = _prepare(model, cfg, labels, super_weights, train_tokens, val_tokens, sw_input,
                    output_dir, progress)
     state = _resume(ctx)
+    distributed.barrier()  # every rank has read the checkpoints before rank 0 writes again
     resumed_from = state.last_round if state.last_round >= 0 else None
     if state.complete:
         return _result(state, masks=state.masks if state.final is not None else None,
@@ -396,11 +429,11 @@ def run_imp(
                                                   on_round_start=on_round_start,
                                                   on_step=on_step))
         _plan_next(ctx, state, rnd)
-        if ctx.ckdir is not None and rnd < n_rounds:
+        if ctx.ckdir is not None and rnd < n_rounds and ctx.writer:
             _checkpoint_round(ctx, state, rnd)
         if on_round_end is not None:
             on_round_end(record)
-    if ctx.ckdir is not None:
+    if ctx.ckdir is not None and ctx.writer:
         _finish(ctx, state, keep_final_weights)
     return _result(state, masks=state.masks, resumed_from=resumed_from,
                    max_quality_loss=max_quality_loss, t_start=t_start)

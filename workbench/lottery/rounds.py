@@ -186,9 +186,11 @@ def emergent_fields(current: Sequence[Mapping], history: Sequence[Mapping], rnd:
 def round_record(*, cfg: IMPConfig, labels: Mapping[str, Any], rnd: int, target: float,
                  masks, prev_masks, val_ppl: float, val_ppl_pruned: float,
                  losses: Sequence[float], rewound: bool, sw: Mapping[str, Any],
-                 esw: Mapping[str, Any]) -> dict[str, Any]:
+                 esw: Mapping[str, Any], budget: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """One row of the records table (:data:`workbench.lottery.imp.RECORD_COLUMNS`, the
-    labels, and every config field as a column; ``targets`` as a comma-joined string)."""
+    labels, and every config field as a column; ``targets`` as a comma-joined string).
+    ``budget``: the token columns (:func:`workbench.lottery.budget.record_fields`)."""
     n_kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
     n_prunable = sum(m.numel() for m in masks.values())
     jaccard = (mask_overlap(prev_masks, masks)["jaccard_kept"] if rnd > 0 else float("nan"))
@@ -199,7 +201,7 @@ def round_record(*, cfg: IMPConfig, labels: Mapping[str, Any], rnd: int, target:
         "sparsity": 1.0 - n_kept / n_prunable, "density": n_kept / n_prunable,
         "n_kept": n_kept, "n_prunable": n_prunable, "val_ppl": val_ppl,
         "val_ppl_pruned": val_ppl_pruned, "train_loss": tail_mean(losses), **sw, **esw,
-        "mask_jaccard_prev": jaccard, "rewound": rewound, **config,
+        "mask_jaccard_prev": jaccard, "rewound": rewound, **dict(budget or {}), **config,
     }
 
 

@@ -231,6 +231,18 @@ class IMPConfig:
     warmup_steps: int = _f(0, "design", "linear LR warmup steps", range=(0, None),
                            integer=True, scalable=True)
     weight_decay: float = _f(0.0, "design", "AdamW decoupled weight decay", range=(0.0, None))
+    beta1: float = _f(0.9, "design", "AdamW beta1 (the origin, nanoGPT: 0.9)", range=(0.0, 1.0),
+                      open=(False, True))
+    beta2: float = _f(0.999, "design", "AdamW beta2 (the origin, nanoGPT: 0.95)",
+                      range=(0.0, 1.0), open=(False, True))
+    grad_clip: float = _f(0.0, "design", "clip the global gradient norm to this value "
+                          "(0 = no clipping; the origin, nanoGPT: 1.0)", range=(0.0, None))
+    min_lr_ratio: float = _f(0.0, "design", "warmup_cosine decays to min_lr_ratio * lr "
+                             "(nanoGPT: 0.1)", range=(0.0, 1.0))
+    tokens_per_round: int = _f(0, "design", "training tokens per round, all ranks together; "
+                               "> 0 replaces steps_per_round by ceil(tokens_per_round / "
+                               "tokens_per_step)", range=(0, None), integer=True,
+                               scalable=True)
     protect_sw: bool = _f(False, "design", "never prune the pre-trained super weights")
     control: str = _f("none", "design", "positive: train and rewind, never prune; negative: "
                       "aggressive pruning", choices=CONTROLS)
@@ -257,6 +269,10 @@ class IMPConfig:
                         range=(1, None), integer=True)
     sw_seq_len: int = _f(64, "budget", "length of those blocks, tokens", range=(2, None),
                          integer=True)
+    max_epochs: float = _f(1.0, "budget", "most passes over the training split one stretch "
+                           "of training without a rewind may make (a round; the one-shot "
+                           "schedule's rounds 1..R); a plan above it is refused unless "
+                           "repeats are allowed", range=(0.0, None), open=(True, False))
     # --- runtime
     device: str = _f("auto", "runtime", "auto = CUDA when present", choices=DEVICES)
     eval_batch_size: int = _f(8, "runtime", "blocks per validation forward pass",
@@ -291,6 +307,10 @@ class IMPConfig:
         unknown = sorted(set(params) - set(specs))
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(specs)}")
+        if params.get("tokens_per_round") and "steps_per_round" in params:
+            raise ValueError("state either steps_per_round or tokens_per_round (> 0), not "
+                             f"both; got steps_per_round={params['steps_per_round']!r}, "
+                             f"tokens_per_round={params['tokens_per_round']!r}")
         values = {}
         for name, value in params.items():
             spec = specs[name]
@@ -350,7 +370,21 @@ class IMPConfig:
         return dict(batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
                     warmup_steps=self.warmup_steps, grad_accum=self.grad_accum,
                     weight_decay=self.weight_decay, autocast=self.autocast,
-                    compile=self.compile)
+                    compile=self.compile, betas=(self.beta1, self.beta2),
+                    max_grad_norm=self.grad_clip if self.grad_clip > 0 else None,
+                    min_lr_ratio=self.min_lr_ratio)
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        """Training tokens per optimizer step: ``batch_size * seq_len * grad_accum *
+        world_size`` (``batch_size`` and ``grad_accum`` are per rank)."""
+        return self.batch_size * self.seq_len * self.grad_accum * int(world_size)
+
+    def steps_for(self, world_size: int = 1) -> int:
+        """Optimizer steps per round on ``world_size`` ranks: ``steps_per_round``, or
+        ``ceil(tokens_per_round / tokens_per_step)`` when ``tokens_per_round`` > 0."""
+        if self.tokens_per_round > 0:
+            return -(-self.tokens_per_round // self.tokens_per_step(world_size))
+        return self.steps_per_round
 
 
 def make_field(default: Any, role: str, help: str, **meta) -> Any:
