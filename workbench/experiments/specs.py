@@ -285,6 +285,7 @@ def check_model_and_corpus(params: Mapping[str, Any], where: str) -> None:
     """
     from workbench.core.data import KNOWN_CORPORA
     from workbench.core.models import KNOWN_MODELS
+    from workbench.lottery.budget import looks_like_shards
 
     def exists(value: str) -> bool:
         p = Path(value).expanduser()
@@ -305,7 +306,10 @@ def check_model_and_corpus(params: Mapping[str, Any], where: str) -> None:
                              f"path or a hub id in the local cache; known names: "
                              f"{list(KNOWN_MODELS)}")
     corpus = params.get("corpus")
-    if isinstance(corpus, str) and corpus not in KNOWN_CORPORA and not exists(corpus):
+    # A token-shard folder may be prepared after the spec is written: the plan (grid
+    # status / run) names it and the `workbench data prepare` command when it is missing.
+    if (isinstance(corpus, str) and corpus not in KNOWN_CORPORA and not exists(corpus)
+            and not looks_like_shards(corpus)):
         raise ValueError(f"{where}: corpus={corpus!r} is not a known corpus or an existing "
                          f"file; known names: {list(KNOWN_CORPORA)}, or a .txt/.jsonl path")
 
