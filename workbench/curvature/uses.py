@@ -88,6 +88,7 @@ def plot_percolation(table: pd.DataFrame, title: str):
     if len(base):
         ax.axhline(float(base.iloc[0]), color="k", ls=":", lw=1, label="unperturbed")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("concentration C (% of groups perturbed, by group Fisher)")
     ax.set_ylabel("perplexity")
     ax.set_title(title, fontsize=9)
@@ -189,3 +190,14 @@ def plot_forgetting(table: pd.DataFrame, corr: Mapping[str, float], title: str):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig, ax
+
+
+@torch.no_grad()
+def restore_parameters(model: nn.Module, saved: Mapping[str, Tensor]) -> None:
+    """Copy ``saved`` ``{name: tensor}`` back into the model's parameters (in place)."""
+    named = dict(model.named_parameters())
+    missing = [n for n in saved if n not in named]
+    if missing:
+        raise ValueError(f"saved: names not in the model: {missing[:3]}")
+    for n, t in saved.items():
+        named[n].copy_(t)
