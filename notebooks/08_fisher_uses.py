@@ -155,6 +155,6 @@ print(f"At C = {max(concentrations):.0%} of the {group_key} groups (noise {eps:g
       f"{corr['n']} probes of training on {corpus_b}, the Fisher-weighted damage correlates "
       f"with the measured loss increase on {corpus} with Pearson r = {corr['pearson_r']:.2f} "
       f"(Spearman ρ = {corr['spearman_rho']:.2f}); 0.5 × damage / measured increase has "
-      f"median {corr['predicted_over_measured']:.2f} (1 = the quadratic model is exact). "
+      f"median {corr['predicted_over_measured']:.3g} (1 = the quadratic model is exact). "
       "The probes of one run are ordered in time, so part of the correlation is shared "
       "drift of both quantities with the number of steps.")
