@@ -180,3 +180,34 @@ def test_group_collection_bad_inputs(tiny_llama):
     with pytest.raises(TypeError, match="unknown keyword"):
         from workbench.curvature import FisherAccumulator
         FisherAccumulator(reduction="group", granularty="token")
+
+
+def test_group_collection_storage_options_and_underflow_warning(tiny_llama):
+    import warnings
+
+    from workbench.curvature import FisherAccumulator
+    from workbench.curvature.groups import _store, collect_group_fisher
+
+    model = tiny_llama[0]
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4))
+    ref = collect_group_fisher(model, [ids])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # group sums of tiny-llama do not underflow
+        half = collect_group_fisher(model, [ids], storage_dtype=torch.float16, device="cpu")
+    assert set(half) == set(ref)
+    for k, v in half.items():
+        assert v.dtype == torch.float16 and v.device.type == "cpu"
+        assert torch.equal(v, ref[k].to(torch.float16))  # one rounding of the float32 sums
+    vals = {"a|channel": torch.cat([torch.ones(98), torch.full((2,), 1e-9)])}  # 2 % < 6e-8
+    with pytest.warns(RuntimeWarning, match=r"collect_group_fisher: 2\.00% of the entries"):
+        _store(vals, torch.float16, None)
+    with pytest.raises(TypeError, match="storage_dtype"):
+        collect_group_fisher(model, [ids], storage_dtype=torch.int8)
+    # the group EMA in float16 keeps the float32 EMA's values (per-tensor scale)
+    acc16 = FisherAccumulator(decay=0.99, reduction="group", heads=None,
+                              storage_dtype=torch.float16)
+    acc32 = FisherAccumulator(decay=0.99, reduction="group", heads=None)
+    for b in ids.split(1):
+        acc16.update_from(acc32.update(model, [b]))
+    for k, v in acc32.get().items():
+        torch.testing.assert_close(acc16.get()[k], v, rtol=2e-3, atol=0)

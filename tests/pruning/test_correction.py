@@ -70,3 +70,46 @@ def test_dead_inputs_and_errors():
         obs_correct(W, keep[:, :5], X.t() @ X)
     with pytest.raises(ValueError, match="damp"):
         obs_correct(W, keep, X.t() @ X, damp=-1)
+
+
+def test_mean_sum_and_james_stein_against_direct_computation():
+    """InputStats.mean_sum over all tokens (not only the stored rows) and the James-Stein
+    mean, both against a direct computation on the concatenated inputs."""
+    from torch import nn
+
+    from workbench.pruning.calibration import input_statistics
+    from workbench.pruning.correction import james_stein_mean
+
+    g = torch.Generator().manual_seed(7)
+    lin = nn.Linear(10, 3)
+    xs = [torch.randn(4, 5, 10, generator=g) * 0.5 + torch.linspace(-1, 1, 10)
+          for _ in range(3)]
+    with input_statistics({"l": lin}, max_samples=6) as stats:
+        for x in xs:
+            lin(x)
+    st = stats["l"]
+    X = torch.cat([x.reshape(-1, 10) for x in xs]).double()  # all 60 tokens
+    assert st.count == 60 and st.n_stored == 6
+    torch.testing.assert_close(st.mean_sum.double(), X.sum(0), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(st.mean().double(), X.mean(0), rtol=1e-6, atol=1e-6)
+    # direct James-Stein (Efron-Morris, positive part), sampling variance of the means
+    xbar = X.mean(0)
+    mu = xbar.mean()
+    S = ((xbar - mu) ** 2).sum()
+    sigma2 = (X.var(0, unbiased=False)).mean() / 60
+    c = float(((10 - 3) * sigma2 / S).clamp(0, 1))
+    want = mu + (1 - c) * (xbar - mu)
+    assert 0 < c < 1  # a real shrinkage in this problem
+    torch.testing.assert_close(st.js_mean().double(), want, rtol=1e-5, atol=1e-6)
+    # PRAC's reference heuristic: sigma^2 = (mean |xbar - mu|)^2, p - 2
+    c2 = float(((10 - 2) * (xbar - mu).abs().mean() ** 2 / S).clamp(0, 1))
+    torch.testing.assert_close(james_stein_mean(xbar.float(), "prac", offset=2).double(),
+                               mu + (1 - c2) * (xbar - mu), rtol=1e-5, atol=1e-6)
+    # a huge variance shrinks everything to the grand mean; zero variance changes nothing
+    torch.testing.assert_close(james_stein_mean(xbar.float(), 1e9).double(),
+                               mu.expand(10), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(james_stein_mean(xbar.float(), 0.0), xbar.float())
+    with pytest.raises(ValueError, match="variance must be one of"):
+        james_stein_mean(xbar.float(), "mle")
+    with pytest.raises(ValueError, match="needs count"):
+        james_stein_mean(xbar.float())

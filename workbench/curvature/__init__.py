@@ -11,6 +11,8 @@ terms of all batches, or ``sum``), and every one can be checked against a dense 
 * :mod:`.diagonal`: diagonal empirical / true Fisher at LM scale, :class:`FisherAccumulator`.
 * :mod:`.groups`: channel / input-channel / attention-head (GQA) group Fisher, reduced
   from a diagonal or collected directly with ``O(groups)`` memory; expansion back.
+* :mod:`.perturb`: :func:`perturb_groups` (reversible noise on the top / random / bottom
+  Fisher-ranked channels or heads at concentration C) and :func:`group_risk`.
 * :mod:`.kfac`: :class:`KFAC` for linear layers with sequence inputs (expand / reduce),
   products, damped inverse, natural gradient of a language model.
 * :mod:`.spectrum`: Hutchinson trace, Lanczos top-k, effective rank, condition number.
@@ -31,6 +33,7 @@ from workbench.curvature.capacity import (
 from workbench.curvature.diagonal import FisherAccumulator, diagonal_fisher
 from workbench.curvature.groups import collect_group_fisher, expand_groups, group_fisher
 from workbench.curvature.kfac import KFAC, natural_gradient
+from workbench.curvature.perturb import GroupPerturbation, group_risk, perturb_groups
 from workbench.curvature.registry import CURVATURE_MATRICES, FISHER_TYPES, FisherType
 from workbench.curvature.products import (
     curvature_matmat,
@@ -66,6 +69,7 @@ __all__ = [
     "KFAC",
     "FisherAccumulator",
     "FisherType",
+    "GroupPerturbation",
     "capacity_summary",
     "collect_group_fisher",
     "condition_number",
@@ -82,6 +86,7 @@ __all__ = [
     "flat_params",
     "ggn_vector_product",
     "group_fisher",
+    "group_risk",
     "hessian_vector_product",
     "hutchinson_trace",
     "hvp_variance_reduction",
@@ -92,6 +97,7 @@ __all__ = [
     "pac_bayes",
     "param_names",
     "per_term_jacobian",
+    "perturb_groups",
     "sharpness",
     "spectrum_summary",
     "subspace_alignment",

@@ -229,7 +229,9 @@ def diagonal_fisher(
             per-token estimator; hook path only, so every selected parameter must be
             hookable, and no ``clip``). Identical for examples with one position
             (classifiers with 2-D layer inputs).
-        storage_dtype: dtype of the returned tensors (``torch.float16`` halves memory).
+        storage_dtype: dtype of the returned tensors (``torch.float16`` halves memory;
+            a ``RuntimeWarning`` is raised when more than 1 % of the entries underflow
+            to zero in it; float16's smallest subnormal is ``6e-8``).
         device: Where the result lives (``"cpu"`` offloads from the GPU); default the
             parameters' device.
 
@@ -319,7 +321,12 @@ def diagonal_fisher(
             P.check_finite(f"gradient of {n}", acc[n])
     denom = {"token": n_terms, "example": n_examples, "none": 1}[normalize]
     out_device = torch.device(device) if device is not None else acc_device
-    return {n: a.div_(denom).to(device=out_device, dtype=storage_dtype) for n, a in acc.items()}
+    ref = {n: a.div_(denom) for n, a in acc.items()}
+    out = {n: a.to(device=out_device, dtype=storage_dtype) for n, a in ref.items()}
+    if _is_low_precision(storage_dtype):
+        warn_underflow(underflow_share(ref, {n: o.to(acc_device) for n, o in out.items()}),
+                       storage_dtype, "diagonal_fisher")
+    return out
 
 
 def _probe_example(batch: Any) -> Any:
@@ -380,21 +387,92 @@ def _accumulate(acc, g, names, clip, scale):
         acc[n] += t.pow(2).sum(0) * scale
 
 
+UNDERFLOW_WARN_SHARE = 0.01  # warn when more than 1 % of the entries underflow to zero
+
+
+def underflow_share(reference: Mapping[str, Tensor], stored: Mapping[str, Tensor]) -> float:
+    """Share of all entries that are non-zero in ``reference`` but zero in ``stored``.
+
+    Args:
+        reference: ``{name: tensor}`` in the computation dtype (float32/float64).
+        stored: The same tensors after the cast to the storage dtype (same names, shapes).
+
+    Returns:
+        ``#{reference != 0 and stored == 0} / #entries`` over all tensors (0.0 if empty).
+    """
+    lost = total = 0
+    for n, r in reference.items():
+        lost += int(((r != 0) & (stored[n] == 0)).sum())
+        total += r.numel()
+    return lost / total if total else 0.0
+
+
+def warn_underflow(share: float, dtype: torch.dtype, where: str) -> None:
+    """``RuntimeWarning`` when ``share`` (see :func:`underflow_share`) exceeds 1 %."""
+    if share > UNDERFLOW_WARN_SHARE:
+        import warnings
+
+        warnings.warn(f"{where}: {share:.2%} of the entries underflow to zero in {dtype} "
+                      f"storage (more than {UNDERFLOW_WARN_SHARE:.0%}); use "
+                      "storage_dtype=torch.float32 or torch.bfloat16", RuntimeWarning,
+                      stacklevel=3)
+
+
+def _is_low_precision(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
+
+
+def _pow2_scale(values: Tensor, dtype: torch.dtype) -> float:
+    """Power of two ``s`` such that ``max|values| / s`` lies in ``[2^(e-1), 2^e)`` with
+    ``2^e = finfo(dtype).max / 4`` (rounded down to a power of two): the largest entry
+    sits two binades below the top of the storage range. ``1.0`` for float32/float64
+    storage, for an all-zero tensor, or for non-finite values."""
+    if not _is_low_precision(dtype):
+        return 1.0
+    top = float(values.abs().max()) if values.numel() else 0.0
+    if top == 0.0 or top != top or top == float("inf"):
+        return 1.0
+    import math
+
+    target = math.floor(math.log2(torch.finfo(dtype).max)) - 1  # fp16: 2^14, bf16: 2^126
+    return 2.0 ** (math.frexp(top)[1] - target)
+
+
 class FisherAccumulator:
     """Running EMA of diagonal (or group) Fishers, one accumulator per task name.
 
     ``update`` computes (or takes) a diagonal Fisher ``x_t`` (``reduction="diagonal"``,
     :func:`diagonal_fisher`) or a group Fisher (``reduction="group"``,
     :func:`~workbench.curvature.groups.collect_group_fisher`: the state is then
-    ``O(groups)``, never a per-parameter tensor) and sets
+    ``O(groups)``, never a per-parameter tensor) and defines the EMA
     ``m_t = decay * m_{t-1} + (1 - decay) * x_t`` with ``m_0 = 0``; :meth:`get` returns
     the bias-corrected ``m_t / (1 - decay^t)`` (which equals ``x`` exactly when every
     ``x_t = x``, up to float rounding) or the raw ``m_t``.
 
+    Storage (chosen so that float16/bfloat16 state does not underflow): the state is not
+    ``m_t`` but the **bias-corrected mean** ``A_t = m_t / (1 - decay^t)``, updated as
+    ``A_t = A_{t-1} + w_t (x_t - A_{t-1})`` with ``w_t = (1 - decay) / (1 - decay^t)``
+    (``w_1 = 1``) in float32, and stored per tensor as ``q = A_t / s`` in
+    ``storage_dtype`` with a float32 **per-tensor power-of-two scale** ``s`` (recomputed
+    every update) that puts the tensor's largest entry two binades below the top of the
+    storage range (float16: ``max|q|`` in ``[2^13, 2^14)``). The raw ``m_t`` is
+    ``(1 - decay^t) * s * q``, a scalar applied on read, in float32. Why: the raw ``m_t``
+    of the first steps carries the factor ``1 - decay^t`` (``0.01`` at ``t = 1`` for
+    decay 0.99), which pushed the small entries of an LM Fisher (``~1e-8`` and below,
+    already near float16's smallest subnormal ``6e-8``) to zero; ``A_t`` keeps the
+    magnitude of one Fisher, and the scale moves float16's ``~2^38`` dynamic range
+    (``2^14`` down to ``2^-24``, subnormals included) to start at the largest entry
+    instead of at ``65504``. Scaling by a power of two is exact, so float32 storage gives
+    the old numbers (``s = 1``), and the error of low-precision storage is one rounding of
+    ``A_t`` per update. (Unscaled sums ``sum_s decay^-s x_s`` were rejected: they grow as
+    ``decay^-t`` and overflow float16 after ~1100 steps at decay 0.99.) After every update
+    the share of entries that are non-zero in float32 but zero in storage is kept
+    (:meth:`underflow_share`) and a ``RuntimeWarning`` is raised above 1 %.
+
     Args:
         decay: EMA decay in ``[0, 1)``.
-        storage_dtype: dtype of the stored state (``torch.float16`` halves memory; the
-            update itself is computed in float32).
+        storage_dtype: dtype of the stored state (``torch.float16`` / ``torch.bfloat16``
+            halve memory; the update itself is computed in float32).
         device: Where the state lives (``"cpu"`` offloads from a GPU).
         reduction: ``"diagonal"`` or ``"group"`` (see above).
         **fisher_kwargs: Defaults passed to :func:`diagonal_fisher` (or
@@ -408,6 +486,8 @@ class FisherAccumulator:
             raise ValueError(f"decay must lie in [0, 1), got {decay}")
         from workbench.core.checks import check_choice, check_kwargs
 
+        if not isinstance(storage_dtype, torch.dtype) or not storage_dtype.is_floating_point:
+            raise TypeError(f"storage_dtype must be a floating torch.dtype, got {storage_dtype!r}")
         self.reduction = check_choice("reduction", reduction, ("diagonal", "group"))
         check_kwargs("FisherAccumulator", fisher_kwargs, self._options())
         self.decay = float(decay)
@@ -415,7 +495,9 @@ class FisherAccumulator:
         self.device = torch.device(device)
         self.fisher_kwargs = fisher_kwargs
         self._state: dict[str, dict[str, Tensor]] = {}
+        self._scale: dict[str, dict[str, float]] = {}
         self._steps: dict[str, int] = {}
+        self._underflow: dict[str, float] = {}
 
     @property
     def tasks(self) -> list[str]:
@@ -425,6 +507,12 @@ class FisherAccumulator:
     def steps(self, task: str = "default") -> int:
         """Number of updates of ``task``."""
         return self._steps.get(task, 0)
+
+    def underflow_share(self, task: str = "default") -> float:
+        """Share of entries of ``task``'s state that were non-zero in float32 but zero in
+        storage after the last update (see :func:`underflow_share`)."""
+        self._check_task(task)
+        return self._underflow[task]
 
     def _collector(self):
         if self.reduction == "group":
@@ -450,23 +538,56 @@ class FisherAccumulator:
         return fisher
 
     def update_from(self, fisher: Mapping[str, Tensor], task: str = "default") -> None:
-        """Fold an already computed ``{name: tensor}`` into ``task``'s EMA."""
+        """Fold an already computed ``{name: tensor}`` into ``task``'s EMA (see the class
+        docstring for what is stored)."""
         state = self._state.setdefault(task, {})
+        scales = self._scale.setdefault(task, {})
         if state and set(state) != set(fisher):
             raise ValueError(f"fisher: parameter names differ from earlier updates of {task!r}")
+        t = self._steps.get(task, 0) + 1
+        w = (1.0 - self.decay) / (1.0 - self.decay ** t)
+        lost = total = 0
         for n, x in fisher.items():
             x = x.detach().to(self.device, torch.float32)
-            prev = state[n].float() if n in state else torch.zeros_like(x)
-            state[n] = (self.decay * prev + (1.0 - self.decay) * x).to(self.storage_dtype)
-        self._steps[task] = self._steps.get(task, 0) + 1
+            if n in state:
+                prev = state[n].float() * scales[n]
+                a = prev.add_(x - prev, alpha=w)
+            else:
+                a = x.clone()
+            s = _pow2_scale(a, self.storage_dtype)
+            q = (a / s).to(self.storage_dtype)
+            lost += int(((a != 0) & (q == 0)).sum())
+            total += a.numel()
+            state[n], scales[n] = q, s
+        self._steps[task] = t
+        self._underflow[task] = lost / total if total else 0.0
+        warn_underflow(self._underflow[task], self.storage_dtype,
+                       f"FisherAccumulator task {task!r}")
 
-    def get(self, task: str = "default", *, bias_corrected: bool = True) -> dict[str, Tensor]:
+    def _check_task(self, task: str) -> None:
+        if task not in self._state:
+            raise ValueError(f"task {task!r} has no updates; known tasks: {self.tasks}")
+
+    def get(self, task: str = "default", *, bias_corrected: bool = True,
+            dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         """The EMA of ``task`` (bias-corrected by ``1 - decay^t`` unless asked not to).
+
+        Args:
+            task: Task name.
+            bias_corrected: ``m_t / (1 - decay^t)`` (default) or the raw ``m_t``.
+            dtype: dtype of the returned tensors (default float32: the decoded state;
+                casting back to float16 would underflow the small entries again).
 
         Raises:
             ValueError: If ``task`` was never updated (the message lists known tasks).
         """
-        if task not in self._state:
-            raise ValueError(f"task {task!r} has no updates; known tasks: {self.tasks}")
-        corr = 1.0 - self.decay ** self._steps[task] if bias_corrected else 1.0
-        return {n: (m.float() / corr).to(self.storage_dtype) for n, m in self._state[task].items()}
+        self._check_task(task)
+        corr = 1.0 if bias_corrected else 1.0 - self.decay ** self._steps[task]
+        scales = self._scale[task]
+        return {n: (q.float() * (scales[n] * corr)).to(dtype)
+                for n, q in self._state[task].items()}
+
+    def state_bytes(self, task: str = "default") -> int:
+        """Bytes of ``task``'s stored state (the scales, one float per tensor, excluded)."""
+        self._check_task(task)
+        return sum(q.numel() * q.element_size() for q in self._state[task].values())

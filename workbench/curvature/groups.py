@@ -168,6 +168,8 @@ def collect_group_fisher(
     chunk_size: int | None = 8,
     normalize: str = "token",
     loss_fn: nn.Module | None = None,
+    storage_dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
     """Group Fisher of linear layers accumulated directly from per-sample gradients.
 
@@ -194,9 +196,19 @@ def collect_group_fisher(
             are covered), a list of attention module names, or ``None``.
         granularity, n_samples, seed, chunk_size, normalize, loss_fn: As for
             :func:`~workbench.curvature.diagonal_fisher`.
+        storage_dtype: dtype of the returned tensors (default float32). Accumulation is
+            always in float32 (float64 for float64 models), head keys are formed before
+            the cast, and a ``RuntimeWarning`` is raised when more than 1 % of the entries
+            underflow to zero in the chosen dtype (group sums are larger than single
+            entries, so float16 rarely underflows here; for an fp16 EMA of group Fishers
+            use ``FisherAccumulator(reduction="group", storage_dtype=torch.float16)``,
+            whose per-tensor scale avoids underflow).
+        device: Where the result lives (``"cpu"`` offloads from a GPU); default the
+            parameters' device.
 
     Returns:
-        ``{key: float32 tensor}``: ``"<module>.weight|channel"`` ``[out]`` (output rows),
+        ``{key: tensor in storage_dtype}``: ``"<module>.weight|channel"`` ``[out]``
+        (output rows),
         ``"<module>.weight|input"`` ``[in]`` (input columns), and for attention the head
         keys of :func:`group_fisher` (``"<proj>.weight|head"``, ``"<attention>|head"``).
 
@@ -213,6 +225,8 @@ def collect_group_fisher(
     from workbench.curvature.registry import check_fisher_type
 
     fisher_type = check_fisher_type(fisher_type).value
+    if not isinstance(storage_dtype, torch.dtype) or not storage_dtype.is_floating_point:
+        raise TypeError(f"storage_dtype must be a floating torch.dtype, got {storage_dtype!r}")
     check_choice("granularity", granularity, PS.GRANULARITIES)
     check_choice("normalize", normalize, NORMALIZATIONS)
     if isinstance(n_samples, bool) or int(n_samples) < 1:
@@ -282,7 +296,22 @@ def collect_group_fisher(
         c = {k.split("|")[0]: v for k, v in out.items() if k.endswith("|input")
              and k.split("|")[0] in keep}
         out.update(_head_groups(r, c, *layout))
-    return out
+    return _store(out, storage_dtype, device)
+
+
+def _store(out: dict[str, Tensor], storage_dtype: torch.dtype,
+           device: str | torch.device | None) -> dict[str, Tensor]:
+    """Cast the float32 group values to ``storage_dtype`` on ``device`` and warn when
+    more than 1 % of the entries underflow to zero."""
+    from workbench.curvature.diagonal import _is_low_precision, underflow_share, warn_underflow
+
+    if not isinstance(storage_dtype, torch.dtype) or not storage_dtype.is_floating_point:
+        raise TypeError(f"storage_dtype must be a floating torch.dtype, got {storage_dtype!r}")
+    stored = {k: v.to(device=device, dtype=storage_dtype) for k, v in out.items()}
+    if _is_low_precision(storage_dtype):
+        warn_underflow(underflow_share(out, {k: v.to(out[k].device) for k, v in stored.items()}),
+                       storage_dtype, "collect_group_fisher")
+    return stored
 
 
 def _row_col_squares(g: Tensor, a: Tensor, granularity: str) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,9 @@ both see inputs ``[..., d_in]``), :class:`InputStats` accumulates over **all** t
 float32, without storing activations:
 
 * ``sq_sum[j] = sum_t x_tj^2`` -> Wanda's input-feature norms ``||X_j||_2 = sqrt(sq_sum)``;
+* ``mean_sum[j] = sum_t x_tj`` (PRAC's ``mean_sum``, seed 003) -> the feature means
+  ``mean_sum / count`` and their James-Stein shrinkage (:meth:`InputStats.js_mean`,
+  :func:`workbench.pruning.correction.james_stein_mean`);
 * optionally ``hessian = sum_t x_t x_t^T`` (``[d_in, d_in]``, SparseGPT's ``X^T X``);
 * optionally the first ``max_samples`` token rows (on ``sample_device``) for PRAC's
   limited-sample correction. The norms still use all tokens (PRAC's design).
@@ -26,6 +29,7 @@ class InputStats:
 
     Attributes:
         sq_sum: ``[d_in]`` float32 sum of squares over all tokens.
+        mean_sum: ``[d_in]`` float32 sum over all tokens (PRAC's ``mean_sum``).
         count: Number of tokens seen.
         hessian: ``[d_in, d_in]`` float32 ``sum x x^T`` or ``None``.
         samples: Stored token rows (each ``[n_i, d_in]`` float32), at most ``max_samples``.
@@ -33,6 +37,7 @@ class InputStats:
     """
 
     sq_sum: torch.Tensor | None = None
+    mean_sum: torch.Tensor | None = None
     count: int = 0
     hessian: torch.Tensor | None = None
     samples: list = field(default_factory=list)
@@ -47,6 +52,9 @@ class InputStats:
         if self.sq_sum is None:
             self.sq_sum = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
         self.sq_sum += (x * x).sum(0)
+        if self.mean_sum is None:
+            self.mean_sum = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+        self.mean_sum += x.sum(0)
         self.count += x.shape[0]
         if self.want_hessian:
             if self.hessian is None:
@@ -67,6 +75,21 @@ class InputStats:
         if self.sq_sum is None:
             raise ValueError("no inputs were seen: run the calibration forward first")
         return self.sq_sum.sqrt()
+
+    def mean(self) -> torch.Tensor:
+        """Feature means over all tokens, ``mean_sum / count``, ``[d_in]`` float32."""
+        if self.mean_sum is None or self.count == 0:
+            raise ValueError("no inputs were seen: run the calibration forward first")
+        return self.mean_sum / self.count
+
+    def js_mean(self, variance="sampling", *, offset: int = 3) -> torch.Tensor:
+        """James-Stein shrinkage of :meth:`mean` towards the grand mean (see
+        :func:`workbench.pruning.correction.james_stein_mean`); ``variance="sampling"``
+        uses the per-feature variances ``sq_sum / count - mean^2`` of these tokens."""
+        from workbench.pruning.correction import james_stein_mean
+
+        return james_stein_mean(self.mean(), variance, count=self.count,
+                                sq_mean=self.sq_sum / self.count, offset=offset)
 
     def sample_matrix(self) -> torch.Tensor:
         """The stored samples as one ``[n_stored, d_in]`` matrix."""
