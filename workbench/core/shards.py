@@ -896,8 +896,9 @@ class ShardSet:
         offsets = [int(b) * seq_len for b in blocks]
         return self.sampler(split, seq_len).windows(offsets), offsets
 
-    def check_tokenizer(self, tokenizer) -> None:
-        """Raise unless ``tokenizer`` is the one the shards were made with.
+    def check_tokenizer(self, tokenizer, name: str | None = None) -> None:
+        """Raise unless ``tokenizer`` is the one the shards were made with (``name``: what
+        to call it in the message, e.g. the model spec).
 
         Compares :func:`tokenizer_identity`'s ``sha256``. For a nanoGPT folder opened with
         ``tokenizer_name`` (no hash recorded), the named tokenizer is loaded with
@@ -908,6 +909,8 @@ class ShardSet:
                 both in the message), or the named tokenizer cannot be loaded.
         """
         have = tokenizer_identity(tokenizer)
+        if name:
+            have["name"] = f"{name} ({have['name']})"
         want = dict(self.manifest["tokenizer"])
         if not want.get("sha256"):
             try:

@@ -88,7 +88,7 @@ def load_inputs(cfg: IMPConfig):
     folder = shard_folder(cfg.corpus)
     if folder is not None:
         shards = open_shards(folder)  # missing / truncated folder: error before the model
-        shards.check_tokenizer(load_tokenizer(cfg.model))
+        shards.check_tokenizer(load_tokenizer(cfg.model), name=cfg.model)
         train = shards.sampler("train", cfg.seq_len)
         val_tokens, val_offsets = shards.fixed_windows(
             "validation", cfg.n_val_blocks, cfg.val_seq_len, seed=VALIDATION_SEED)
