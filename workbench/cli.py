@@ -5,6 +5,9 @@
 ``workbench grid status SPEC``   show the state of every cell of a grid
 ``workbench pilot``              the main job: the pilot grid, then its analysis notebook
 ``workbench reproduce TABLE``    a published table's methods and protocol on a local model
+``workbench data prepare SOURCE --tokenizer MODEL --out DIR``   token shards of a corpus
+``workbench data adopt DIR --tokenizer MODEL``   a manifest for a nanoGPT folder
+``workbench data info DIR``      what a shard folder holds (``--verify``: file hashes)
 
 A user error (a bad argument, a missing file, a malformed spec, a notebook parameter the
 notebook rejects) prints one line ``workbench: error: ...`` on stderr and exits with
@@ -194,6 +197,49 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be three comma-separated fractions such as "
+                                         f"0.8,0.1,0.1, got {text!r}") from None
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from workbench.core import shards
+
+    out = Path(args.out).expanduser().resolve()  # relative to the working directory
+    result = shards.prepare_shards(
+        args.source, args.tokenizer, out, splits=args.splits, seed=args.seed,
+        batch_documents=args.batch_documents, text_field=args.text_field,
+        hf_config=args.hf_config, hf_split=args.hf_split, overwrite=args.overwrite,
+        progress=not args.no_progress)
+    print(shards.describe(result))
+    print(f"wrote {out / shards.MANIFEST}")
+    return 0
+
+
+def _data_adopt(args: argparse.Namespace) -> int:
+    from workbench.core import shards
+
+    result = shards.adopt_nanogpt(args.folder, args.tokenizer,
+                                  count_documents=args.count_documents)
+    print(shards.describe(result))
+    print(f"wrote {result.path / shards.MANIFEST}")
+    return 0
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from workbench.core import shards
+
+    result = shards.open_shards(args.folder, tokenizer_name=args.tokenizer_name)
+    print(shards.describe(result))
+    if args.verify:
+        result.verify()
+        print("verified: every split file matches its SHA-256 in the manifest")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -279,6 +325,46 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--batch-size", type=_positive_int, default=8)
     rep.add_argument("-o", "--output", help="folder for rows.parquet and comparison.parquet")
     rep.set_defaults(func=_reproduce)
+    d = sub.add_parser("data", help="token shards on disk (workbench.core.shards)",
+                       parents=[debug])
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="tokenize a corpus into a shard folder",
+                           parents=[debug])
+    prep.add_argument("source", help="wiki-excerpt, lee, a .txt/.jsonl/.parquet file, a folder "
+                      "of them, or a Hugging Face dataset 'owner/name' in the local cache")
+    prep.add_argument("--tokenizer", required=True, metavar="MODEL",
+                      help="model spec whose tokenizer to use (smollm2-135m, tiny-llama, a "
+                      "local model directory, ...); the weights are not loaded")
+    prep.add_argument("--out", required=True, metavar="DIR",
+                      help="shard folder to create (relative to the working directory)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    prep.add_argument("--splits", type=_fractions, default=(0.8, 0.1, 0.1),
+                      metavar="TRAIN,VAL,TEST", help="fractions of documents (default "
+                      "0.8,0.1,0.1)")
+    prep.add_argument("--batch-documents", type=_positive_int, default=512,
+                      help="documents tokenized at a time (bounds memory)")
+    prep.add_argument("--text-field", default="text",
+                      help="field of the text in .jsonl/.parquet/datasets")
+    prep.add_argument("--hf-config", default=None, help="Hugging Face dataset config")
+    prep.add_argument("--hf-split", default="train", help="Hugging Face dataset split to read")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_data_prepare)
+    adopt = dsub.add_parser("adopt", help="write a manifest.json into a nanoGPT folder "
+                            "(train.bin, val.bin, uint16); the .bin files stay as they are",
+                            parents=[debug])
+    adopt.add_argument("folder")
+    adopt.add_argument("--tokenizer", required=True, metavar="MODEL",
+                       help="the tokenizer the folder was made with (nanoGPT: GPT-2's)")
+    adopt.add_argument("--count-documents", action="store_true",
+                       help="count documents as EOS tokens (reads every file once)")
+    adopt.set_defaults(func=_data_adopt)
+    info = dsub.add_parser("info", help="what a shard folder holds", parents=[debug])
+    info.add_argument("folder")
+    info.add_argument("--tokenizer-name", default=None,
+                      help="tokenizer of a nanoGPT folder without a manifest")
+    info.add_argument("--verify", action="store_true", help="check every file's SHA-256")
+    info.set_defaults(func=_data_info)
     return parser
 
 

@@ -11,6 +11,10 @@ Corpora accepted by :func:`load_corpus`:
   JSON object per line with a ``"text"`` field);
 * a Hugging Face dataset name (only where ``datasets`` and a hub are available).
 
+A token shard folder (``workbench data prepare``, :mod:`workbench.core.shards`) holds
+token ids, not text: :func:`load_corpus` refuses it with a pointer to
+:func:`workbench.core.shards.open_shards`; the lottery cell reads one as its corpus.
+
 Documents are shuffled with the seed and split 80 / 10 / 10 into train / validation /
 test, so the splits are disjoint by document and deterministic.
 """
@@ -292,8 +296,15 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         docs = _lee_documents()
     elif name.endswith((".txt", ".jsonl")) or Path(name).suffix in (".txt", ".jsonl"):
         docs = _file_documents(Path(name))
+    elif Path(name).is_dir() and _is_shard_folder(name):
+        raise ValueError(
+            f"name: {name!r} is a token shard folder (token ids, not text): open it with "
+            f"workbench.core.shards.open_shards({name!r}); a lottery spec's corpus: reads it "
+            "directly (random windows of its train split)")
     elif Path(name).is_dir():
-        raise ValueError(f"name: {name!r} is a folder; pass a .txt or .jsonl file")
+        raise ValueError(f"name: {name!r} is a folder; pass a .txt or .jsonl file (or make "
+                         f"token shards of it: workbench data prepare {name} --tokenizer "
+                         "MODEL --out DIR)")
     elif (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name)
           and not Path(name.split("/", 1)[0]).is_dir()):
         docs = _hf_documents(name)
@@ -307,6 +318,12 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         raise ValueError(f"name: corpus {name!r} contains no text")
     train, val, test = split_documents(docs, seed)
     return Corpus(name=name, train=train, validation=val, test=test)
+
+
+def _is_shard_folder(name: str) -> bool:
+    from workbench.core.shards import is_shard_folder
+
+    return is_shard_folder(name)
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -76,14 +76,48 @@ def as_config(config: IMPConfig | Mapping[str, Any] | None) -> IMPConfig:
 
 def load_inputs(cfg: IMPConfig):
     """``(model, train_tokens, val_tokens, sw_input)`` the config names (seeded by
-    ``cfg.seed``); ``sw_input`` is the super-weight detector's input: the first
-    ``cfg.sw_blocks`` blocks of ``cfg.sw_seq_len`` tokens of the validation text."""
+    ``cfg.seed``); ``sw_input`` is the super-weight detector's input: ``cfg.sw_blocks``
+    blocks of ``cfg.sw_seq_len`` tokens of the validation text.
+
+    ``cfg.corpus`` a corpus name or file (:func:`workbench.core.data.load_corpus`):
+    ``train_tokens`` is ``LongTensor[n, seq_len]``, every block of the tokenized train
+    split; validation and super-weight blocks are seeded subsets (seed 0) of the
+    validation split's blocks.
+
+    ``cfg.corpus`` a token shard folder (:mod:`workbench.core.shards`; relative paths read
+    against the project root): the folder and its tokenizer are checked against
+    ``cfg.model``'s tokenizer before the model loads; ``train_tokens`` is a
+    :class:`~workbench.core.shards.WindowSampler` of the train split (random windows of
+    ``cfg.seq_len`` drawn by the training loop, no split loaded whole); validation and
+    super-weight inputs are :meth:`~workbench.core.shards.ShardSet.fixed_windows` of the
+    validation split with seed :data:`~workbench.core.shards.VALIDATION_SEED` (the same
+    for every run); their offsets are in ``train_tokens.eval_windows`` and
+    ``train_tokens.record()`` (for the run's manifest).
+    """
     from workbench.core.data import load_corpus, token_blocks
     from workbench.core.models import load_model
     from workbench.core.repro import seed_everything
+    from workbench.core.shards import VALIDATION_SEED, load_tokenizer, open_shards, shard_folder
 
     seed_everything(cfg.seed)
-    model, tokenizer = load_model(cfg.model, device=None if cfg.device == "auto" else cfg.device)
+    device = None if cfg.device == "auto" else cfg.device
+    folder = shard_folder(cfg.corpus)
+    if folder is not None:
+        shards = open_shards(folder)  # missing / truncated folder: error before the model
+        shards.check_tokenizer(load_tokenizer(cfg.model), name=cfg.model)
+        train = shards.sampler("train", cfg.seq_len)
+        val_tokens, val_offsets = shards.fixed_windows(
+            "validation", cfg.n_val_blocks, cfg.val_seq_len, seed=VALIDATION_SEED)
+        sw_input, sw_offsets = shards.fixed_windows(
+            "validation", cfg.sw_blocks, cfg.sw_seq_len, seed=VALIDATION_SEED)
+        train.eval_windows = dict(
+            validation=dict(split="validation", seed=VALIDATION_SEED, seq_len=cfg.val_seq_len,
+                            offsets=val_offsets),
+            sw_input=dict(split="validation", seed=VALIDATION_SEED, seq_len=cfg.sw_seq_len,
+                          offsets=sw_offsets))
+        model, _ = load_model(cfg.model, device=device)
+        return model, train, val_tokens, sw_input
+    model, tokenizer = load_model(cfg.model, device=device)
     text = load_corpus(cfg.corpus)  # fixed document split; the seed drives batches and θ0
     train_tokens = token_blocks(tokenizer, text.train, cfg.seq_len)
     val_tokens = token_blocks(tokenizer, text.validation, cfg.val_seq_len,

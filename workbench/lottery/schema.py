@@ -197,7 +197,8 @@ class IMPConfig:
                    range=(0, None), integer=True)
     # --- design: what is pruned, from where, how
     model: str = _f("smollm2-135m", "design", "model name or path for workbench.load_model")
-    corpus: str = _f("wiki-excerpt", "design", "corpus for workbench.load_corpus")
+    corpus: str = _f("wiki-excerpt", "design", "corpus for workbench.load_corpus, or a token "
+                     "shard folder from `workbench data prepare` (relative to the project root)")
     init: str = _f("pretrained", "design", "θ0: the weights the run starts from and rewinds "
                    "to (pretrained, or a fresh draw of a scheme)", choices=INITS)
     rewind_to: str = _f("init", "design", "rewind target after pruning: init = θ0 (or the "
@@ -327,6 +328,7 @@ class IMPConfig:
         for spec in config_fields(type(self)):
             if spec.kind is not list:
                 spec.check(getattr(self, spec.name))
+        _check_corpus(self.corpus)
         if self.rewind_to == "init" and self.rewind_step > self.steps_per_round:
             raise ValueError(f"rewind_step must be in [0, steps_per_round="
                              f"{self.steps_per_round}], got {self.rewind_step}")
@@ -385,6 +387,20 @@ class IMPConfig:
         if self.tokens_per_round > 0:
             return -(-self.tokens_per_round // self.tokens_per_step(world_size))
         return self.steps_per_round
+
+
+def _check_corpus(corpus: str) -> None:
+    """A ``corpus`` naming an existing folder must be a token shard folder with a manifest
+    (a folder that does not exist yet passes: specs validate where the data is absent;
+    :func:`workbench.core.shards.open_shards` names it when the run starts)."""
+    from workbench.core.shards import MANIFEST, open_shards, shard_folder
+
+    folder = shard_folder(corpus)
+    if folder is not None and folder.is_dir() and not (folder / MANIFEST).is_file():
+        try:
+            open_shards(folder)
+        except ValueError as err:
+            raise ValueError(f"corpus: {err}") from None
 
 
 def make_field(default: Any, role: str, help: str, **meta) -> Any:
