@@ -465,3 +465,18 @@ def test_cli_spec_with_a_yaml_error_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("workbench: error: ") and "broken_spec.yaml" in err, err
 
+
+
+SHARDS_CLI_CASES = [  # issue 18 item 1: token shards
+    (["data", "prepare", "wikipedia", "--tokenizer", "tiny-llama", "--out", "/tmp/unused"],
+     ("wikipedia", "wiki-excerpt", ".jsonl", "Hugging Face")),
+    (["data", "prepare", "/no/such/file.jsonl", "--tokenizer", "tiny-llama", "--out",
+      "/tmp/unused"], ("/no/such/file.jsonl",)),
+    (["data", "info", "/no/such/shards"], ("/no/such/shards", "workbench data prepare")),
+]
+
+
+@pytest.mark.parametrize("argv, names", SHARDS_CLI_CASES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)
+def test_shards_cli_bad_input(argv, names, capsys):
+    test_cli_bad_input(argv, names, capsys)
