@@ -929,3 +929,17 @@ def test_cli_unknown_spec_fails_before_torch_is_imported(tmp_path):
                          timeout=120)
     assert out.stdout.split() == ["2", "False"], (out.stdout, out.stderr[-500:])
     assert "no_such_spec" in out.stderr and "available" in out.stderr
+
+SHARDS_CLI_CASES = [  # issue 18 item 1: token shards
+    (["data", "prepare", "wikipedia", "--tokenizer", "tiny-llama", "--out", "/tmp/unused"],
+     ("wikipedia", "wiki-excerpt", ".jsonl", "Hugging Face")),
+    (["data", "prepare", "/no/such/file.jsonl", "--tokenizer", "tiny-llama", "--out",
+      "/tmp/unused"], ("/no/such/file.jsonl",)),
+    (["data", "info", "/no/such/shards"], ("/no/such/shards", "workbench data prepare")),
+]
+
+
+@pytest.mark.parametrize("argv, names", SHARDS_CLI_CASES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)
+def test_shards_cli_bad_input(argv, names, capsys):
+    test_cli_bad_input(argv, names, capsys)
