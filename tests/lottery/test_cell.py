@@ -45,3 +45,18 @@ def test_run_cell_tables_manifest_and_resume(tmp_path):
     again = cell.run_cell(TINY, tmp_path, progress=False)
     assert again.result.resumed_from == 1
     pd.testing.assert_frame_equal(again.tables["records"], rec)
+
+
+def test_a_run_on_token_shards_records_its_folder_and_windows(tmp_path):
+    from workbench.core import shards
+    from workbench.core.tokenizers import ByteTokenizer
+
+    sh = shards.prepare_shards("lee", ByteTokenizer(), tmp_path / "lee", progress=False)
+    cfg = dict(TINY, corpus=str(sh.path), seq_len=32, val_seq_len=32, n_val_blocks=3)
+    run = cell.run_cell(cfg, tmp_path / "run", progress=False)
+    data = run.manifest["train_data"]
+    assert data["manifest_sha256"] == sh.manifest_sha256 and data["n_tokens"] == sh.n_tokens(
+        "train")
+    ref, offsets = sh.fixed_windows("validation", 3, 32, seed=shards.VALIDATION_SEED)
+    assert data["eval_windows"]["validation"]["offsets"] == offsets
+    assert run.manifest["train_tokens"] == sh.n_tokens("train")

@@ -238,9 +238,12 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
     if launched:
         result.resumed_from = resumed_from
     n_blocks = train_tokens.shape[0] if isinstance(train_tokens, torch.Tensor) else 0
+    extra = {}
+    if hasattr(train_tokens, "record"):  # token shards: the folder, its hash, the windows
+        extra["train_data"] = train_tokens.record()
     manifest = run_manifest(cfg, result, seconds=time.perf_counter() - t0,
                             n_train_blocks=int(n_blocks), train_tokens=n_train,
-                            world_size=world)
+                            world_size=world, **extra)
     return CellRun(cfg, result, sws, run_tables(result, sws), manifest)
 
 
