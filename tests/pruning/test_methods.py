@@ -245,10 +245,9 @@ def test_bad_calibration_tokens_are_clear_errors():
 def test_every_method_is_registered_with_label_colour_and_runs():
     from workbench.pruning.registry import METHODS
 
-    colours = [e.props["color"] for e in METHODS]
     assert all(isinstance(e.props["label"], str) and e.props["label"] for e in METHODS)
-    assert all(c and c.startswith("#") and len(c) == 7 for c in colours)
-    assert len(set(colours)) == len(colours)
+    # colours are not registry data: plots.style keys them by name (tests/experiments)
+    assert all("color" not in e.props for e in METHODS)
     data = _data(2, 16)
     for entry in METHODS:
         if entry.name in ("gradprobe", "obd_true", "obd_empirical"):
