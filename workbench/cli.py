@@ -141,7 +141,7 @@ def _grid_status(args: argparse.Namespace) -> int:
                             for v in shown["elapsed"]]
         shown["heartbeat"] = [None if v is None or v != v else f"{v:.0f} s ago"
                               for v in shown["heartbeat"]]
-        print(shown.fillna("").to_string(index=False))
+        print(shown.astype(object).where(shown.notna(), "").to_string(index=False))
     counts = table["state"].value_counts().to_dict()
     print(", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           f"of {len(table)} cells in {table['directory'].iloc[0].rsplit('/', 2)[0]}")
