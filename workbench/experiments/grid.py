@@ -123,12 +123,13 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
 
 def _check_shard_folders(resolved: Mapping[str, Mapping[str, Any]]) -> None:
     """A corpus that names a token-shard folder must exist (cheap; before any model)."""
+    from workbench.core.shards import shard_folder
     from workbench.lottery import budget
 
     for name, params in resolved.items():
         corpus = params.get("corpus")
         if isinstance(corpus, str) and budget.looks_like_shards(corpus) \
-                and not Path(corpus).expanduser().is_dir():
+                and not shard_folder(corpus).is_dir():
             raise FileNotFoundError(f"experiment {name}: " + budget.missing_shards_message(corpus))
 
 

@@ -179,17 +179,21 @@ def shard_train_tokens(folder: str | os.PathLike) -> int | None:
 
 
 def looks_like_shards(corpus: str) -> bool:
-    """Whether a corpus name is a folder path (a token-shard folder) rather than a
-    built-in corpus, a text file or a dataset name."""
-    p = Path(corpus).expanduser()
-    return p.is_dir() or (not p.suffix and (corpus.startswith((".", "/", "~")) or
-                                            corpus.count("/") >= 2))
+    """Whether a corpus spec means a token-shard folder (the one rule:
+    :func:`workbench.core.shards.shard_folder`) rather than a built-in corpus, a text file
+    or a dataset name."""
+    from workbench.core.shards import shard_folder
+
+    return shard_folder(corpus) is not None
 
 
 def missing_shards_message(corpus: str) -> str:
-    """What to do when a spec names a shard folder that is not there."""
+    """What to do when a spec names a shard folder that is not there (relative paths are
+    read against the project root, as :func:`workbench.core.shards.shard_folder` does)."""
+    from workbench.core.shards import shard_folder
+
     return (f"corpus: the token-shard folder {corpus!r} does not exist (resolved: "
-            f"{Path(corpus).expanduser().resolve()}). Prepare it first, e.g. `workbench "
+            f"{shard_folder(corpus)}). Prepare it first, e.g. `workbench "
             f"data prepare openwebtext --tokenizer gpt2 --out {corpus}` (or put nanoGPT's "
             "train.bin/val.bin there)")
 
@@ -228,7 +232,9 @@ def train_split_tokens(cfg: IMPConfig) -> int:
     from workbench.core.data import load_corpus, token_blocks
 
     if looks_like_shards(cfg.corpus):
-        n = shard_train_tokens(Path(cfg.corpus).expanduser())
+        from workbench.core.shards import shard_folder
+
+        n = shard_train_tokens(shard_folder(cfg.corpus))
         if n is None:
             raise FileNotFoundError(missing_shards_message(cfg.corpus))
         return n
