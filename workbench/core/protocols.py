@@ -56,7 +56,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -192,18 +192,24 @@ def card_names() -> dict[str, list[str]]:
             "zeroshot": list(ZEROSHOT_CARDS)}
 
 
+def _card(card, cls: type, table: Mapping[str, Any], argument: str, what: str):
+    """``card`` itself when it is a ``cls``, else ``table[card]``; an unknown name raises
+    ``ValueError`` naming ``argument`` and the known cards."""
+    if isinstance(card, cls):
+        return card
+    if card not in table:
+        raise ValueError(f"{argument}: unknown {what} card {card!r}; known cards: "
+                         f"{', '.join(table)}")
+    return table[card]
+
+
 def perplexity_card(card: str | PerplexityCard) -> PerplexityCard:
     """The perplexity card named ``card`` (a card passes through).
 
     Raises:
         ValueError: Unknown name (lists the known ones).
     """
-    if isinstance(card, PerplexityCard):
-        return card
-    if card not in PERPLEXITY_CARDS:
-        raise ValueError(f"eval_card: unknown perplexity card {card!r}; known cards: "
-                         f"{', '.join(PERPLEXITY_CARDS)}")
-    return PERPLEXITY_CARDS[card]
+    return _card(card, PerplexityCard, PERPLEXITY_CARDS, "eval_card", "perplexity")
 
 
 def calibration_card(card: str | CalibrationCard) -> CalibrationCard:
@@ -212,12 +218,7 @@ def calibration_card(card: str | CalibrationCard) -> CalibrationCard:
     Raises:
         ValueError: Unknown name (lists the known ones).
     """
-    if isinstance(card, CalibrationCard):
-        return card
-    if card not in CALIBRATION_CARDS:
-        raise ValueError(f"calibration_card: unknown calibration card {card!r}; known cards: "
-                         f"{', '.join(CALIBRATION_CARDS)}")
-    return CALIBRATION_CARDS[card]
+    return _card(card, CalibrationCard, CALIBRATION_CARDS, "calibration_card", "calibration")
 
 
 # ----------------------------------------------------------------------------- files
