@@ -3,8 +3,8 @@
 Each job has one CPU (``-c 1``) and starts a child Python process (as a grid job starts
 its notebook kernel) that runs a fixed torch workload. ``uncapped``: the child keeps
 torch's default (every CPU of the node, since ``TaskPlugin=task/none`` binds nothing);
-``capped``: the job first calls :func:`workbench.experiments.scheduler.limit_threads` with
-:func:`workbench.experiments.scheduler.allocated_cpus`, as ``run_leased_cell`` does.
+``capped``: the job first calls :func:`workbench.experiments.running.scheduler.limit_threads` with
+:func:`workbench.experiments.running.scheduler.allocated_cpus`, as ``run_leased_cell`` does.
 
     python benchmarks/bench_slurm_threads.py            # needs SLURM (scripts/slurm_up.sh)
 
@@ -37,7 +37,7 @@ print(json.dumps({{"threads": torch.get_num_threads(), "seconds": time.perf_coun
 
 def job(mode: str, reps: int) -> None:
     if mode == "capped":
-        from workbench.experiments import scheduler
+        from workbench.experiments.running import scheduler
 
         scheduler.limit_threads(scheduler.allocated_cpus())
     out = subprocess.run([sys.executable, "-c", CHILD.format(reps=reps)], check=True,

@@ -19,7 +19,8 @@ import pandas as pd
 
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot, oneshot_analysis
+from workbench.pruning import oneshot
+from workbench.experiments.analysis import oneshot_analysis
 from workbench.pruning.registry import METHODS
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot
+from workbench.pruning import oneshot
 
 
 def table(df: pd.DataFrame, by: list[str]) -> str:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot
+from workbench.pruning import oneshot
 
 
 def write_standins(folder: str | Path) -> Path:

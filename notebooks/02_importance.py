@@ -39,7 +39,7 @@ from workbench.core import io, paths
 from workbench.pruning.mask_report import overlap_matrix
 from workbench.pruning.registry import SCORE_KINDS
 from workbench.pruning.scores import score_correlations
-from workbench.experiments.plots import save_figure
+from workbench.experiments.analysis.plots import save_figure
 
 wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")

@@ -50,8 +50,10 @@ reproduce_n_eval = 16  # type: int[1:]|None  evaluation windows of the reproduct
 # %%
 import workbench as wb
 from workbench.core import io, paths
-from workbench.experiments import oneshot, oneshot_analysis, runs
-from workbench.experiments.plots import save_figure
+from workbench.pruning import oneshot
+from workbench.experiments.analysis import oneshot_analysis
+from workbench.experiments.running import runs
+from workbench.experiments.analysis.plots import save_figure
 
 if seed is not None:
     seeds = [seed]
@@ -81,7 +83,7 @@ runs.write_run(out, {"records": results}, summary=dict(findings=oneshot_analysis
 # Top: validation perplexity (geometric mean ×/÷ geometric sd over calibration seeds);
 # bottom: zero-shot accuracy (mean ± sd), when `zeroshot_task` is set. Each seed a faint
 # line; dashed: OWL allocation; grey dashed: the dense model. Each method keeps its colour
-# and marker in every figure (`workbench.experiments.plots.style`); points at one
+# and marker in every figure (`workbench.experiments.analysis.plots.style`); points at one
 # sparsity are offset sideways, the ticks are at the true sparsities. The title names the
 # model, corpus, evaluation protocol, n and profile.
 
@@ -117,7 +119,7 @@ protocol_columns = ["eval_card", "eval_fingerprint", "eval_context_length", "eva
                     "eval_ppl_level", "calibration_card", "zeroshot_metric", "lm_eval_version"]
 print(results[protocol_columns].drop_duplicates().to_string(index=False))
 if reproduce_table is not None:
-    from workbench.experiments import reproduce
+    from workbench.pruning import reproduce
 
     reproduction = reproduce.reproduce(
         reproduce_table, lm, tokenizer, data=None if data is None else paths.resolve(data),

@@ -29,7 +29,8 @@ config = {}      # overrides of IMPConfig, e.g. {"init": "xavier", "prune_pct": 
 import matplotlib.pyplot as plt
 
 from workbench.core import paths
-from workbench.experiments import plots, runs
+from workbench.experiments.analysis import plots
+from workbench.experiments.running import runs
 from workbench.lottery import cell
 
 cfg = cell.as_config(config)
@@ -51,7 +52,7 @@ plots.save_figure(fig, "04_lottery_run", folder=out)
 
 # %% [markdown]
 # The tables, the robustness summary and the manifest go to the run folder through the
-# run layout (`workbench.experiments.runs.write_run`: atomic, records last).
+# run layout (`workbench.experiments.running.runs.write_run`: atomic, records last).
 
 # %%
 runs.write_run(out, run.tables, run.result.summary, run.manifest)

@@ -18,7 +18,7 @@
 # sparsity, round or per run (sweet spot), with a paired t-test (Wilcoxon alongside),
 # effect size d_z, bootstrap CI and Holm correction over all declared tests, and a
 # one-line verdict (with the power caveat for n = 3). Perplexity is tested on its
-# logarithm (`val_nll`). Definitions: `help(workbench.experiments.findings)`.
+# logarithm (`val_nll`). Definitions: `help(workbench.experiments.analysis.findings)`.
 
 # %% tags=["parameters"]
 spec = "pilot"
@@ -29,7 +29,7 @@ alpha = 0.05
 
 # %%
 from workbench.core import paths
-from workbench.experiments import findings
+from workbench.experiments.analysis import findings
 
 out = paths.resolve(out_dir)
 source = paths.resolve(runs) if runs else spec

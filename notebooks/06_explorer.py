@@ -32,7 +32,8 @@ import matplotlib.pyplot as plt
 from IPython.display import clear_output, display
 
 from workbench.core import paths
-from workbench.experiments import aggregate, plots, specs
+from workbench.experiments.analysis import aggregate, plots
+from workbench.experiments.design import specs
 
 FOLDER = f"folder: {runs}" if runs else None
 

@@ -45,7 +45,7 @@ import workbench as wb
 from workbench import curvature as cv
 from workbench.core import io, paths
 from workbench.curvature import examples as ex
-from workbench.experiments.plots import save_figure
+from workbench.experiments.analysis.plots import save_figure
 
 if threads:
     torch.set_num_threads(int(threads))

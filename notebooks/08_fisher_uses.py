@@ -59,7 +59,7 @@ from workbench import curvature as cv
 from workbench.core import io, paths
 from workbench.curvature import uses
 from workbench.curvature.examples import modules_of_type
-from workbench.experiments.plots import save_figure
+from workbench.experiments.analysis.plots import save_figure
 from workbench.lottery.train import train_masked
 
 if threads:

@@ -99,7 +99,7 @@ def _kfac_zero_damping(env: Env):
 def _unknown_experiment(env: Env):
     import pandas as pd
 
-    from workbench.experiments import stats
+    from workbench.experiments.analysis import stats
 
     df = pd.DataFrame({"experiment": ["A"] * 3 + ["B"] * 3, "seed": [0, 1, 2] * 2,
                        "sparsity": [0.5] * 6, "val_ppl": [10.0, 11.0, 12.0, 10.5, 11.2, 12.1]})
@@ -470,7 +470,7 @@ def test_cli_spec_with_a_yaml_error_names_the_file(tmp_path, capsys):
 # ----------------------------------------------------------------------------- protocols (issue 19)
 def _protocol_cases():
     from workbench.core import protocols
-    from workbench.experiments import reproduce
+    from workbench.pruning import reproduce
 
     return [
         Case("perplexity card unknown", lambda e: protocols.perplexity_windows(
@@ -692,7 +692,7 @@ SPEC = {"name": "t", "notebook": "04_lottery_run", "seeds": [0],
 def _spec(env: Env, change: Callable[[dict], None]):
     import yaml
 
-    from workbench.experiments import specs
+    from workbench.experiments.design import specs
 
     raw = copy.deepcopy(SPEC)
     change(raw)
@@ -709,14 +709,14 @@ def _question(raw, body):
 
 
 def _runs_folder(env: Env, experiments):
-    from workbench.experiments.aggregate import load_runs
+    from workbench.experiments.analysis.aggregate import load_runs
 
     (env.tmp / "runs" / "A" / "seed0").mkdir(parents=True)
     return load_runs(env.tmp / "runs", experiments=experiments)
 
 
 def _spec_runs(env: Env, experiments):
-    from workbench.experiments.aggregate import load_runs
+    from workbench.experiments.analysis.aggregate import load_runs
 
     return load_runs("pilot", "cpu", runs_dir=env.tmp, experiments=experiments)
 

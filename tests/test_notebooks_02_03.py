@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.core import paths
-from workbench.experiments import runs
+from workbench.experiments.running import runs
 
-from workbench.experiments.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
 
 
 def test_02_importance_runs(tmp_path):
@@ -52,7 +52,7 @@ def test_03_sparsity_sweep_runs(tmp_path):
 
 
 def test_03_grid_spec_is_valid():
-    from workbench.experiments.specs import load_spec
+    from workbench.experiments.design.specs import load_spec
 
     spec = load_spec("oneshot_calibration")  # checked against notebook 03's parameters
     assert spec.notebook == "03_sparsity_sweep"

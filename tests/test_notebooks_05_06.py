@@ -3,7 +3,7 @@
 import pandas as pd
 
 from tests.fixtures.runs import DESIGNS, make_runs, write_spec_record
-from workbench.experiments.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
 
 
 def test_pilot_analysis_writes_findings_by_question(tmp_path):
@@ -48,8 +48,8 @@ def test_explorer_keeps_the_metric_and_lists_metrics_only(tmp_path, monkeypatch)
     import jupytext
     import matplotlib
 
-    from workbench.experiments import aggregate
-    from workbench.experiments.notebooks import notebook_source
+    from workbench.experiments.analysis import aggregate
+    from workbench.experiments.running.notebooks import notebook_source
 
     matplotlib.use("Agg")
     monkeypatch.setattr("matplotlib.pyplot.show", lambda *a, **k: None)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from workbench.core import paths
-from workbench.experiments import notebooks
+from workbench.experiments.running import notebooks
 
 #: Exceptions that mean "the user asked for something wrong", not "the workbench broke".
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError)
@@ -102,7 +102,7 @@ def _check_runs_dir(runs_dir: str | None) -> None:
 def _grid_run(args: argparse.Namespace) -> int:
     _check_spec_name(args.spec)
     _check_executor(args.executor)
-    from workbench.experiments import grid
+    from workbench.experiments.running import grid
 
     t0 = time.perf_counter()
     table = grid.run_grid(args.spec, _profile(args.profile), jobs=args.jobs,
@@ -130,7 +130,7 @@ def _grid_status(args: argparse.Namespace) -> int:
     _check_runs_dir(args.runs_dir)
     import pandas as pd
 
-    from workbench.experiments import grid
+    from workbench.experiments.running import grid
 
     table = grid.status(args.spec, _profile(args.profile), args.runs_dir)
     with pd.option_context("display.max_rows", 500, "display.width", 160,
@@ -151,7 +151,7 @@ def _grid_status(args: argparse.Namespace) -> int:
 def _pilot(args: argparse.Namespace) -> int:
     """The pilot grid with the profile, then the analysis notebook on its runs."""
     _check_executor(args.executor)
-    from workbench.experiments import grid
+    from workbench.experiments.running import grid
 
     profile = _profile(args.profile)
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def _pilot(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     """A published table's methods with its protocol cards on a local model."""
     from workbench.core import io
-    from workbench.experiments import reproduce
+    from workbench.pruning import reproduce
 
     reproduce.check_reproduce_arguments(  # before the model loads
         args.table, data=args.data, seq_len=args.seq_len, n_eval=args.n_eval,

@@ -42,7 +42,7 @@ def test_record_fields_accumulate():
 
 
 def test_findings_print_epochs_and_repeats():
-    from workbench.experiments import findings
+    from workbench.experiments.analysis import findings
 
     rec = pd.DataFrame({"experiment": ["A", "A", "B"], "epochs_round": [0.5, 0.5, 3.0],
                         "max_epochs": [1.0, 1.0, 1.0], "round": [0, 1, 0]})

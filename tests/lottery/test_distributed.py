@@ -164,7 +164,7 @@ def _rank_pids(marker: str, rank: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    from workbench.experiments import grid
+    from workbench.experiments.running import grid
 
     folder = tmp_path_factory.mktemp("cell")
     table = grid.run_grid(_spec(folder), None, runs_dir=folder / "runs", nproc=2,
@@ -186,7 +186,7 @@ def test_two_process_cell_runs_and_only_rank0_writes(uninterrupted):
 
 
 def test_killed_rank_leaves_the_cell_interrupted_and_a_rerun_resumes(uninterrupted):
-    from workbench.experiments import grid
+    from workbench.experiments.running import grid
 
     folder, reference = uninterrupted
     spec, runs_dir = _spec(folder), folder / "killed"

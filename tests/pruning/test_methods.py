@@ -243,7 +243,7 @@ def test_bad_calibration_tokens_are_clear_errors():
 
 
 def test_every_method_is_registered_with_label_and_a_distinct_look_and_runs():
-    from workbench.experiments.plots import style
+    from workbench.experiments.analysis.plots import style
     from workbench.pruning.registry import METHODS
 
     assert all(isinstance(e.props["label"], str) and e.props["label"] for e in METHODS)

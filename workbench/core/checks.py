@@ -7,7 +7,8 @@ e.g. ``scope must be one of ('global', 'layer', 'row'), got 'rwo'``. Functions r
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import functools
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -52,8 +53,19 @@ def check_range(argument: str, value: Any, lo: float | None = None, hi: float | 
     return value
 
 
-def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+def _renamed_note(names: Iterable[str], renamed: Mapping[str, str] | None) -> str:
+    """`` ('kind' is now 'fisher_type')`` for the names of ``names`` found in ``renamed``."""
+    hits = [f"{name!r} is now {renamed[name]!r}" for name in names if renamed and name in renamed]
+    return f" ({'; '.join(hits)})" if hits else ""
+
+
+def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str], *,
+                 renamed: Mapping[str, str] | None = None) -> None:
     """Reject keyword arguments a function does not take (no silent ``**options``).
+
+    Args:
+        renamed: Old name -> new name of keywords that were renamed; an old one is refused
+            like any unknown keyword, and the message names its new name.
 
     Raises:
         TypeError: Names the function, the unknown keywords and the accepted ones.
@@ -62,12 +74,41 @@ def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str]
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         call = function if function.endswith(")") else f"{function}()"
-        raise TypeError(f"{call} got unknown keyword argument(s) {unknown}; "
-                        f"accepted: {allowed}")
+        raise TypeError(f"{call} got unknown keyword argument(s) {unknown}"
+                        f"{_renamed_note(unknown, renamed)}; accepted: {allowed}")
 
 
-def check_keys(mapping: Any, allowed: Iterable[str], where: str) -> None:
+def renamed_keywords(**old_to_new: str) -> Callable[[Callable], Callable]:
+    """Decorate a function whose keyword arguments were renamed (``kind="fisher_type"``).
+
+    The function's signature has the new names only. A call with an old name raises the
+    ``TypeError`` Python raises for an unknown keyword, with the new name added to the
+    message, e.g. ``diagonal_fisher() got an unexpected keyword argument 'kind' ('kind' is
+    now 'fisher_type')``. There is no silent alias: old code fails loudly at the call.
+    The mapping is kept on the wrapper as ``__renamed_keywords__`` (tests read it).
+    """
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            old = sorted(set(kwargs) & set(old_to_new))
+            if old:
+                raise TypeError(f"{fn.__qualname__}() got an unexpected keyword argument "
+                                f"{old[0]!r}{_renamed_note(old, old_to_new)}")
+            return fn(*args, **kwargs)
+
+        inner.__renamed_keywords__ = dict(old_to_new)
+        return inner
+
+    return wrap
+
+
+def check_keys(mapping: Any, allowed: Iterable[str], where: str, *,
+               renamed: Mapping[str, str] | None = None) -> None:
     """Refuse a non-mapping ``mapping`` or keys outside ``allowed`` (config files, specs).
+
+    Args:
+        renamed: Old key -> new key of renamed keys; an old one is refused like any
+            unknown key, and the message names its new name.
 
     Raises:
         ValueError: Names ``where``, the unknown keys and the allowed ones.
@@ -76,7 +117,8 @@ def check_keys(mapping: Any, allowed: Iterable[str], where: str) -> None:
         raise ValueError(f"{where} must be a mapping, got {type(mapping).__name__}")
     unknown = sorted(set(map(str, mapping)) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+        raise ValueError(f"unknown key(s) {unknown} in {where}"
+                         f"{_renamed_note(unknown, renamed)}; allowed: {sorted(allowed)}")
 
 
 def check_token_ids(argument: str, ids: Any, *, vocab_size: int | None = None,

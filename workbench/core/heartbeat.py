@@ -2,11 +2,11 @@
 process that runs the notebook can show what happens *inside* a cell.
 
 Papermill's cell bar only moves when a cell ends; a one-shot sweep or an IMP run is one
-cell of many minutes. The driver (:func:`workbench.experiments.notebooks.run_notebook`)
+cell of many minutes. The driver (:func:`workbench.experiments.running.notebooks.run_notebook`)
 puts the path of a heartbeat file into the kernel's environment (:data:`ENV`); the work in
 the kernel calls :func:`beat` with what it is doing, and the driver polls the file and
 draws it (tqdm on the terminal; ``workbench grid status`` reads it too, see
-:func:`workbench.experiments.cell_state.read_heartbeat`).
+:func:`workbench.experiments.running.cell_state.read_heartbeat`).
 
 Why a file and not the kernel's output stream: the file is read by any process at any
 time (the grid driver, ``grid status`` from another shell, a SLURM job's owner), survives

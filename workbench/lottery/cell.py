@@ -5,7 +5,7 @@ plain dict of overrides, validated by :meth:`IMPConfig.from_params`) and a run f
 loads the model and the corpus the config names, detects the starting model's super
 weights, runs :func:`workbench.lottery.imp.run_imp` (resuming from the folder's
 checkpoints) and returns the tables, summary and manifest of the finished run, ready for
-:func:`workbench.experiments.runs.write_run` (which lives one layer up, so the notebook
+:func:`workbench.experiments.running.runs.write_run` (which lives one layer up, so the notebook
 calls it). Nothing here depends on the notebook: adding a schema field needs no edit.
 
 Budget: before anything trains, the plan is checked against the training split

@@ -16,7 +16,7 @@ How a cell runs on N processes (:func:`workbench.lottery.cell.run_cell`):
   1): submitit starts one task per GPU and every task exports the distributed
   environment (``submitit.helpers.TorchDistributedEnvironment``); task 0 runs the
   notebook, whose kernel inherits that environment and joins as rank 0; the other tasks
-  run ``run_cell`` directly (:func:`workbench.experiments.slurm.run_leased_cell`).
+  run ``run_cell`` directly (:func:`workbench.experiments.running.slurm.run_leased_cell`).
 
 Rules (each tested in ``tests/lottery/test_distributed.py``):
 

@@ -214,7 +214,7 @@ METHODS.register("magnitude", score_method("magnitude"), score_kind="magnitude",
                  allocations=_OWL, label="Magnitude",
                  description="lowest |w| (per layer by default)", **_SCORES)
 # score kinds that need calibration tokens, pruned by ranking: (kind, description); colours
-# are not registry data (workbench.experiments.plots.style keys them by name)
+# are not registry data (workbench.experiments.analysis.plots.style keys them by name)
 for _kind, _description in (
         ("gradient_norm", "lowest RMS per-batch gradient"),
         ("taylor", "lowest |w * g| (first-order Taylor)"),

@@ -16,7 +16,7 @@ properties as data. Unknown names fail with the list of registered names.
   score_method("x"), score_kind="x", ...)``).
 
 Properties (data, read by ``prune``, ``sweep``, the presets and the plots; colours are
-not registry data: :func:`workbench.experiments.plots.style` keys them by name):
+not registry data: :func:`workbench.experiments.analysis.plots.style` keys them by name):
 
 ========================  ==================================================================
 ``needs_calibration``     calibration token ids are required

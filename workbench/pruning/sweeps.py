@@ -9,7 +9,7 @@
 * :func:`compare_methods`: validation perplexity of presets x sparsities.
 
 The multi-seed one-shot protocol with evaluation settings, zero-shot accuracy and tests
-is :func:`workbench.experiments.oneshot.oneshot_sweep`.
+is :func:`workbench.pruning.oneshot.oneshot_sweep`.
 """
 
 from __future__ import annotations

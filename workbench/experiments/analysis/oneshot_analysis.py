@@ -1,0 +1,367 @@
+"""Analysis of one-shot sweeps: summaries over seeds, paired tests, findings, figure.
+
+Reads the rows of :func:`workbench.pruning.oneshot.oneshot_sweep` (or rows of
+several grid cells concatenated, with an ``experiment`` column):
+
+* :func:`summarize` and :func:`results_table`: mean ± sd over calibration seeds per
+  curve point; perplexity as geometric mean ×/÷ geometric sd (it is summarised on its
+  logarithm, ``val_nll``).
+* :func:`paired_comparisons` and :func:`significance`: runs paired by calibration seed;
+  perplexity tested on its logarithm (paired differences are log perplexity ratios) and
+  accuracy as is, with :func:`workbench.experiments.analysis.stats.paired_test` (paired t,
+  Wilcoxon, d_z, bootstrap CI) and one Holm family
+  (:func:`workbench.experiments.analysis.stats.holm`).
+* :func:`findings`: the significant differences in sentences.
+* :func:`curve_style` and :func:`plot_oneshot`: metric vs sparsity, one panel per
+  pattern, in the methods' registered colours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from workbench.core.checks import check_choice
+from workbench.experiments.analysis import stats
+
+#: Identifies one curve point (a method configuration at one sparsity).
+KEYS = ("method", "allocation", "pattern", "sparsity")
+#: Factors compared by :func:`paired_comparisons` (``experiment``: grid cells of a spec).
+FACTORS = ("method", "allocation", "experiment")
+#: Metrics tested by :func:`significance` and which direction is better.
+METRICS = {"val_nll": "lower", "zeroshot_acc": "higher"}
+
+
+# ----------------------------------------------------------------------------- summaries
+def summarize(df: pd.DataFrame, *, allow_mixed_protocols: bool = False) -> pd.DataFrame:
+    """Mean ± sd over seeds per curve point (and mean prune seconds).
+
+    Perplexity is summarised on its logarithm: ``val_ppl`` is the geometric mean
+    ``exp(mean(val_nll))`` and ``val_ppl_gsd`` the geometric sd ``exp(sd(val_nll))``
+    (the bar is ``val_ppl`` times/divided by it), as in
+    :func:`workbench.experiments.analysis.plots.plot_sparsity_curve`.
+
+    Returns:
+        One row per ``(method, allocation, pattern, sparsity)``: ``n_seeds, val_ppl,
+        val_ppl_gsd, val_nll_mean, val_nll_sd, zeroshot_acc_mean, zeroshot_acc_sd,
+        achieved_sparsity, prune_seconds``.
+
+    Raises:
+        ValueError: Rows evaluated on different tokens (``eval_fingerprint`` differs,
+            :func:`workbench.core.protocols.check_same_protocol`) unless
+            ``allow_mixed_protocols``.
+    """
+    from workbench.core.protocols import check_same_protocol
+
+    check_same_protocol(df, allow_mixed=allow_mixed_protocols)
+    g = df.groupby(list(KEYS), sort=False)
+    out = pd.DataFrame({
+        "method_label": g["method_label"].first(),
+        "n_seeds": g["seed"].nunique(),
+        "val_ppl": np.exp(g["val_nll"].mean()),
+        "val_ppl_gsd": np.exp(g["val_nll"].std(ddof=1).fillna(0.0)),
+        "val_nll_mean": g["val_nll"].mean(),
+        "val_nll_sd": g["val_nll"].std(ddof=1).fillna(0.0),
+        "zeroshot_acc_mean": g["zeroshot_acc"].mean(),
+        "zeroshot_acc_sd": g["zeroshot_acc"].std(ddof=1).fillna(0.0),
+        "achieved_sparsity": g["achieved_sparsity"].mean(),
+        "prune_seconds": g["prune_seconds"].mean(),
+    })
+    return out.reset_index()
+
+
+def results_table(df: pd.DataFrame, *, digits: int = 2,
+                  allow_mixed_protocols: bool = False) -> pd.DataFrame:
+    """A display table: perplexity (geometric mean ×/÷ geometric sd), accuracy mean ± sd
+    (in %), prune seconds, one row per curve point (one protocol: see :func:`summarize`)."""
+    s = summarize(df, allow_mixed_protocols=allow_mixed_protocols)
+    out = pd.DataFrame({
+        "method": s["method_label"], "allocation": s["allocation"], "pattern": s["pattern"],
+        "sparsity": s["sparsity"].round(3),
+        "perplexity": [f"{p:.{digits}f} ×/÷ {g:.3f}" for p, g in zip(s["val_ppl"],
+                                                                     s["val_ppl_gsd"])],
+        "zero-shot acc (%)": [("—" if math.isnan(a) else f"{100 * a:.1f} ± {100 * sd:.1f}")
+                              for a, sd in zip(s["zeroshot_acc_mean"], s["zeroshot_acc_sd"])],
+        "prune s": s["prune_seconds"].round(1),
+        "seeds": s["n_seeds"],
+    })
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = "method", *,
+                       baseline: str | None = None, alpha: float = 0.05, test: str = "t",
+                       **kwargs: Any) -> pd.DataFrame:
+    """Paired tests (by calibration seed) between levels of ``factor`` at every point.
+
+    Runs are compared when they agree on the other factors of :data:`FACTORS` present in
+    the rows and on the pattern and sparsity, and are paired by seed (only seeds present
+    in both). ``factor="method"`` compares every pair of methods (or each against
+    ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
+    (default ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid
+    (rows of several cells concatenated; the grid's seed is the calibration seed). Dense
+    rows are left out.
+
+    Args:
+        df: Rows of :func:`workbench.pruning.oneshot.oneshot_sweep`.
+        metric: ``"val_nll"`` (log perplexity: differences are log ratios) or
+            ``"zeroshot_acc"`` (or any numeric column).
+        factor: ``"method"``, ``"allocation"`` or ``"experiment"``.
+        baseline: Reference level (``a``); ``None``: all pairs for methods, ``"uniform"``
+            for allocations.
+        alpha: Family-wise error rate of the Holm correction over this table's rows.
+        test: ``"t"`` (paired t-test) or ``"wilcoxon"``: whose p-values are corrected.
+        **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`.
+
+    Returns:
+        The columns of :data:`workbench.experiments.analysis.stats.TABLE_COLUMNS` (so
+        :func:`workbench.experiments.analysis.stats.describe` reads it) plus ``pattern``,
+        ``context`` (the shared level of the other factor) and the ``paired_test`` fields.
+    """
+    check_choice("factor", factor, FACTORS)
+    check_choice("test", test, stats.TESTS)
+    if metric not in df:
+        raise ValueError(f"metric={metric!r} is not a column; allowed: "
+                         f"{sorted(df.select_dtypes('number').columns)}")
+    if factor not in df:
+        raise ValueError(f"factor={factor!r} is not a column of the rows")
+    data = df[(df["method"] != "dense") & df[metric].notna()]
+    if baseline is None and factor == "allocation":
+        baseline = "uniform"
+    others = [c for c in FACTORS if c != factor and c in data
+              and (c != "experiment" or data[c].nunique() > 1)]
+    rows = []
+    for key, part in data.groupby(others + ["pattern", "sparsity"], sort=False):
+        ctx = ", ".join(str(v) for v in key[:len(others)])
+        pattern, s = key[len(others):]
+        levels = list(dict.fromkeys(part[factor]))
+        if baseline is not None:
+            pairs = [(baseline, b) for b in levels if b != baseline and baseline in levels]
+        else:
+            pairs = list(itertools.combinations(levels, 2))
+        values = part.pivot_table(index="seed", columns=factor, values=metric, aggfunc="first")
+        for a, b in pairs:
+            both = values[[a, b]].dropna()
+            if len(both) == 0:
+                continue
+            res = stats.paired_test(both[a].to_numpy(), both[b].to_numpy(), alpha=alpha,
+                                    **kwargs)
+            rows.append(dict(factor=factor, baseline=a, level_b=b,
+                             experiment_a=f"{a} ({ctx}, {pattern})",
+                             experiment_b=f"{b} ({ctx}, {pattern})", metric=metric,
+                             at="sparsity", level=float(s), pattern=pattern, context=ctx,
+                             **res))
+    if not rows:
+        return pd.DataFrame(columns=list(stats.TABLE_COLUMNS) + ["pattern", "context"])
+    out = pd.DataFrame(rows)
+    reject, padj = stats.holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
+    out["test"], out["p_holm"], out["significant"] = test, padj, reject
+    front = list(stats.TABLE_COLUMNS)
+    return out[front + [c for c in out if c not in front]]
+
+
+def significance(df: pd.DataFrame, *, metrics: Sequence[str] = ("val_nll", "zeroshot_acc"),
+                 factors: Sequence[str] = FACTORS, alpha: float = 0.05,
+                 test: str = "t", allow_mixed_protocols: bool = False,
+                 **kwargs: Any) -> pd.DataFrame:
+    """:func:`paired_comparisons` for every factor x metric, Holm-corrected as one family.
+
+    Metrics with no values (zero-shot not run) and factors absent or with one level are
+    skipped. Rows evaluated on different tokens are refused (as :func:`summarize`) unless
+    ``allow_mixed_protocols``.
+    """
+    from workbench.core.protocols import check_same_protocol
+
+    check_same_protocol(df, allow_mixed=allow_mixed_protocols)
+    tables = []
+    for factor in factors:
+        if factor not in df or df.loc[df["method"] != "dense", factor].nunique() < 2:
+            continue
+        for metric in metrics:
+            if metric in df and df[metric].notna().any():
+                t = paired_comparisons(df, metric, factor, alpha=alpha, test=test, **kwargs)
+                if len(t):
+                    tables.append(t)
+    if not tables:
+        return pd.DataFrame(columns=list(stats.TABLE_COLUMNS) + ["pattern", "context"])
+    out = pd.concat(tables, ignore_index=True)
+    reject, padj = stats.holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
+    out["p_holm"], out["significant"] = padj, reject
+    return out
+
+
+def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
+    """One sentence per significant difference (and the count of the others).
+
+    Perplexity differences (``val_nll``) are reported as the ratio of geometric mean
+    perplexities ``exp(mean paired difference)``; accuracy differences in points.
+    """
+    if table is None or len(table) == 0:
+        return "No paired comparisons (need two methods or allocations with shared seeds)."
+    n = int(table["n"].min())
+    if int(table["n"].max()) < stats.MIN_TEST_N:
+        return (f"{len(table)} paired comparisons, not testable: n = {n} calibration "
+                f"seeds per comparison, fewer than {stats.MIN_TEST_N} (a paired t-test on "
+                f"{n} pairs has {max(n - 1, 0)} degree(s) of freedom and the exact Wilcoxon "
+                f"test cannot go below p = {stats.wilcoxon_min_p(n):.2g}); no p-values are "
+                "reported. Run with seeds=[0, 1, 2] or more.")
+    sig = table[table["significant"].astype(bool)]
+    parts = []
+    for _, r in sig.iterrows():
+        where = f"{r['pattern']} {r['level']:.0%}" if r["pattern"] == "unstructured" else (
+            r["pattern"])
+        if r["metric"] == "val_nll":
+            what = (f"perplexity {math.exp(r['mean_b']):.2f} vs {math.exp(r['mean_a']):.2f} "
+                    f"(ratio {math.exp(r['mean_diff']):.3f})")
+        elif r["metric"] == "zeroshot_acc":
+            what = (f"zero-shot accuracy {100 * r['mean_b']:.1f}% vs {100 * r['mean_a']:.1f}% "
+                    f"({100 * r['mean_diff']:+.1f} points)")
+        else:
+            what = f"{r['metric']} {r['mean_b']:.3g} vs {r['mean_a']:.3g}"
+        parts.append(f"{r['level_b']} vs {r['baseline']} ({r['context']}, {where}): {what}, "
+                     f"d_z = {r['d_z']:.2f}, Holm p = {r['p_holm']:.3g}")
+    head = (f"{len(table)} paired comparisons over n = {n} calibration seeds "
+            f"({table['test'].iloc[0]}-test, Holm at alpha = {alpha:g}): ")
+    if parts:
+        text = head + f"{len(sig)} significant — " + "; ".join(parts) + "."
+    else:
+        text = head + "none is significant."
+    rest = len(table) - len(sig)
+    if parts and rest:
+        text += f" The other {rest} are not significant."
+    if stats.wilcoxon_min_p(n) >= alpha:
+        text += (f" (With n = {n} the exact Wilcoxon test cannot reach p < {alpha:g}; only "
+                 "the t-test can.)")
+    return text
+
+
+# ----------------------------------------------------------------------------- figure
+def curve_style(method: str, allocation: str) -> tuple[str, str]:
+    """``(colour, label)`` of a curve: the method's registered colour and label
+    (:func:`workbench.experiments.analysis.plots.method_style`), ``+ OWL`` for non-uniform
+    allocations; the dense model is black."""
+    from workbench.experiments.analysis.plots import method_style
+
+    if method == "dense":
+        return "#000000", "Dense"
+    c, lab = method_style(method)
+    return c, lab if allocation == "uniform" else f"{lab} + {allocation.upper()}"
+
+
+def sweep_title(df: pd.DataFrame, profile: str | None = None) -> str:
+    """Figure title of a sweep: model, corpus and evaluation protocol, zero-shot task and
+    its n, calibration seeds n, and the profile (``None``: a direct notebook run)."""
+    first = df.iloc[0]
+    parts = [f"{first.get('model', '?')}",
+             f"{first.get('corpus', '?')}: val ppl on {first.get('eval_n_blocks', '?')} x "
+             f"{first.get('eval_context_length', '?')} tokens"]
+    if "zeroshot_n" in df and df["zeroshot_n"].max() > 0:
+        task = os.path.basename(str(first.get("zeroshot_task") or "zero-shot"))
+        parts.append(f"{task} n = {int(df['zeroshot_n'].max())} examples")
+    parts.append(f"n = {df['seed'].nunique()} calibration seeds x "
+                 f"{first.get('calibration_n', '?')} windows of "
+                 f"{first.get('calibration_seq_len', '?')}")
+    parts.append(f"profile {profile}" if profile else "profile: none (notebook run)")
+    return " · ".join(parts)
+
+
+def plot_oneshot(df: pd.DataFrame, metric: str | Sequence[str] = "val_ppl", *, axes=None,
+                 seeds: bool = True, title: str | None = None, profile: str | None = None):
+    """Metrics vs sparsity, mean ± sd over seeds with the seeds overlaid, per method.
+
+    One row per metric (``metric`` may be a list, e.g. ``["val_ppl", "zeroshot_acc"]``;
+    metrics with no values are left out), one column for the unstructured curves and one
+    per N:M pattern, drawn by :func:`workbench.experiments.analysis.plots.plot_sparsity_curve`
+    (perplexity: geometric mean ×/÷ geometric sd; accuracy: mean ± sd) with each method's
+    fixed look (:func:`workbench.experiments.analysis.plots.style`: colour, marker, line style);
+    non-uniform allocations (OWL) are dashed; the dense model is a reference line.
+
+    Curves at one sparsity are offset sideways a little so their error bars stay apart;
+    the x ticks are at the true sparsities (the offset is a drawing aid only, stated in
+    the axis label).
+
+    Args:
+        df: Rows of :func:`workbench.pruning.oneshot.oneshot_sweep`.
+        metric: One metric or a list of them (rows of panels).
+        axes: Axes array ``[rows][cols]`` to draw into (a new figure when ``None``).
+        seeds: Overlay each seed as a faint line.
+        title: Figure title (default :func:`sweep_title`).
+        profile: Profile named in the default title.
+
+    Returns:
+        ``(fig, axes)``: ``axes`` is a flat list for one metric, else a list of rows.
+    """
+    import matplotlib.pyplot as plt
+
+    from workbench.experiments.analysis.plots import bar_meaning, plot_sparsity_curve
+
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    metrics = [m for m in metrics if m in df and df[m].notna().any()] or metrics[:1]
+    pruned = df[df["method"] != "dense"]
+    panels = sorted(set(pruned["pattern"]), key=lambda p: (p != "unstructured", p))
+    if axes is None:
+        widths = [3.2 if p == "unstructured" else 1.4 for p in panels]
+        fig, grid = plt.subplots(len(metrics), len(panels),
+                                 figsize=(sum(widths) + 1.0, 3.0 * len(metrics) + 0.4),
+                                 gridspec_kw=dict(width_ratios=widths), squeeze=False,
+                                 sharey="row")
+        rows = [list(r) for r in grid]
+    else:
+        rows = [list(r) for r in (axes if isinstance(axes[0], (list, tuple, np.ndarray))
+                                  else [axes])]
+    fig = rows[0][0].figure
+    data = df.assign(round=df["sparsity"], curve=df["method"] + "/" + df["allocation"])
+    styles = {k: curve_style(*k.split("/", 1)) for k in data["curve"].unique()}
+    # offset the curves sideways a little so that error bars at one sparsity stay apart
+    order = {k: i for i, k in enumerate(sorted(styles))}
+    true_x = sorted(set(pruned.loc[pruned["pattern"] == "unstructured", "sparsity"]))
+    gaps = np.diff(true_x) if len(true_x) > 1 else np.array([0.5])
+    width = min(0.01, 0.25 * float(gaps.min()) / max(len(order), 1))
+    data["sparsity"] = data["sparsity"] + [
+        0.0 if k.startswith("dense/") else width * (order[k] - (len(order) - 1) / 2)
+        for k in data["curve"]]
+    dense_keys = [k for k in styles if k.startswith("dense/")]
+    for r, (m, row) in enumerate(zip(metrics, rows)):
+        for ax, pattern in zip(row, panels):
+            part = data[(data["pattern"] == pattern) | (data["method"] == "dense")]
+            plot_sparsity_curve(part, m, x="sparsity", hue="curve", ax=ax, seeds=seeds,
+                                styles=styles, references=dense_keys,
+                                logy="ppl" in m, title=pattern if r == 0 else None)
+            if ax is not row[0]:
+                ax.set_ylabel("")
+            pad = max(0.05, 0.5 * float(gaps.min()))  # the offsets stay small beside it
+            if pattern != "unstructured":
+                x0 = float(part.loc[part["pattern"] == pattern, "round"].iloc[0])
+                ax.set_xticks([x0])
+                ax.set_xticklabels([pattern])
+                ax.set_xlim(x0 - pad, x0 + pad)
+                ax.set_xlabel("")
+            else:
+                ax.set_xlim(min(true_x) - pad, max(true_x) + pad)
+                ax.set_xticks(true_x)
+                ax.set_xticklabels([f"{v:.0%}" for v in true_x])
+                ax.set_xlabel("sparsity (true value at each tick; points offset "
+                              "sideways to keep bars apart)" if r == len(metrics) - 1
+                              else "")
+            ax.legend().remove()
+    seen: dict = {}
+    for row in rows:
+        for ax in row:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+    notes = "; ".join(f"{metric_name}: {bar_meaning('ppl' in metric_name)[6:]}"
+                      for metric_name in metrics)
+    fig.legend(list(seen.values()), list(seen), fontsize=7, frameon=False,
+               loc="center left", bbox_to_anchor=(1.0, 0.5),
+               title="bars: " + notes.replace("; ", "\n"), title_fontsize=7)
+    fig.suptitle(title if title is not None else sweep_title(df, profile), fontsize=8)
+    return fig, (rows[0] if len(rows) == 1 else rows)
+
+
+__all__ = ["summarize", "results_table", "paired_comparisons", "significance", "findings",
+           "curve_style", "plot_oneshot", "sweep_title"]

@@ -1,0 +1,1 @@
+"""What a grid is: experiment specs, profiles, declared questions and the procedures they compare."""

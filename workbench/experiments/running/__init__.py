@@ -1,0 +1,1 @@
+"""How a grid runs: the run layout, cells and their states, notebooks, schedulers, SLURM, the grid."""
