@@ -7,7 +7,10 @@ error ``(w - 0) / [H^-1]_jj`` is propagated to the not-yet-processed columns of 
 row with the rows of the upper Cholesky factor of ``H^-1`` (the Optimal Brain Surgeon
 update restricted to the remaining columns). ``H`` is dampened by
 ``damp * mean(diag(H))`` on the diagonal; inputs that are always zero (``H_jj = 0``) get a
-unit diagonal and their weights are irrelevant to the output.
+unit diagonal and their weights are irrelevant to the output. This is the OBS engine of
+:mod:`workbench.pruning.obs` with the mask given in advance (the ``mask`` argument of
+SparseGPT's ``fasterprune``) instead of chosen by SparseGPT's saliency; always computed
+in float32.
 
 :func:`prac_correct` is the PRAC variant (project design notes): the same update with ``H`` built from
 a limited number of stored input rows, while the Wanda scores still use all tokens. With
@@ -21,6 +24,9 @@ PRAC collects from ``mean_sum`` over all tokens (seed 003; the statistic lives i
 from __future__ import annotations
 
 import torch
+
+from workbench.core.checks import check_choice
+from workbench.pruning.obs import inverse_hessian_factor, obs_sweep
 
 
 def _check(weight: torch.Tensor, keep: torch.Tensor, n_in: int) -> None:
@@ -53,39 +59,19 @@ def obs_correct(
         The corrected weight (float32, same device as ``weight``), zero where pruned.
 
     Raises:
-        ValueError: Shape mismatch, ``damp < 0`` or ``block_size < 1``.
+        ValueError: Shape mismatch, ``damp < 0``, ``block_size < 1``, or a dampened
+            ``hessian`` that is not positive definite.
     """
     _check(weight, keep, hessian.shape[0])
     if damp < 0 or block_size < 1:
         raise ValueError(f"need damp >= 0 and block_size >= 1, got {damp}, {block_size}")
     W = weight.detach().float().clone()
     prune = ~keep.to(W.device)
-    H = hessian.detach().float().to(W.device).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    U, dead = inverse_hessian_factor(hessian.to(W.device), damp, dtype=torch.float32,
+                                     method="OBS correction")
     W[:, dead] = 0.0
-    ncols = W.shape[1]
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
-    for i1 in range(0, ncols, block_size):
-        i2 = min(i1 + block_size, ncols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        P1 = prune[:, i1:i2]
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            q = torch.where(P1[:, i], torch.zeros_like(w), w)
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    W[prune] = 0.0
+    obs_sweep(W, U, lambda w, _d, start: prune[:, start:start + w.shape[1]],
+              block_size=block_size)
     return W
 
 
@@ -153,8 +139,6 @@ def james_stein_mean(means: torch.Tensor, variance="sampling", *, count: int | N
         ValueError: Non-1-D ``means``, unknown ``variance``, missing ``count``/``sq_mean``
             for ``"sampling"``, a negative variance, or ``offset`` not 2 or 3.
     """
-    from workbench.core.checks import check_choice
-
     check_choice("offset", offset, (2, 3))
     x = means.detach().float()
     if x.dim() != 1:

@@ -25,7 +25,7 @@ from torch import nn
 from workbench.core.checks import check_choice, check_range
 from workbench.pruning.calibration import batches_of
 from workbench.pruning.masks import (
-    _prune_lowest,
+    prune_lowest,
     apply_masks,
     check_threshold_method,
     parse_scope,
@@ -125,7 +125,7 @@ def _exact_masks(res: "GradProbeResult", core: dict, base: dict) -> dict:
         need = int((~base[nm]).sum()) - int((~core[nm]).sum())
         rise = (res.g1[nm] - res.g0[nm]) / (res.g0[nm] + res.eps)
         rise = torch.where(pool, rise, torch.full_like(rise, float("inf")))
-        keep = _prune_lowest(rise.reshape(1, -1), need).reshape(rise.shape)
+        keep = prune_lowest(rise.reshape(1, -1), need).reshape(rise.shape)
         masks[nm] = keep & core[nm]
     return masks
 

@@ -89,7 +89,7 @@ def check_sparsity(sparsity: float) -> float:
     return s
 
 
-def _prune_lowest(groups: torch.Tensor, k: int) -> torch.Tensor:
+def prune_lowest(groups: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask of ``groups`` ``[G, size]``: prune the ``k`` lowest of every row, ties by
     lower index; ``+inf`` never pruned."""
     if k <= 0:
@@ -188,10 +188,10 @@ def select_masks(
         if scope == "layer":
             flat = score.detach().reshape(1, -1)
             k = round(s * flat.shape[1])
-            masks[name] = _prune_lowest(flat, k).reshape(score.shape)
+            masks[name] = prune_lowest(flat, k).reshape(score.shape)
         elif scope == "row":
             k = round(s * rows.shape[1])
-            masks[name] = _from_rows(_prune_lowest(rows, k), score, tr)
+            masks[name] = _from_rows(prune_lowest(rows, k), score, tr)
         else:
             if abs(s - (m - n) / m) > 1e-9:
                 raise ValueError(
@@ -203,7 +203,7 @@ def select_masks(
                     f"{name!r} has width {rows.shape[1]}"
                 )
             groups = rows.reshape(rows.shape[0], rows.shape[1] // m, m)
-            keep = _prune_lowest(groups, m - n).reshape(rows.shape)
+            keep = prune_lowest(groups, m - n).reshape(rows.shape)
             masks[name] = _from_rows(keep, score, tr)
     return masks
 

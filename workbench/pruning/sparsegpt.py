@@ -30,46 +30,18 @@ Ties in the saliency are broken by position (lower index pruned first), as in
 :func:`workbench.pruning.masks.select_masks`; the reference implementation instead
 thresholds with ``<=`` and may prune a few extra tied entries.
 
-:func:`sparsegpt_layer` is the numerical kernel; :func:`sparsegpt` is the registered
-pruning method (sequential calibration, :mod:`workbench.pruning.layerwise`).
+:func:`sparsegpt_layer` is the numerical kernel: steps 1-3 are the one OBS engine of
+:mod:`workbench.pruning.obs` (shared with the fixed-mask corrections), with the saliency
+rule above as its mask choice; :func:`sparsegpt` is the registered pruning method (sequential calibration, :mod:`workbench.pruning.layerwise`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from workbench.pruning.masks import _prune_lowest
+from workbench.pruning.masks import prune_lowest
+from workbench.pruning.obs import inverse_hessian_factor, obs_sweep
 from workbench.pruning.params import is_transposed_module
-
-
-def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01, *,
-                           dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dampened ``H``'s inverse as its upper Cholesky factor ``U`` (``H^-1 = U^T U``).
-
-    Args:
-        hessian: ``[in, in]`` ``X^T X`` (any positive scale).
-        damp: Fraction of ``mean(diag(H))`` added to the diagonal.
-
-    Returns:
-        ``(U, dead)``: ``U [in, in]`` upper triangular, ``dead [in]`` bool (inputs with
-        ``H_jj = 0``, given a unit diagonal).
-    """
-    H = hessian.detach().to(dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    try:
-        if not torch.isfinite(H).all():
-            raise torch.linalg.LinAlgError("non-finite entries")
-        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-        return torch.linalg.cholesky(Hinv, upper=True), dead
-    except torch.linalg.LinAlgError as err:
-        raise ValueError(
-            f"SparseGPT: the dampened Hessian X^T X + damp * mean(diag) * I ([{H.shape[0]}, "
-            f"{H.shape[0]}], damp={damp}) is not positive definite ({err}). Hint: damp must "
-            "be a finite number > 0 (SparseGPT's percdamp, default 0.01); raise it (e.g. 0.1) "
-            "or give more calibration tokens (rows of X) than inputs, and check the "
-            "calibration activations for inf/NaN") from None
 
 
 @torch.no_grad()
@@ -120,34 +92,21 @@ def sparsegpt_layer(
                          f"({weight.shape[1]}) divisible by M={m}")
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     W = weight.detach().to(dtype).clone()
-    U, dead = inverse_hessian_factor(hessian.to(W.device), damp, dtype=dtype)
+    U, dead = inverse_hessian_factor(hessian.to(W.device), damp, dtype=dtype,
+                                     method="SparseGPT")
     W[:, dead] = 0.0
-    rows, cols = W.shape
-    pruned = torch.zeros_like(W, dtype=torch.bool)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        U1 = U[i1:i2, i1:i2]
-        d = torch.diag(U1)
-        Err1 = torch.zeros_like(W1)
-        P1 = torch.zeros_like(W1, dtype=torch.bool)
+
+    def choose(w, d, _start):
+        """Prune-mask of the columns ``w`` by the OBS saliency ``w^2 / U_jj^2``."""
+        sal = w ** 2 / d ** 2
         if scope == "layer":
-            sal = (W1 ** 2 / d ** 2).reshape(1, -1)
-            P1 = ~_prune_lowest(sal, round(sparsity * sal.numel())).reshape(W1.shape)
-        elif scope == "row":
-            P1 = ~_prune_lowest(W1 ** 2 / d ** 2, round(sparsity * W1.shape[1]))
-        for i in range(i2 - i1):
-            if nm and i % m == 0:
-                sal = W1[:, i:i + m] ** 2 / d[i:i + m] ** 2
-                P1[:, i:i + m] = ~_prune_lowest(sal, m - n)
-            w = W1[:, i]
-            err = torch.where(P1[:, i], w, torch.zeros_like(w)) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W1[P1] = 0.0
-        W[:, i1:i2] = W1
-        pruned[:, i1:i2] = P1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            return ~prune_lowest(sal.reshape(1, -1), round(sparsity * sal.numel())).reshape(
+                w.shape)
+        if scope == "row":
+            return ~prune_lowest(sal, round(sparsity * w.shape[1]))
+        return ~prune_lowest(sal, m - n)
+
+    pruned = obs_sweep(W, U, choose, block_size=block_size, group=m if nm else None)
     return W, ~pruned
 
 
