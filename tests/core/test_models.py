@@ -28,6 +28,22 @@ def test_tiny_gpt2_forward_shape():
     assert forward_logits(model, ids).shape == (1, ids.shape[1], 260)
 
 
+def test_is_conv1d_and_is_hf_model_recognise_gpt2_layers_only():
+    gpt2, _ = load_model("tiny-gpt2", device="cpu")
+    llama, _ = load_model("tiny-llama", device="cpu")
+    conv = {n for n, m in gpt2.named_modules() if models.is_conv1d(m)}
+    assert conv and all(n.endswith(("c_attn", "c_proj", "c_fc")) for n in conv)
+    assert all(dict(gpt2.named_modules())[n].weight.shape[0] == gpt2.config.n_embd
+               for n in conv if n.endswith(("c_attn", "c_fc")))  # stored [in, out]
+    assert not any(models.is_conv1d(m) for m in llama.modules())
+
+    class Conv1D(nn.Linear):  # a look-alike name is not transformers' Conv1D
+        pass
+
+    assert not models.is_conv1d(Conv1D(2, 2)) and not models.is_conv1d(nn.Linear(2, 2))
+    assert models.is_hf_model(gpt2) and not models.is_hf_model(nn.Linear(2, 2))
+
+
 @pytest.mark.parametrize("wrap", ["tensor", "tuple", "dict", "modeloutput", "namedtuple"])
 def test_logits_adapter_accepts_every_output_form(wrap):
     logits = torch.randn(2, 3, 5)

@@ -127,7 +127,7 @@ def forward_logits(model: nn.Module, tokens: torch.Tensor, **model_kwargs: Any) 
     check_model_tokens("tokens", tokens, model)
     if model_kwargs:
         _check_forward_kwargs(model, model_kwargs)
-    if _is_hf(model):
+    if is_hf_model(model):
         model_kwargs.setdefault("use_cache", False)
     return logits_of(model(tokens, **model_kwargs))
 
@@ -193,12 +193,27 @@ def check_model_tokens(argument: str, tokens: Any, model: nn.Module, *,
                            max_length=model_max_length(model), ndim=ndim)
 
 
-def _is_hf(model: nn.Module) -> bool:
+def is_hf_model(model: nn.Module) -> bool:
+    """True for a Hugging Face ``transformers.PreTrainedModel`` (False without transformers)."""
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover
         return False
     return isinstance(model, PreTrainedModel)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for Hugging Face's GPT-2 ``Conv1D`` (``transformers.pytorch_utils.Conv1D``):
+    a linear layer whose weight is stored transposed, ``[in, out]``, with ``y = x W + b``.
+
+    The one place that recognises it; pruning (rows of a mask), K-FAC (factor layout)
+    and the super-weight detector (channel order) all ask here.
+    """
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(module, Conv1D)
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from workbench.core.models import _is_hf, logits_of
+from workbench.core.models import is_hf_model, logits_of
 
 SUPPORTED_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss)
 _LOSS_NAMES = "nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss"
@@ -126,7 +126,7 @@ class Terms:
 
 
 def _call(model: nn.Module, x: Any, **kwargs: Any) -> Tensor:
-    if _is_hf(model):
+    if is_hf_model(model):
         kwargs.setdefault("use_cache", False)
     return logits_of(model(x, **kwargs))
 
@@ -337,6 +337,6 @@ def _call_functional(model: nn.Module, params: dict, x: Any, **kwargs: Any) -> T
     """Call ``model`` with substituted parameters/buffers and return its logits."""
     from torch.func import functional_call
 
-    if _is_hf(model):
+    if is_hf_model(model):
         kwargs.setdefault("use_cache", False)
     return logits_of(functional_call(model, params, (x,), kwargs))

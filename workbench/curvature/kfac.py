@@ -70,6 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.core.checks import check_choice
+from workbench.core.models import is_conv1d
 from workbench.curvature import _problem as P
 from workbench.curvature.registry import check_fisher_type
 
@@ -77,14 +78,9 @@ FLAVOURS = ("expand", "reduce")
 DAMPING_MODES = ("product", "factors")
 
 
-def is_transposed(module: nn.Module) -> bool:
-    """True for Hugging Face's ``Conv1D`` (weight ``[in, out]``, ``y = x W + b``)."""
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
-
-
 def is_supported(module: nn.Module) -> bool:
     """``nn.Linear`` or a transposed ``Conv1D`` layer (the layer types K-FAC covers)."""
-    return isinstance(module, nn.Linear) or is_transposed(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def default_modules(model: nn.Module) -> list[str]:
@@ -259,7 +255,7 @@ class KFAC:
         for n, m in self.modules.items():
             a_n, g_n = A[n] / rows[n], G[n]
             if not isinstance(g_n, Tensor):  # no backward pass reached the layer
-                d_out = m.weight.shape[1] if is_transposed(m) else m.weight.shape[0]
+                d_out = m.weight.shape[1] if is_conv1d(m) else m.weight.shape[0]
                 g_n = torch.zeros(d_out, d_out, dtype=a_n.dtype, device=a_n.device)
             P.check_finite(f"K-FAC factors of {n}", a_n)
             P.check_finite(f"K-FAC factors of {n}", g_n)
@@ -324,7 +320,7 @@ class KFAC:
         i = 0
         for n, m in self.modules.items():
             has_bias = m.bias is not None
-            yield n, i, has_bias, is_transposed(m)
+            yield n, i, has_bias, is_conv1d(m)
             i += 2 if has_bias else 1
 
     @property
@@ -414,7 +410,7 @@ class KFAC:
         damping = _check_damping(damping)
         la, qa, lg, qg = self._eigh(module)
         d = (qg.square() @ (1.0 / (lg[:, None] * la[None, :] + damping)) @ qa.square().T)
-        return d.T if is_transposed(self.modules[module]) else d
+        return d.T if is_conv1d(self.modules[module]) else d
 
 
 def _acc_dtype(t: Tensor) -> torch.dtype:

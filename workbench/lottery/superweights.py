@@ -37,7 +37,7 @@ from torch import nn
 
 from workbench.core.evaluate import perplexity
 from workbench.core.devices import model_device
-from workbench.core.models import check_model_tokens, transformer_blocks
+from workbench.core.models import check_model_tokens, is_conv1d, transformer_blocks
 
 DEFAULT_THRESHOLD = 1000.0
 DEFAULT_SPIKE_RATIO = 2.0
@@ -51,11 +51,6 @@ def _block_names(model: nn.Module) -> list[str]:
     blocks = transformer_blocks(model)
     names = {id(m): n for n, m in model.named_modules()}
     return [names[id(b)] for b in blocks]
-
-
-def _is_transposed(module: nn.Module) -> bool:
-    """True for GPT-2 style ``Conv1D`` (weight stored ``[in, out]``)."""
-    return type(module).__name__ == "Conv1D"
 
 
 def projection_module_name(model: nn.Module) -> str:
@@ -216,7 +211,7 @@ def find_super_weights(
                 if ratio < spike_ratio:
                     continue
                 param, module = by_layer[layer]
-                row, col = (in_ch, out_ch) if _is_transposed(module) else (out_ch, in_ch)
+                row, col = (in_ch, out_ch) if is_conv1d(module) else (out_ch, in_ch)
                 if (param, row, col) in seen:
                     continue
                 weight = module.weight

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 
 from workbench.core.checks import check_choice, check_range
+from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import collect_input_statistics
-from workbench.pruning.params import is_transposed_module
 from workbench.pruning.scores import wanda_score
 
 ALLOCATIONS = ("uniform", "owl")
@@ -64,7 +64,7 @@ def outlier_ratios(model, modules, tokens, *, threshold_m: float = 5.0,
     for group in groups:
         def scores():
             for name, mod in group.items():
-                yield wanda_score(mod.weight, stats[name].norms(), is_transposed_module(mod))
+                yield wanda_score(mod.weight, stats[name].norms(), is_conv1d(mod))
 
         total = sum(float(s.double().sum()) for s in scores())
         size = sum(mod.weight.numel() for mod in group.values())

@@ -21,16 +21,17 @@ from typing import Callable
 
 import torch
 
+from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import collect_input_statistics
 from workbench.pruning.correction import obs_correct, prac_correct
-from workbench.pruning.masks import is_transposed_module, select_masks
+from workbench.pruning.masks import select_masks
 from workbench.pruning.scores import wanda_score
 from workbench.pruning.sequential import sequential_calibration
 
 
 def wanda_mask(name, module, stats, sparsity, scope, n, m) -> torch.Tensor:
     """Wanda keep-mask of one layer (``True`` = keep), in the weight's storage layout."""
-    tr = is_transposed_module(module)
+    tr = is_conv1d(module)
     score = wanda_score(module.weight, stats.norms(), tr)
     return select_masks({name: score}, sparsity, scope=scope, n=n, m=m,
                         transposed={name} if tr else set())[name]
@@ -40,7 +41,7 @@ def wanda_mask(name, module, stats, sparsity, scope, n, m) -> torch.Tensor:
 def write_corrected(module, mask: torch.Tensor, correct: Callable) -> None:
     """``W <- correct(W_rows, keep_rows)`` in ``[out, in]`` orientation, written back in
     the module's storage layout and dtype."""
-    tr = is_transposed_module(module)
+    tr = is_conv1d(module)
     W = module.weight
     new = correct(W.t() if tr else W, mask.t() if tr else mask)
     W.copy_((new.t() if tr else new).to(W.dtype))

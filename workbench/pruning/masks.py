@@ -48,7 +48,6 @@ _NM = re.compile(r"^(\d+):(\d+)$")
 
 
 from workbench.pruning.params import (  # noqa: F401  (re-exported)
-    is_transposed_module,
     prunable_modules,
     prunable_parameters,
     transposed_names,
@@ -274,6 +273,6 @@ __all__ = [
     "SCOPES", "select_masks", "apply_masks", "restore", "remove_with_noise",
     "mask_gradients", "sparsity_report", "mask_overlap", "overlap_matrix", "save_masks",
     "load_masks", "prunable_modules", "prunable_parameters", "transposed_names",
-    "is_transposed_module", "parse_scope", "check_sparsity", "Source",
+    "parse_scope", "check_sparsity", "Source",
     "check_threshold_method",
 ]

@@ -1,7 +1,7 @@
 """Which weights are prunable: linear layers (``nn.Linear`` and GPT-2 ``Conv1D``).
 
-:func:`is_transposed_module` is the one place that recognises GPT-2's ``Conv1D``
-(weight stored ``[in, out]``); everything else asks it.
+:func:`workbench.core.models.is_conv1d` is the one place that recognises GPT-2's
+``Conv1D`` (weight stored ``[in, out]``); everything else asks it.
 """
 
 from __future__ import annotations
@@ -12,24 +12,12 @@ from typing import Collection, Iterable
 
 from torch import nn
 
-
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return None
-    return Conv1D
-
-
-def is_transposed_module(module: nn.Module) -> bool:
-    """True for modules whose weight is stored ``[in, out]`` (GPT-2 ``Conv1D``)."""
-    conv1d = _conv1d_type()
-    return conv1d is not None and isinstance(module, conv1d)
+from workbench.core.models import is_conv1d
 
 
 def is_linear_module(module: nn.Module) -> bool:
     """True for ``nn.Linear`` and GPT-2 ``Conv1D`` (the layers whose weights are pruned)."""
-    return isinstance(module, nn.Linear) or is_transposed_module(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -109,4 +97,4 @@ def prunable_parameters(model: nn.Module, include=None, exclude=None) -> dict[st
 
 def transposed_names(model: nn.Module) -> set[str]:
     """Names of weight parameters stored ``[in, out]`` (GPT-2 ``Conv1D``)."""
-    return {f"{n}.weight" for n, m in model.named_modules() if is_transposed_module(m)}
+    return {f"{n}.weight" for n, m in model.named_modules() if is_conv1d(m)}

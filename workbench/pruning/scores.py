@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_kwargs
+from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import batches_of, collect_input_statistics
-from workbench.pruning.masks import is_transposed_module, prunable_modules
+from workbench.pruning.masks import prunable_modules
 from workbench.pruning.registry import SCORE_KINDS
 
 HYBRID_DEFAULT_WEIGHTS = {"magnitude": 0.5, "wanda": 0.5}
@@ -240,7 +241,7 @@ def wanda_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
     """Wanda scores from one all-at-once forward of the (dense) model."""
     modules = prunable_modules(model, include, exclude)
     stats = collect_input_statistics(model, modules, tokens, batch_size=batch_size)
-    return {n: wanda_score(m.weight, stats[n].norms(), is_transposed_module(m))
+    return {n: wanda_score(m.weight, stats[n].norms(), is_conv1d(m))
             for n, m in modules.items()}
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from workbench.core.devices import model_device
-from workbench.core.models import _is_hf, transformer_blocks
+from workbench.core.models import is_hf_model, transformer_blocks
 from workbench.pruning.calibration import batches_of, input_statistics
 
 
@@ -87,7 +87,7 @@ def capture_block_inputs(model: nn.Module, batches: Sequence[torch.Tensor], *,
     try:
         for batch in batches:
             try:
-                model(batch.to(device), use_cache=False) if _is_hf(model) else model(batch.to(device))
+                model(batch.to(device), use_cache=False) if is_hf_model(model) else model(batch.to(device))
             except _Stop:
                 pass
     finally:

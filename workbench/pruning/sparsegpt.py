@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import torch
 
+from workbench.core.models import is_conv1d
 from workbench.pruning.masks import prune_lowest
 from workbench.pruning.obs import inverse_hessian_factor, obs_sweep
-from workbench.pruning.params import is_transposed_module
 
 
 @torch.no_grad()
@@ -131,7 +131,7 @@ def sparsegpt(req, *, sequential: bool = True, damp: float = 0.01,
                          "is chosen per layer; use 'layer', 'row' or 'N:M'")
 
     def layer(_name, module, stats, s):
-        tr = is_transposed_module(module)
+        tr = is_conv1d(module)
         W = module.weight
         new, keep = sparsegpt_layer(W.t() if tr else W, stats.hessian, s,
                                     scope=req.scope_name, n=req.n, m=req.m, damp=damp,
