@@ -12,15 +12,15 @@
 # %% [markdown]
 # # 02 · Which weights matter? Importance scores and their masks
 #
-# Scores the default model's block linear layers with every importance kind on a few
-# calibration windows, then asks how similar the kinds are: the Spearman rank
+# Scores the default model's block linear layers with every score kind on a few
+# calibration windows, then asks how similar the score kinds are: the Spearman rank
 # correlation per layer, and the overlap (Jaccard index of the pruned sets) of the masks
-# each kind selects at the same sparsity.
+# each score kind selects at the same sparsity.
 
 # %% tags=["parameters"]
 model = "smollm2-135m"
 corpus = "wiki-excerpt"
-kinds = ["magnitude", "gradient_norm", "taylor", "obd_empirical", "wanda", "hybrid"]
+score_kinds = ["magnitude", "gradient_norm", "taylor", "obd_empirical", "wanda", "hybrid"]
 cal_windows = 8
 cal_seq_len = 64
 batch_size = 4
@@ -45,16 +45,17 @@ wb.seed_everything(seed)
 lm, tokenizer = wb.load_model(model, device="cpu")
 text = wb.load_corpus(corpus, seed=seed)
 cal = wb.calibration_windows(tokenizer, text.train, cal_seq_len, cal_windows, seed=seed)
-scores = {k: wb.importance(lm, k, tokens=cal, batch_size=batch_size) for k in kinds}
-print(f"{len(scores[kinds[0]])} weight matrices scored with {len(kinds)} kinds "
-      f"on {cal_windows} x {cal_seq_len} calibration tokens")
+scores = {k: wb.importance(lm, k, tokens=cal, batch_size=batch_size) for k in score_kinds}
+print(f"{len(scores[score_kinds[0]])} weight matrices scored with {len(score_kinds)} "
+      f"score kinds on {cal_windows} x {cal_seq_len} calibration tokens")
 
 # %% [markdown]
-# Rank correlation between kinds, averaged over layers (per-layer values in the table).
+# Rank correlation between score kinds, averaged over layers (per-layer values in the table).
 
 # %%
 corr = score_correlations(scores, seed=seed)
-corr_mean = corr.groupby(["kind_a", "kind_b"])["spearman"].agg(["mean", "min", "max"])
+corr_mean = corr.groupby(["score_kind_a", "score_kind_b"])["spearman"].agg(
+    ["mean", "min", "max"])
 corr_mean
 
 # %%
@@ -73,12 +74,12 @@ figure_files = save_figure(fig, figure_name)
 # %%
 out = paths.resolve(output_dir)
 io.write_parquet(out / "correlations.parquet", corr)
-io.write_parquet(out / "overlap.parquet", overlap.reset_index(names="kind"))
+io.write_parquet(out / "overlap.parquet", overlap.reset_index(names="score_kind"))
 wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
-    model=model, corpus=corpus, kinds=kinds, cal_windows=cal_windows, cal_seq_len=cal_seq_len,
-    sparsity=sparsity, scope=scope))
+    model=model, corpus=corpus, score_kinds=score_kinds, cal_windows=cal_windows,
+    cal_seq_len=cal_seq_len, sparsity=sparsity, scope=scope))
 pairs = overlap.stack()
 off = pairs[[a != b for a, b in pairs.index]]
-pair = off.idxmin() if len(off) else (kinds[0], kinds[0])
+pair = off.idxmin() if len(off) else (score_kinds[0], score_kinds[0])
 print(f"least similar masks at {sparsity:.0%}: {pair[0]} vs {pair[1]} "
       f"(Jaccard {off.min() if len(off) else 1.0:.2f}); wrote {out}")

@@ -13,11 +13,11 @@ from workbench.experiments.running.notebooks import notebook_parameters, run_not
 def test_02_importance_runs(tmp_path):
     out = tmp_path / "02"
     params = dict(model="tiny-llama", corpus="lee", cal_windows=2, cal_seq_len=32,
-                  batch_size=2, kinds=["magnitude", "taylor", "wanda"], output_dir=str(out),
+                  batch_size=2, score_kinds=["magnitude", "taylor", "wanda"], output_dir=str(out),
                   figure_name=str(tmp_path / "figures" / "02_importance_overlap"))
     assert set(params) <= set(notebook_parameters("02_importance"))
     run_notebook("02_importance", tmp_path / "02.ipynb", params)
-    overlap = pd.read_parquet(out / "overlap.parquet").set_index("kind")
+    overlap = pd.read_parquet(out / "overlap.parquet").set_index("score_kind")
     assert list(overlap.index) == ["magnitude", "taylor", "wanda"]
     assert (overlap.values.diagonal() == 1.0).all()
     assert ((overlap.values >= 0) & (overlap.values <= 1)).all()

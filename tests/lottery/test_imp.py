@@ -87,8 +87,8 @@ def test_gradual_targets_hit(data):
         assert kept == total - round(total * t)
 
 
-def test_other_importance_kind_and_string_targets(data):
-    model, res = imp(data, importance_kind="wanda", schedule="gradual", targets="0.1, 0.3",
+def test_other_score_kind_and_string_targets(data):
+    model, res = imp(data, score_kind="wanda", schedule="gradual", targets="0.1, 0.3",
                      scope="layer")
     per = res.layer_sparsity.query("round == 2")["sparsity"]
     assert per.tolist() == pytest.approx([0.3] * len(per), abs=1e-3)
@@ -261,7 +261,7 @@ def test_robustness_summary_definitions():
         (dict(rewind_to="reinit", rewind_step=1), "rewind_step"),
         (dict(n_rounds=0), "n_rounds"),
         (dict(lr_schedule="step"), "lr_schedule"),
-        (dict(importance_kind="random"), "importance_kind"),
+        (dict(score_kind="random"), "score_kind"),
     ],
 )
 def test_bad_config_raises(kwargs, word):

@@ -42,7 +42,7 @@ def test_from_params_validates_every_value():
              ({"batch_size": True}, TypeError, "batch_size"),
              ({"protect_sw": "yes"}, TypeError, "protect_sw must be true or false"),
              ({"rank": "everything"}, ValueError, "rank.*block_linear.*everything"),
-             ({"importance_kind": "random"}, ValueError, "importance_kind.*magnitude.*random"),
+             ({"score_kind": "random"}, ValueError, "score_kind.*magnitude.*random"),
              ({"targets": [0.1, 2]}, ValueError, "targets.*0.1, 2"),
              ({"model": 3}, TypeError, "model must be a non-empty string")]
     for params, error, pattern in cases:
@@ -90,3 +90,27 @@ def test_cross_field_rules():
     cfg = IMPConfig.from_params({"schedule": "gradual", "targets": "0.05, 0.1"})
     assert cfg.round_targets() == [0.05, 0.1]
     assert IMPConfig(prune_pct=0.5, n_rounds=2).round_targets() == [0.5, 0.75]
+
+
+def test_renamed_importance_kind_is_refused_naming_score_kind(tmp_path):
+    """``importance_kind`` is now ``score_kind``: as a params key, a keyword and a spec key."""
+    import yaml
+
+    from workbench.experiments.design import specs
+
+    assert schema.RENAMED_KEYS == {"importance_kind": "score_kind"}
+    note = r"'importance_kind' is now 'score_kind'"
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['importance_kind'\] \("
+                       + note):
+        IMPConfig.from_params({"importance_kind": "wanda"})
+    with pytest.raises(TypeError, match=note):
+        IMPConfig(importance_kind="wanda")
+    with pytest.raises(TypeError, match=note):
+        dataclasses.replace(IMPConfig(), importance_kind="wanda")
+    assert IMPConfig.from_params({"score_kind": "wanda"}).score_kind == "wanda"
+    (tmp_path / "nb.py").write_text('# %% tags=["parameters"]\nrun_dir = None\nconfig = {}\n')
+    raw = {"name": "old", "notebook": "nb.py", "defaults": {"importance_kind": "magnitude"},
+           "experiments": {"B2": {}}}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=note):
+        specs.load_spec(tmp_path / "old.yaml")

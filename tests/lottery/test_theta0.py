@@ -142,7 +142,7 @@ def test_ranking_all_matrices_vs_block_linears(data):
     assert differ > 0
     assert every.records["n_prunable"].iloc[0] == mags.numel()
     with pytest.raises(ValueError, match="all_matrices.*magnitude"):
-        run(tiny(), data, rank="all_matrices", importance_kind="wanda", n_rounds=1)
+        run(tiny(), data, rank="all_matrices", score_kind="wanda", n_rounds=1)
 
 
 ROW, COL = 5, 17

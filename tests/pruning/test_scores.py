@@ -169,3 +169,16 @@ def test_taylor_masks_differ_from_magnitude_masks_and_follow_w_times_g(llama, da
         ref = (params[n].detach() * torch.stack([g[i] for g in gs]).mean(0)).abs()
         m_ref = select_masks({n: ref}, 0.5, scope="layer")[n]
         assert (m_ref == m_ta[n]).float().mean() > 0.999
+
+
+def test_kind_keyword_is_now_score_kind(llama):
+    from workbench.pruning.methods import score_method
+
+    with pytest.raises(TypeError, match="'kind' is now 'score_kind'"):
+        importance(llama, kind="magnitude")
+    with pytest.raises(TypeError, match="'kind' is now 'score_kind'"):
+        score_method(kind="magnitude")
+    with pytest.raises(ValueError, match=r"score_kind must be one of .*registered score kinds"):
+        importance(llama, "magnitud")
+    s = importance(llama, score_kind="magnitude")
+    assert all(torch.equal(v, llama.get_parameter(n).detach().abs().float()) for n, v in s.items())

@@ -11,7 +11,7 @@ that are filled by modules of a higher layer name those modules in ``providers``
 are imported on the first lookup, so registration order never matters to a caller.
 
 Example:
-    >>> REG = Registry("importance kind", argument="kind")
+    >>> REG = Registry("score kind", argument="score_kind")
     >>> @REG.register("magnitude", label="|w|", needs_calibration=False)
     ... def magnitude(model, **_): ...
     >>> REG.get("magnitude").props["label"]

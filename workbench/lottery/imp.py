@@ -11,7 +11,7 @@ parameter is declared once in :class:`workbench.lottery.schema.IMPConfig`.
   reference.
 * **Round r >= 1** uses the masks chosen from the weights *trained in round r-1*:
   ranked (``rank``: the blocks' linear layers, or every weight matrix), scored
-  (magnitude by default, or any importance kind), pruned to the round's cumulative target
+  (magnitude by default, or any score kind), pruned to the round's cumulative target
   (entries pruned earlier stay pruned; pre-trained super weights get score ``+inf`` when
   ``protect_sw``), then every parameter is **rewound** and the pruned entries zeroed, and
   the model is retrained ``steps_per_round`` steps with the mask enforced
@@ -313,7 +313,7 @@ def _plan_next(ctx: _Context, state: _State, rnd: int) -> None:
 
 
 def calibration_inputs(train_tokens: Any, cfg: IMPConfig) -> torch.Tensor:
-    """Calibration blocks of the data-dependent importance kinds: the first
+    """Calibration blocks of the data-dependent score kinds: the first
     ``n_calibration`` training blocks, or as many windows of a sampler drawn with a
     generator seeded by ``cfg.seed`` (the same on every rank)."""
     if is_sampler(train_tokens):

@@ -56,19 +56,20 @@ def round_scores(model: nn.Module, cfg: IMPConfig, names: Sequence[str],
                  calibration_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Importance of the ranked weights (float32, on the weights' device).
 
-    ``rank="all_matrices"`` supports ``importance_kind="magnitude"`` only (the other kinds
-    score the blocks' linear layers).
+    ``rank="all_matrices"`` supports ``score_kind="magnitude"`` only (the other score
+    kinds score the blocks' linear layers).
     """
     if cfg.rank == "all_matrices":
-        if cfg.importance_kind != "magnitude":
-            raise ValueError("rank='all_matrices' supports importance_kind='magnitude' only, "
-                             f"got importance_kind={cfg.importance_kind!r}")
+        if cfg.score_kind != "magnitude":
+            raise ValueError("rank='all_matrices' supports score_kind='magnitude' only, "
+                             f"got score_kind={cfg.score_kind!r}")
         return {n: model.get_parameter(n).detach().abs().float() for n in names}
-    kind = cfg.importance_kind
-    scores = importance(model, kind, tokens=None if kind == "magnitude" else calibration_tokens)
+    score_kind = cfg.score_kind
+    scores = importance(model, score_kind,
+                        tokens=None if score_kind == "magnitude" else calibration_tokens)
     missing = [n for n in names if n not in scores]
     if missing:
-        raise ValueError(f"importance kind {kind!r} gave no scores for {missing[:3]}")
+        raise ValueError(f"score kind {score_kind!r} gave no scores for {missing[:3]}")
     return {n: scores[n].detach().float().to(model.get_parameter(n).device) for n in names}
 
 

@@ -18,7 +18,7 @@ the super-weight x lottery-ticket table). Each field carries its metadata in
 * ``scalable``: a design factor a profile may *scale* by a common factor (keeps the
   design's ordering, e.g. 3k < 10k < 20k steps per round), but not set.
 * ``choices``: allowed values (a tuple, or a zero-argument callable returning one, for
-  registries filled at import time, e.g. the importance kinds).
+  registries filled at import time, e.g. the score kinds).
 * ``range``: ``(lo, hi)`` bounds (``None`` = unbounded), with ``open=(lo_open,
   hi_open)``; ``integer``: must be an ``int`` (bools refused).
 * ``help``: one line for humans (spec docs, error messages).
@@ -26,8 +26,8 @@ the super-weight x lottery-ticket table). Each field carries its metadata in
 Everything else derives from it: :func:`config_fields` lists the fields as
 :class:`FieldSpec` rows, :meth:`IMPConfig.from_params` builds a config from a plain dict
 (a spec's parameters, notebook 04's ``config``) and rejects unknown keys and bad values
-with :mod:`workbench.core.checks` messages, :func:`design_keys` gives the keys runs are
-paired on. Adding a field here makes it settable from a spec and visible in the records
+with :mod:`workbench.core.checks` messages (a renamed key, :data:`RENAMED_KEYS`, is
+refused naming its new name), :func:`design_keys` gives the keys runs are paired on. Adding a field here makes it settable from a spec and visible in the records
 (every config field is a column of every record) without editing any other module.
 """
 
@@ -37,7 +37,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from workbench.core.checks import check_choice, check_range
+from workbench.core.checks import check_choice, check_range, renamed_keywords
 from workbench.lottery.train import AUTOCAST, LR_SCHEDULES
 
 ROLES = ("design", "budget", "runtime", "label")
@@ -49,9 +49,12 @@ IMP_SCOPES = ("global", "layer")
 RANKS = ("block_linear", "all_matrices")
 CONTROLS = ("none", "positive", "negative")
 DEVICES = ("auto", "cpu", "cuda")
+#: Config keys (spec YAML keys, notebook 04 ``config`` keys, record columns) that were
+#: renamed, old -> new: an old one is refused like an unknown key, naming the new one.
+RENAMED_KEYS = {"importance_kind": "score_kind"}
 
 
-def _importance_kinds() -> tuple[str, ...]:
+def _score_kinds() -> tuple[str, ...]:
     from workbench.pruning import scores  # noqa: F401  (registers the kinds)
     from workbench.pruning.registry import SCORE_KINDS
 
@@ -221,8 +224,8 @@ class IMPConfig:
     rank: str = _f("block_linear", "design", "which weights are ranked and pruned: the "
                    "transformer blocks' linear layers, or every weight matrix (embeddings "
                    "and head included)", choices=RANKS)
-    importance_kind: str = _f("magnitude", "design", "score that ranks the weights",
-                              choices=_importance_kinds)
+    score_kind: str = _f("magnitude", "design", "score kind that ranks the weights "
+                         "(workbench.importance)", choices=_score_kinds)
     steps_per_round: int = _f(4, "design", "optimizer steps per round (round 0 included)",
                               range=(0, None), integer=True, scalable=True)
     lr: float = _f(1e-4, "design", "peak learning rate (AdamW)", range=(0.0, None),
@@ -264,7 +267,7 @@ class IMPConfig:
                           integer=True)
     eval_pruned: bool = _f(True, "budget", "also evaluate right after prune + rewind "
                            "(val_ppl_pruned)")
-    n_calibration: int = _f(8, "budget", "training blocks for data-dependent importance "
+    n_calibration: int = _f(8, "budget", "training blocks for data-dependent score "
                             "kinds", range=(1, None), integer=True)
     sw_blocks: int = _f(2, "budget", "validation blocks fed to the super-weight detector",
                         range=(1, None), integer=True)
@@ -307,7 +310,10 @@ class IMPConfig:
         specs = {s.name: s for s in config_fields(cls)}
         unknown = sorted(set(params) - set(specs))
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(specs)}")
+            renamed = [f"{k!r} is now {RENAMED_KEYS[k]!r}" for k in unknown if k in RENAMED_KEYS]
+            note = f" ({'; '.join(renamed)})" if renamed else ""
+            raise ValueError(f"unknown config key(s) {unknown}{note}; known keys: "
+                             f"{sorted(specs)}")
         if params.get("tokens_per_round") and "steps_per_round" in params:
             raise ValueError("state either steps_per_round or tokens_per_round (> 0), not "
                              f"both; got steps_per_round={params['steps_per_round']!r}, "
@@ -387,6 +393,11 @@ class IMPConfig:
         if self.tokens_per_round > 0:
             return -(-self.tokens_per_round // self.tokens_per_step(world_size))
         return self.steps_per_round
+
+
+# ``IMPConfig(importance_kind=...)`` / ``dataclasses.replace(cfg, importance_kind=...)``:
+# the TypeError of an unknown keyword, naming the new name.
+IMPConfig.__init__ = renamed_keywords(**RENAMED_KEYS)(IMPConfig.__init__)
 
 
 def _check_corpus(corpus: str) -> None:

@@ -10,13 +10,13 @@ properties; nothing else names a method.
 **Adding a method = one function + one ``METHODS.register(...)`` + one test.** The
 function takes a :class:`PruneRequest` and the method's own options as keyword-only
 parameters (``prune`` rejects any other keyword, naming it), prunes ``request.model`` in
-place and returns ``(masks, info)``. A method that only ranks weights by an importance
-kind is ``score_method(kind)``.
+place and returns ``(masks, info)``. A method that only ranks weights by a score kind
+is ``score_method(score_kind)``.
 
 Methods registered here:
 
 * ``magnitude``, ``gradient_norm``, ``taylor``, ``obd_empirical``, ``obd_true``,
-  ``hybrid``: rank by the :func:`workbench.importance` kind of the same name (default
+  ``hybrid``: rank by the :func:`workbench.importance` score kind of the same name (default
   scope ``layer``); the scores do not depend on the sparsity, so ``sweep`` computes them
   once.
 * ``wanda``, ``wanda_obs`` (Wanda's mask + OBS update), ``wanda_prac`` (same from a
@@ -40,7 +40,7 @@ from typing import Any, Collection, Mapping
 import torch
 from torch import nn
 
-from workbench.core.checks import check_choice, check_kwargs, check_option_types
+from workbench.core.checks import check_choice, check_kwargs, check_option_types, renamed_keywords
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -52,7 +52,7 @@ from workbench.pruning.masks import (
     transposed_names,
 )
 from workbench.pruning import layerwise
-from workbench.pruning.registry import METHODS
+from workbench.pruning.registry import METHODS, SCORE_KINDS
 from workbench.pruning.sparsegpt import sparsegpt
 from workbench.pruning.scores import accepted_options, check_calibration, importance
 
@@ -144,33 +144,32 @@ def select_by_scores(req, scores: Mapping[str, torch.Tensor]) -> dict:
     return masks
 
 
-def _kind_options(kind: str) -> set[str] | None:
-    """The options of importance ``kind`` a score method passes on (``None``: not known)."""
-    from workbench.pruning.registry import SCORE_KINDS
-
-    allowed = accepted_options(SCORE_KINDS.get(kind).fn)
+def _score_kind_options(score_kind: str) -> set[str] | None:
+    """The options of ``score_kind`` a score method passes on (``None``: not known)."""
+    allowed = accepted_options(SCORE_KINDS.get(score_kind).fn)
     return None if allowed is None else allowed - {"tokens", "include", "exclude", "batch_size"}
 
 
-def score_method(kind: str):
-    """A method that prunes the lowest scores of importance ``kind``.
+@renamed_keywords(kind="score_kind")
+def score_method(score_kind: str):
+    """A method that prunes the lowest scores of ``score_kind``.
 
-    The returned function takes the kind's own options (checked by
+    The returned function takes the score kind's own options (checked by
     :func:`workbench.importance`).
     """
     def run(req, **options):
         scores = req.scores
         if scores is None:
-            scores = importance(req.model, kind, tokens=req.calibration_tokens,
+            scores = importance(req.model, score_kind, tokens=req.calibration_tokens,
                                 include=req.include, exclude=req.exclude,
                                 batch_size=req.batch_size, **options)
         elif options:
             raise TypeError(f"options {sorted(options)} have no effect with precomputed scores")
         return select_by_scores(req, scores), {"mode": "scores"}
 
-    run.__name__ = f"{kind}_method"
-    run.extra_options = lambda: _kind_options(kind)
-    run.__doc__ = f"Prune the lowest {kind!r} importance scores."
+    run.__name__ = f"{score_kind}_method"
+    run.extra_options = lambda: _score_kind_options(score_kind)
+    run.__doc__ = f"Prune the lowest {score_kind!r} importance scores."
     return run
 
 
@@ -200,10 +199,8 @@ _gradprobe.extra_options = _gradprobe_options
 
 
 # ----------------------------------------------------------------------------- registry
-def _kind_label(kind: str) -> str:
-    from workbench.pruning.registry import SCORE_KINDS
-
-    return SCORE_KINDS.get(kind).props["label"]
+def _score_kind_label(score_kind: str) -> str:
+    return SCORE_KINDS.get(score_kind).props["label"]
 
 
 _SCORES = dict(reusable_scores=True, default_scope="layer")
@@ -213,16 +210,16 @@ _OWL = ("uniform", "owl")
 METHODS.register("magnitude", score_method("magnitude"), score_kind="magnitude",
                  allocations=_OWL, label="Magnitude",
                  description="lowest |w| (per layer by default)", **_SCORES)
-# score kinds that need calibration tokens, pruned by ranking: (kind, description); colours
+# score kinds that need calibration tokens, pruned by ranking: (score kind, description); colours
 # are not registry data (workbench.experiments.analysis.plots.style keys them by name)
-for _kind, _description in (
+for _score_kind, _description in (
         ("gradient_norm", "lowest RMS per-batch gradient"),
         ("taylor", "lowest |w * g| (first-order Taylor)"),
         ("obd_empirical", "lowest OBD saliency, empirical diagonal Fisher"),
         ("obd_true", "lowest OBD saliency, true diagonal Fisher"),
         ("hybrid", "lowest weighted sum of normalised kinds")):
-    METHODS.register(_kind, score_method(_kind), score_kind=_kind, needs_calibration=True,
-                     label=_kind_label(_kind),
+    METHODS.register(_score_kind, score_method(_score_kind), score_kind=_score_kind,
+                     needs_calibration=True, label=_score_kind_label(_score_kind),
                      description=_description, **_SCORES)
 METHODS.register("wanda", layerwise.wanda, allocations=_OWL, label="Wanda",
                  description="lowest |W_ij| ||X_j|| per row (Sun et al. "
@@ -346,8 +343,6 @@ def _option_sources(fn) -> list:
     name = getattr(fn, "__name__", "")
     try:
         if name.endswith("_method"):
-            from workbench.pruning.registry import SCORE_KINDS
-
             return [SCORE_KINDS.get(name[: -len("_method")]).fn]
         if fn is _gradprobe:
             from workbench.pruning.gradient_probe import gradprobe

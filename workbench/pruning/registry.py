@@ -1,4 +1,4 @@
-"""The pruning layer's registries: importance kinds and pruning methods.
+"""The pruning layer's registries: score kinds and pruning methods.
 
 Each kind / method is registered exactly once, next to its implementation, with its
 properties as data. Unknown names fail with the list of registered names.
@@ -37,10 +37,10 @@ from __future__ import annotations
 
 from workbench.core.registry import Registry
 
-#: Importance score kinds (what a weight's importance *is*).
+#: Score kinds (what a weight's importance *is*); chosen by the argument ``score_kind``.
 SCORE_KINDS = Registry(
-    "importance kind",
-    argument="kind",
+    "score kind",
+    argument="score_kind",
     providers=("workbench.pruning.scores", "workbench.pruning.curvature_scores"),
     defaults=dict(needs_calibration=False, label=None, description=""),
 )

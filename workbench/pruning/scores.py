@@ -1,13 +1,13 @@
-"""Importance scores: ``importance(model, kind, tokens=...) -> {param name: score}``.
+"""Importance scores: ``importance(model, score_kind, tokens=...) -> {param name: score}``.
 
 Every score has the weight's shape and dtype float32; higher = more important. By default
 only the weight matrices of the transformer blocks' linear layers are scored (see
 :func:`workbench.pruning.masks.prunable_modules`; ``include`` / ``exclude`` patterns change that).
 
-Each kind is one function registered in :data:`workbench.pruning.registry.SCORE_KINDS`
-right next to it (adding a kind = one function + one ``SCORE_KINDS.register(...)`` + one
-test); :func:`importance` only dispatches, an unknown kind is an error listing the
-registered kinds. Kinds defined here (``g_b`` is the gradient of the mean next-token
+Each score kind is one function registered in
+:data:`workbench.pruning.registry.SCORE_KINDS` right next to it (adding a score kind = one
+function + one ``SCORE_KINDS.register(...)`` + one test); :func:`importance` only
+dispatches, an unknown ``score_kind`` is an error listing the registered ones. Kinds defined here (``g_b`` is the gradient of the mean next-token
 cross-entropy of calibration batch ``b``, ``B`` the number of batches,
 ``g = mean_b g_b``):
 
@@ -37,7 +37,7 @@ from typing import Collection, Mapping
 import torch
 from torch import nn
 
-from workbench.core.checks import check_choice, check_kwargs
+from workbench.core.checks import check_choice, check_kwargs, renamed_keywords
 from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import batches_of, collect_input_statistics
 from workbench.pruning.masks import prunable_modules
@@ -57,9 +57,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_kind(kind: str) -> None:
-    """Raise ``ValueError`` for an unknown kind, listing the registered kinds."""
-    SCORE_KINDS.check(kind)
+def check_score_kind(score_kind: str) -> None:
+    """Raise ``ValueError`` for an unknown score kind, listing the registered ones."""
+    SCORE_KINDS.check(score_kind)
 
 
 def accepted_options(fn) -> set[str] | None:
@@ -202,7 +202,7 @@ def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch
     from workbench.curvature.diagonal import diagonal_fisher
 
     check_choice("fisher_type", fisher_type, FISHER_TYPES)
-    check_kwargs(f"importance(kind='obd_{fisher_type}')", fisher_options,
+    check_kwargs(f"importance(score_kind='obd_{fisher_type}')", fisher_options,
                  _fisher_option_names())
     params = _weights(model, include, exclude)
     diag = diagonal_fisher(model, batches_of(tokens, batch_size), kind=fisher_type,
@@ -268,9 +268,10 @@ def hybrid_scores(model, *, tokens=None, include=None, exclude=None, batch_size=
     return out
 
 
+@renamed_keywords(kind="score_kind")
 def importance(
     model: nn.Module,
-    kind: str,
+    score_kind: str,
     *,
     tokens=None,
     include: Collection[str] | None = None,
@@ -278,11 +279,11 @@ def importance(
     batch_size: int = 8,
     **options,
 ) -> dict[str, torch.Tensor]:
-    """Score the prunable weights of ``model`` with a registered kind.
+    """Score the prunable weights of ``model`` with a registered score kind.
 
     Args:
         model: A causal LM (or any module with linear layers; then all are scored).
-        kind: A name in :data:`workbench.pruning.registry.SCORE_KINDS`
+        score_kind: A name in :data:`workbench.pruning.registry.SCORE_KINDS`
             (``SCORE_KINDS.names()``).
         tokens: Calibration token ids ``LongTensor[n, seq]`` (or a list of batches); needed
             by the kinds registered with ``needs_calibration=True`` (and by ``hybrid``
@@ -299,12 +300,12 @@ def importance(
         ValueError: Unknown kind (lists the kinds), missing tokens, bad hybrid weights.
         TypeError: An option the kind does not accept (names the accepted ones).
     """
-    entry = SCORE_KINDS.get(kind)
+    entry = SCORE_KINDS.get(score_kind)
     allowed = accepted_options(entry.fn)
     if allowed is not None:
-        check_kwargs(f"importance(kind={kind!r})", options, allowed - {"tokens"})
+        check_kwargs(f"importance(score_kind={score_kind!r})", options, allowed - {"tokens"})
     if entry.props["needs_calibration"] and tokens is None:
-        raise ValueError(f"importance kind {kind!r} needs calibration data (tokens=...)")
+        raise ValueError(f"score kind {score_kind!r} needs calibration data (tokens=...)")
     check_calibration(model, tokens, "tokens")
     return entry.fn(model, tokens=tokens, include=include, exclude=exclude,
                     batch_size=batch_size, **options)
@@ -327,7 +328,8 @@ def score_correlations(scores_by_kind: Mapping[str, Mapping[str, torch.Tensor]],
             ranked (ties ranked by position).
 
     Returns:
-        DataFrame ``name, kind_a, kind_b, spearman`` (one row per layer and pair).
+        DataFrame ``name, score_kind_a, score_kind_b, spearman`` (one row per layer and
+        pair).
     """
     import itertools
 
@@ -348,6 +350,6 @@ def score_correlations(scores_by_kind: Mapping[str, Mapping[str, torch.Tensor]],
         for a, b in itertools.combinations(kinds, 2):
             ra, rb = ranks[a] - ranks[a].mean(), ranks[b] - ranks[b].mean()
             denom = float(ra.norm() * rb.norm())
-            rows.append(dict(name=name, kind_a=a, kind_b=b,
+            rows.append(dict(name=name, score_kind_a=a, score_kind_b=b,
                              spearman=float(ra @ rb) / denom if denom else float("nan")))
     return pd.DataFrame(rows)

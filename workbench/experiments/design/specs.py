@@ -241,11 +241,9 @@ def check_values(params: Mapping[str, Any], where: str,
     """
     fields = schema_fields()
     if strict:
-        allowed = set(fields) - set(RESERVED_KEYS)
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ValueError(f"{where}: unknown parameter(s) {unknown}; allowed (fields of "
-                             f"the lottery schema): {sorted(allowed)}")
+        check_keys(params, set(fields) - set(RESERVED_KEYS),
+                   f"{where} (parameters: fields of the lottery schema)",
+                   renamed=_schema().RENAMED_KEYS)
     known = {k: v for k, v in params.items() if k in fields and k not in RESERVED_KEYS}
     try:
         _schema().IMPConfig.from_params(known)
