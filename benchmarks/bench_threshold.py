@@ -30,7 +30,7 @@ import torch
 from _timing import timed
 from workbench.pruning.masks import select_masks
 from workbench.pruning.threshold import (
-    THRESHOLD_METHODS,
+    THRESHOLD_ALGORITHMS,
     exact_kth,
     global_threshold,
     histogram_threshold,
@@ -68,11 +68,11 @@ def _describe(scores) -> str:
             f"{n_distinct:,} distinct values")
 
 
-def _approx_masks(scores, k, method):
-    """What ``select_masks(scope="global", threshold_method=method)`` does, with
+def _approx_masks(scores, k, algorithm):
+    """What ``select_masks(scope="global", threshold_algorithm=algorithm)`` does, with
     ``on_miss="warn"`` so that a miss still gives masks to compare: the threshold, then
     ``keep = score > value`` (+inf kept)."""
-    th = global_threshold(scores, k, method=method, on_miss="warn")
+    th = global_threshold(scores, k, algorithm=algorithm, on_miss="warn")
     return {n: (t.float() > th.value) | torch.isposinf(t) for n, t in scores.items()}, th
 
 
@@ -100,7 +100,7 @@ def bench_real(a) -> None:
         for s in a.sparsities:
             k = round(s * n)
             exact, t_exact = _best(lambda: select_masks(scores, s, scope="global"), a.repeats)
-            for method in THRESHOLD_METHODS:
+            for method in THRESHOLD_ALGORITHMS:
                 if method == "exact":
                     masks, sec, passes, note = exact, t_exact, "-", ""
                 else:

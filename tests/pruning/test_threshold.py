@@ -1,4 +1,4 @@
-"""Exact streaming global threshold vs torch.kthvalue; approximate methods' contracts."""
+"""Exact streaming global threshold vs torch.kthvalue; approximate algorithms' contracts."""
 
 import math
 
@@ -65,17 +65,17 @@ def test_bf16_scores():
     assert got.value == torch.kthvalue(allv, 2000).values.item()
 
 
-def test_approximate_methods_report_true_counts():
+def test_approximate_algorithms_report_true_counts():
     g = torch.Generator().manual_seed(4)
     scores = {"a": torch.rand(100, 100, generator=g), "b": torch.rand(50, 30, generator=g)}
     allv = torch.cat([t.reshape(-1) for t in scores.values()])
     k = 5000
-    for method in ("statistical", "histogram"):
-        t = th.global_threshold(scores, k, method=method)
+    for algorithm in ("statistical", "histogram"):
+        t = th.global_threshold(scores, k, algorithm=algorithm)
         assert t.n_below == int((allv <= t.value).sum())
         assert abs(t.n_below - k) / allv.numel() < 0.01
-    with pytest.raises(ValueError, match="method must be one of"):
-        th.global_threshold(scores, k, method="nope")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        th.global_threshold(scores, k, algorithm="nope")
 
 
 def test_bad_inputs():
@@ -118,13 +118,13 @@ HEAVY = ("lognormal", "pareto", "wanda", "quantised", "ties")
 
 @pytest.mark.parametrize("kind", HEAVY)
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("method", ["histogram", "statistical"])
-def test_approximate_counts_within_tolerance_on_heavy_tails(kind, sparsity, method):
+@pytest.mark.parametrize("algorithm", ["histogram", "statistical"])
+def test_approximate_counts_within_tolerance_on_heavy_tails(kind, sparsity, algorithm):
     scores = _heavy(kind)
     allv = torch.cat([t.reshape(-1) for t in scores.values()])
     n = allv.numel()
     k = round(sparsity * n)
-    t = th.global_threshold(scores, k, method=method)
+    t = th.global_threshold(scores, k, algorithm=algorithm)
     # the reported count is the true count of the rule `score <= value`
     assert t.n_below == int((allv <= t.value).sum())
     # ... and within the tolerance (0.1 % of all scores) of the target
@@ -139,24 +139,24 @@ def test_approximate_counts_within_tolerance_on_heavy_tails(kind, sparsity, meth
     ref = float(torch.kthvalue(allv, k).values)
     assert (t.value >= ref) if t.n_below >= k else (t.value < ref)
     assert t.achieved_sparsity == t.n_below / n and t.count_error == t.n_below - k
-    assert t.tolerance == th.DEFAULT_TOLERANCE and t.method == method
+    assert t.tolerance == th.DEFAULT_TOLERANCE and t.algorithm == algorithm
 
 
-@pytest.mark.parametrize("method", ["histogram", "statistical"])
-def test_unreachable_target_because_of_ties_raises_or_warns(method):
+@pytest.mark.parametrize("algorithm", ["histogram", "statistical"])
+def test_unreachable_target_because_of_ties_raises_or_warns(algorithm):
     g = torch.Generator().manual_seed(5)
     scores = {"a": torch.randint(0, 3, (100, 100), generator=g).float()}
     allv = scores["a"].reshape(-1)
     k = int((allv == 0).sum()) + int((allv == 1).sum()) // 2  # mid tie block of 1.0
     with pytest.raises(th.ThresholdToleranceError, match="straddles the target"):
-        th.global_threshold(scores, k, method=method)
+        th.global_threshold(scores, k, algorithm=algorithm)
     with pytest.warns(th.ThresholdToleranceWarning, match="missed the target"):
-        t = th.global_threshold(scores, k, method=method, on_miss="warn")
+        t = th.global_threshold(scores, k, algorithm=algorithm, on_miss="warn")
     # the best a threshold can do: one end of the tie block, reported honestly
     assert t.n_below in (int((allv < 1).sum()), int((allv <= 1).sum()))
     assert t.n_below == int((allv <= t.value).sum())
-    # a looser tolerance accepts it; the exact method breaks ties by position
-    th.global_threshold(scores, k, method=method, tolerance=0.5)
+    # a looser tolerance accepts it; the exact algorithm breaks ties by position
+    th.global_threshold(scores, k, algorithm=algorithm, tolerance=0.5)
     assert th.exact_kth(scores, k).value == 1.0
 
 
@@ -194,26 +194,26 @@ def test_histogram_refines_in_passes_and_handles_signs_and_infinities():
         th.histogram_threshold(signed, 20000, bins=16, max_passes=1)
 
 
-def test_select_masks_with_approximate_methods_and_bad_choices():
+def test_select_masks_with_approximate_algorithms_and_bad_choices():
     from workbench.pruning.masks import select_masks
 
     scores = _heavy("wanda", 3)
     n = sum(t.numel() for t in scores.values())
     exact = select_masks(scores, 0.5, scope="global")
-    for method in ("histogram", "statistical"):
-        masks = select_masks(scores, 0.5, scope="global", threshold_method=method)
+    for algorithm in ("histogram", "statistical"):
+        masks = select_masks(scores, 0.5, scope="global", threshold_algorithm=algorithm)
         pruned = sum(int((~m).sum()) for m in masks.values())
         assert abs(pruned - n // 2) <= th.DEFAULT_TOLERANCE * n
         differ = sum(int((m != exact[k]).sum()) for k, m in masks.items())
         assert differ <= th.DEFAULT_TOLERANCE * n
     bf = {k: v.bfloat16() for k, v in scores.items()}  # compared in float32, not bf16
-    masks = select_masks(bf, 0.3, scope="global", threshold_method="histogram")
+    masks = select_masks(bf, 0.3, scope="global", threshold_algorithm="histogram")
     t = th.histogram_threshold(bf, round(0.3 * n))
     assert sum(int((~m).sum()) for m in masks.values()) == t.n_below
-    with pytest.raises(ValueError, match="threshold_method must be one of"):
-        select_masks(scores, 0.5, scope="global", threshold_method="hist")
+    with pytest.raises(ValueError, match="threshold_algorithm must be one of"):
+        select_masks(scores, 0.5, scope="global", threshold_algorithm="hist")
     with pytest.raises(ValueError, match="needs scope='global'"):
-        select_masks(scores, 0.5, scope="layer", threshold_method="histogram")
+        select_masks(scores, 0.5, scope="layer", threshold_algorithm="histogram")
     with pytest.raises(ValueError, match="on_miss"):
         th.histogram_threshold(scores, 3, on_miss="ignore")
     with pytest.raises(ValueError, match="tolerance"):
@@ -223,7 +223,7 @@ def test_select_masks_with_approximate_methods_and_bad_choices():
 
 
 # ----------------------------------------------------------------------------- via prune
-def test_prune_selects_the_threshold_method_for_every_global_method():
+def test_prune_selects_the_threshold_algorithm_for_every_global_method():
     from workbench.core.models import load_model
     from workbench.pruning.methods import prune
     from workbench.pruning.scores import importance
@@ -245,22 +245,44 @@ def test_prune_selects_the_threshold_method_for_every_global_method():
                        ("gradprobe", {"calibration_tokens": data})):
         exact = prune(fresh(), method, 0.5, scope="global", **kw)
         for tm in ("histogram", "statistical"):
-            res = prune(fresh(), method, 0.5, scope="global", threshold_method=tm, **kw)
-            assert res.info["threshold_method"] == tm
+            res = prune(fresh(), method, 0.5, scope="global", threshold_algorithm=tm, **kw)
+            assert res.info["threshold_algorithm"] == tm
             if method != "gradprobe":  # gradprobe restores some candidates by design
                 assert abs(res.info["achieved_sparsity"] - 0.5) <= th.DEFAULT_TOLERANCE
             differ = sum(int((m != exact.masks[k]).sum()) for k, m in res.masks.items())
             assert differ <= 2 * th.DEFAULT_TOLERANCE * n + (n // 100 if method == "gradprobe"
                                                              else 0), (method, tm, differ)
     # the histogram threshold of the magnitude scores is what prune applied
-    res = prune(fresh(), "magnitude", 0.3, scope="global", threshold_method="histogram")
+    res = prune(fresh(), "magnitude", 0.3, scope="global", threshold_algorithm="histogram")
     t = th.histogram_threshold(mag, round(0.3 * n))
     assert sum(int((~m).sum()) for m in res.masks.values()) == t.n_below
     # validated before any work, with the allowed values named
-    with pytest.raises(ValueError, match=r"threshold_method must be one of \('exact'"):
-        prune(fresh(), "magnitude", 0.5, scope="global", threshold_method="approx")
+    with pytest.raises(ValueError, match=r"threshold_algorithm must be one of \('exact'"):
+        prune(fresh(), "magnitude", 0.5, scope="global", threshold_algorithm="approx")
     with pytest.raises(ValueError, match="needs scope='global'"):
-        prune(fresh(), "magnitude", 0.5, threshold_method="histogram")  # default: layer
+        prune(fresh(), "magnitude", 0.5, threshold_algorithm="histogram")  # default: layer
     with pytest.raises(ValueError, match="needs scope='global'"):
-        prune(fresh(), "wanda", 0.5, threshold_method="statistical", calibration_tokens=data)
+        prune(fresh(), "wanda", 0.5, threshold_algorithm="statistical", calibration_tokens=data)
     assert all(torch.equal(p, dense[n]) for n, p in model.named_parameters())
+
+
+def test_method_keywords_are_now_algorithm():
+    from workbench.core.models import load_model
+    from workbench.pruning.gradient_probe import gradprobe
+    from workbench.pruning.masks import select_masks
+    from workbench.pruning.methods import prune
+
+    scores = {"w": torch.rand(64)}
+    with pytest.raises(TypeError, match="'method' is now 'algorithm'"):
+        th.global_threshold(scores, 3, method="exact")
+    assert th.global_threshold(scores, 3, algorithm="exact").algorithm == "exact"
+    assert th.THRESHOLD_ALGORITHMS == ("exact", "statistical", "histogram")
+    note = "'threshold_method' is now 'threshold_algorithm'"
+    with pytest.raises(TypeError, match=note):
+        select_masks(scores, 0.5, scope="global", threshold_method="exact")
+    model, _ = load_model("tiny-llama", device="cpu")
+    with pytest.raises(TypeError, match=note):
+        prune(model, "magnitude", 0.5, scope="global", threshold_method="exact")
+    with pytest.raises(TypeError, match=note):
+        gradprobe(model, 0.5, calibration_tokens=torch.zeros(1, 4, dtype=torch.long),
+                  threshold_method="exact")

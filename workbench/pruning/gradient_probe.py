@@ -22,12 +22,12 @@ from typing import Collection, Sequence
 import torch
 from torch import nn
 
-from workbench.core.checks import check_choice, check_range
+from workbench.core.checks import check_choice, check_range, renamed_keywords
 from workbench.pruning.calibration import batches_of
 from workbench.pruning.masks import (
     prune_lowest,
     apply_masks,
-    check_threshold_method,
+    check_threshold_algorithm,
     parse_scope,
     prunable_modules,
     restore,
@@ -145,6 +145,7 @@ def _calibration_loss(model, masks, tokens, batch_size) -> float:
         restore(model, originals)
 
 
+@renamed_keywords(threshold_method="threshold_algorithm")
 def gradprobe(
     model: nn.Module,
     sparsity: float,
@@ -163,7 +164,7 @@ def gradprobe(
     candidate_sparsity: float | None = None,
     pool_margin: float = 0.1,
     guard: bool = True,
-    threshold_method: str = "exact",
+    threshold_algorithm: str = "exact",
 ) -> GradProbeResult:
     """Gradient-probe pruning.
 
@@ -191,7 +192,7 @@ def gradprobe(
         pool_margin: Exact mode: relative half-width of the swappable band, in ``[0, 1]``.
         guard: Exact mode: fall back to the base mask when it is better (one extra
             forward pass over the calibration data per mask).
-        threshold_method: How the base candidates' global threshold is found
+        threshold_algorithm: How the base candidates' global threshold is found
             (:func:`workbench.pruning.masks.select_masks`; ``scope="global"`` only).
 
     Returns:
@@ -209,7 +210,7 @@ def gradprobe(
                          "(calibration_tokens=LongTensor[n, seq])")
     check_calibration(model, calibration_tokens, "calibration_tokens")
     scope_name, n, m = parse_scope(scope)
-    check_threshold_method(threshold_method, scope_name)
+    check_threshold_algorithm(threshold_algorithm, scope_name)
     if exact_sparsity and (scope_name == "n:m" or candidate_sparsity is not None):
         raise ValueError("exact_sparsity takes no candidate_sparsity and no N:M scope "
                          f"(got candidate_sparsity={candidate_sparsity!r}, scope={scope!r})")
@@ -221,7 +222,7 @@ def gradprobe(
     def base_masks(s):
         return select_masks(scores, min(s, 0.999), scope=scope_name, n=n, m=m,
                             transposed=transposed_names(model) & set(scores),
-                            threshold_method=threshold_method)
+                            threshold_algorithm=threshold_algorithm)
 
     if exact_sparsity:
         pool_masks = base_masks(sparsity * (1 + pool_margin))

@@ -100,7 +100,7 @@ def wanda(req, *, sequential: bool = True) -> tuple[dict, dict]:
         scores = wanda_scores(req.model, tokens=req.calibration_tokens, include=req.include,
                               exclude=req.exclude, batch_size=req.batch_size)
         masks = select_masks(scores, req.sparsity, scope="global",
-                             threshold_method=req.threshold_method)
+                             threshold_algorithm=req.threshold_algorithm)
         apply_masks(req.model, masks)
         return masks, {"mode": "all-at-once"}
 

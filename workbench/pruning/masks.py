@@ -34,10 +34,10 @@ from typing import Collection, Mapping
 
 import torch
 
-from workbench.core.checks import check_choice
+from workbench.core.checks import check_choice, renamed_keywords
 from workbench.pruning.threshold import (
     DEFAULT_TOLERANCE,
-    THRESHOLD_METHODS,
+    THRESHOLD_ALGORITHMS,
     Source,
     exact_kth,
     global_threshold,
@@ -121,6 +121,7 @@ def _from_rows(mask: torch.Tensor, like: torch.Tensor, transposed: bool) -> torc
     return mask.reshape(like.shape).contiguous()
 
 
+@renamed_keywords(threshold_method="threshold_algorithm")
 def select_masks(
     scores: Mapping[str, torch.Tensor],
     sparsity: float,
@@ -129,7 +130,7 @@ def select_masks(
     n: int | None = None,
     m: int | None = None,
     transposed: Collection[str] = (),
-    threshold_method: str = "exact",
+    threshold_algorithm: str = "exact",
     threshold_tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks (``True`` = keep) pruning the lowest scores.
@@ -144,7 +145,7 @@ def select_masks(
         n, m: N and M for ``scope="n:m"`` (default 2:4).
         transposed: Names of tensors stored ``[in, out]`` (GPT-2 ``Conv1D``), so rows
             and N:M groups follow the output/input meaning.
-        threshold_method: Global scope only: ``"exact"`` (default, counts exact, the
+        threshold_algorithm: Global scope only: ``"exact"`` (default, counts exact, the
             tie rule above); ``"statistical"`` or ``"histogram"``
             (:mod:`workbench.pruning.threshold`; approximate: prune ``score <=
             threshold``, no tie rule, the count within ``threshold_tolerance`` or a
@@ -156,16 +157,16 @@ def select_masks(
         ``{name: BoolTensor}`` with each score's shape and device.
 
     Raises:
-        ValueError: Bad sparsity, unknown scope or threshold method, an approximate
-            threshold method with a scope other than ``global``, N:M with a width not
+        ValueError: Bad sparsity, unknown scope or threshold algorithm, an approximate
+            threshold algorithm with a scope other than ``global``, N:M with a width not
             divisible by M or a sparsity other than ``1 - N/M``, NaN scores, or empty
             ``scores``.
-        ThresholdToleranceError: An approximate method missed ``threshold_tolerance``.
+        ThresholdToleranceError: An approximate algorithm missed ``threshold_tolerance``.
         TypeError: ``scores`` not a dict of tensors.
     """
     s = check_sparsity(sparsity)
     scope, n, m = parse_scope(scope, n, m)
-    check_threshold_method(threshold_method, scope)
+    check_threshold_algorithm(threshold_algorithm, scope)
     transposed = set(transposed)
     if not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a dict {{param name: score tensor}}, "
@@ -177,7 +178,7 @@ def select_masks(
         raise TypeError(f"scores[{bad[0]!r}] must be a tensor, "
                         f"got {type(scores[bad[0]]).__name__}")
     if scope == "global":
-        return _select_global(scores, s, threshold_method, threshold_tolerance)
+        return _select_global(scores, s, threshold_algorithm, threshold_tolerance)
     masks = {}
     for name, score in scores.items():
         tr = name in transposed
@@ -207,24 +208,25 @@ def select_masks(
     return masks
 
 
-def check_threshold_method(threshold_method: str, scope: str = "global") -> str:
-    """Raise ``ValueError`` for an unknown threshold method, or an approximate one with a
+def check_threshold_algorithm(threshold_algorithm: str, scope: str = "global") -> str:
+    """Raise ``ValueError`` for an unknown threshold algorithm, or an approximate one with a
     scope other than ``global`` (per-group selections are always exact)."""
-    check_choice("threshold_method", threshold_method, THRESHOLD_METHODS)
-    if threshold_method != "exact" and scope != "global":
-        raise ValueError(f"threshold_method={threshold_method!r} needs scope='global' (the "
-                         f"only scope with one threshold over all scores), got scope={scope!r}")
-    return threshold_method
+    check_choice("threshold_algorithm", threshold_algorithm, THRESHOLD_ALGORITHMS)
+    if threshold_algorithm != "exact" and scope != "global":
+        raise ValueError(f"threshold_algorithm={threshold_algorithm!r} needs scope='global' "
+                         "(the only scope with one threshold over all scores), got "
+                         f"scope={scope!r}")
+    return threshold_algorithm
 
 
-def _select_global(scores: Mapping[str, torch.Tensor], s: float, method: str,
+def _select_global(scores: Mapping[str, torch.Tensor], s: float, algorithm: str,
                    tolerance: float = DEFAULT_TOLERANCE) -> dict:
     n_total = sum(int(t.numel()) for t in scores.values())
     k = round(s * n_total)
     if k == 0:
         return {name: torch.ones_like(t, dtype=torch.bool) for name, t in scores.items()}
-    if method != "exact":
-        th = global_threshold(scores, k, method=method, tolerance=tolerance)
+    if algorithm != "exact":
+        th = global_threshold(scores, k, algorithm=algorithm, tolerance=tolerance)
         if math.isinf(th.value) and th.value > 0:
             warnings.warn("fewer finite scores than the number to prune; +inf scores were "
                           "kept, so sparsity is below the target", stacklevel=3)
@@ -274,5 +276,5 @@ __all__ = [
     "mask_gradients", "sparsity_report", "mask_overlap", "overlap_matrix", "save_masks",
     "load_masks", "prunable_modules", "prunable_parameters", "transposed_names",
     "parse_scope", "check_sparsity", "Source",
-    "check_threshold_method",
+    "check_threshold_algorithm",
 ]

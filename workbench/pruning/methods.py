@@ -44,7 +44,7 @@ from workbench.core.checks import check_choice, check_kwargs, check_option_types
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
-    check_threshold_method,
+    check_threshold_algorithm,
     parse_scope,
     prunable_modules,
     select_masks,
@@ -72,8 +72,8 @@ class PruneRequest:
         scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
         layer_sparsity: ``{param name: sparsity}`` from a non-uniform allocation, or
             ``None`` (every layer at ``sparsity``).
-        threshold_method: How a ``global`` scope finds its threshold
-            (:data:`workbench.pruning.threshold.THRESHOLD_METHODS`).
+        threshold_algorithm: How a ``global`` scope finds its threshold
+            (:data:`workbench.pruning.threshold.THRESHOLD_ALGORITHMS`).
     """
 
     model: nn.Module
@@ -90,7 +90,7 @@ class PruneRequest:
     device: Any = None
     scores: Mapping[str, torch.Tensor] | None = None
     layer_sparsity: dict | None = None
-    threshold_method: str = "exact"
+    threshold_algorithm: str = "exact"
 
     def sparsity_for(self, name: str) -> float:
         """The target sparsity of parameter ``name``."""
@@ -130,7 +130,7 @@ def select_by_scores(req, scores: Mapping[str, torch.Tensor]) -> dict:
     transposed = transposed_names(req.model) & set(scores)
     if req.layer_sparsity is None:
         masks = select_masks(scores, req.sparsity, scope=req.scope_name, n=req.n, m=req.m,
-                             transposed=transposed, threshold_method=req.threshold_method)
+                             transposed=transposed, threshold_algorithm=req.threshold_algorithm)
     elif req.scope_name == "global":
         raise ValueError("scope='global' has one threshold: it cannot be combined with a "
                          "per-layer allocation")
@@ -179,7 +179,7 @@ def _gradprobe_options() -> set[str]:
     from workbench.pruning.gradient_probe import gradprobe
 
     given = {"calibration_tokens", "scope", "include", "exclude", "batch_size", "apply",
-             "threshold_method"}
+             "threshold_algorithm"}
     return accepted_options(gradprobe) - given
 
 
@@ -190,7 +190,7 @@ def _gradprobe(req, **options):
     check_kwargs("prune(method='gradprobe')", options, _gradprobe_options())
     res = gradprobe(req.model, req.sparsity, calibration_tokens=req.calibration_tokens,
                     scope=req.scope, include=req.include, exclude=req.exclude,
-                    batch_size=req.batch_size, threshold_method=req.threshold_method,
+                    batch_size=req.batch_size, threshold_algorithm=req.threshold_algorithm,
                     **options)
     return res.masks, {**res.info, "mode": "gradprobe"}
 
@@ -241,6 +241,7 @@ METHODS.register("gradprobe", _gradprobe, needs_calibration=True, default_scope=
 
 
 # ----------------------------------------------------------------------------- prune
+@renamed_keywords(threshold_method="threshold_algorithm")
 def prune(
     model: nn.Module,
     method: str,
@@ -255,7 +256,7 @@ def prune(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
-    threshold_method: str = "exact",
+    threshold_algorithm: str = "exact",
     **options,
 ) -> PruneResult:
     """Prune ``model`` in place and return the masks with a report.
@@ -276,7 +277,7 @@ def prune(
         batch_size: Calibration sequences per forward.
         device: Device each block runs on during sequential calibration.
         scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
-        threshold_method: ``scope="global"`` only: ``"exact"`` (default),
+        threshold_algorithm: ``scope="global"`` only: ``"exact"`` (default),
             ``"statistical"`` or ``"histogram"`` (approximate, within a stated tolerance
             of the target count or an error; :mod:`workbench.pruning.threshold`), for
             every method with a global scope (score methods, ``wanda``, ``gradprobe``).
@@ -295,7 +296,7 @@ def prune(
     s = check_sparsity(sparsity)
     scope = entry.props["default_scope"] if scope is None else scope
     scope_name, n, m = parse_scope(scope)
-    check_threshold_method(threshold_method, scope_name)
+    check_threshold_algorithm(threshold_algorithm, scope_name)
     check_choice("allocation", allocation, entry.props["allocations"])
     allowed = accepted_options(entry.fn)
     if allowed is not None:
@@ -317,10 +318,10 @@ def prune(
     req = PruneRequest(model=model, sparsity=s, scope=scope, scope_name=scope_name, n=n, m=m,
                        modules=modules, include=include, exclude=exclude,
                        calibration_tokens=calibration_tokens, batch_size=batch_size,
-                       device=device, scores=scores, threshold_method=threshold_method)
+                       device=device, scores=scores, threshold_algorithm=threshold_algorithm)
     info: dict = dict(method=method, scope=scope, allocation=allocation, target_sparsity=s)
-    if threshold_method != "exact":
-        info["threshold_method"] = threshold_method
+    if threshold_algorithm != "exact":
+        info["threshold_algorithm"] = threshold_algorithm
     if allocation != "uniform":
         from workbench.pruning.allocation import allocate
 

@@ -12,14 +12,14 @@ Three ways to find the value below which ``k`` of ``n`` scores lie:
   answer. When the bracket misses (it is checked, never trusted) a radix select on the
   order-preserving integer keys of the float32 bits (two 16-bit histogram passes) gives
   it instead. Either way the result is exact.
-* :func:`statistical_threshold`: the seed's method (streamed mean/std, a normal-quantile
+* :func:`statistical_threshold`: the seed's algorithm (streamed mean/std, a normal-quantile
   first guess, then bisection on the count, log-spaced), stopping when the count is within
   the tolerance or cannot change any more (ties).
 * :func:`histogram_threshold`: a streamed histogram on log-spaced bins (uniform in the
   float32 bit pattern), refined in the bin that holds the target until a bin edge prunes
   a count within the tolerance.
 
-The two approximate methods prune ``score <= value`` (no tie rule). Both report the
+The two approximate algorithms prune ``score <= value`` (no tie rule). Both report the
 count they actually prune (``n_below``, exact) and ``achieved_sparsity``, and when it is
 off the target ``k`` by more than ``tolerance * n`` (default :data:`DEFAULT_TOLERANCE`,
 i.e. 0.1 % of all scores = 0.001 in sparsity) they raise
@@ -27,7 +27,7 @@ i.e. 0.1 % of all scores = 0.001 in sparsity) they raise
 :class:`ThresholdToleranceWarning` and return the result. Raising is the default: a mask
 that silently prunes 87 % when 10 % was asked for is the defect this replaces (the old
 fixed linear-bin histogram on SmolLM2-135M's Wanda scores). Ties can make the target
-unreachable by any threshold (the message says so): use ``method="exact"`` there.
+unreachable by any threshold (the message says so): use ``algorithm="exact"`` there.
 
 A *source* of scores is either a mapping ``name -> Tensor`` or a zero-argument callable
 that returns a fresh iterable of tensors (or of ``(name, tensor)`` pairs) each time it is
@@ -43,14 +43,18 @@ from typing import Callable, Iterable, Iterator, Mapping, Union
 
 import torch
 
-from workbench.core.checks import check_choice, check_range
+from workbench.core.checks import check_choice, check_range, renamed_keywords
 
 Source = Union[Mapping[str, torch.Tensor], Callable[[], Iterable]]
 
-THRESHOLD_METHODS = ("exact", "statistical", "histogram")
-#: Allowed ``|achieved - target|`` of the approximate methods, as a fraction of all scores.
+#: The threshold algorithms (``algorithm=`` here, ``threshold_algorithm=`` in
+#: :func:`workbench.pruning.masks.select_masks` and :func:`workbench.prune`); not pruning
+#: methods.
+THRESHOLD_ALGORITHMS = ("exact", "statistical", "histogram")
+#: Allowed ``|achieved - target|`` of the approximate algorithms, as a fraction of all
+#: scores.
 DEFAULT_TOLERANCE = 1e-3
-#: What an approximate method does when it misses the tolerance.
+#: What an approximate algorithm does when it misses the tolerance.
 ON_MISS = ("raise", "warn")
 
 _SAMPLE = 1 << 20  # values drawn to bracket the quantile
@@ -72,30 +76,30 @@ class Threshold:
     """A global threshold.
 
     Attributes:
-        value: The threshold score. Exact method: the k-th smallest score.
+        value: The threshold score. Exact algorithm: the k-th smallest score.
         k: Number of scores to prune (the target).
         n_total: Number of scores in the source.
-        n_below: Scores strictly below ``value`` (exact method) or ``<= value``
-            (approximate methods: what a ``score > value`` keep rule prunes).
-        method: ``"exact"``, ``"statistical"`` or ``"histogram"``.
+        n_below: Scores strictly below ``value`` (exact algorithm) or ``<= value``
+            (approximate algorithms: what a ``score > value`` keep rule prunes).
+        algorithm: ``"exact"``, ``"statistical"`` or ``"histogram"``.
         iterations: Passes / bisection steps used.
-        tolerance: Approximate methods: the allowed ``|n_pruned - k| / n_total``
-            (``None`` for the exact method).
+        tolerance: Approximate algorithms: the allowed ``|n_pruned - k| / n_total``
+            (``None`` for the exact algorithm).
     """
 
     value: float
     k: int
     n_total: int
     n_below: int
-    method: str
+    algorithm: str
     iterations: int = 0
     tolerance: float | None = None
 
     @property
     def n_pruned(self) -> int:
-        """Scores the method's rule prunes: ``k`` for the exact method (ties at ``value``
-        completed by position), ``n_below`` (``<= value``) for the approximate ones."""
-        return self.k if self.method == "exact" else self.n_below
+        """Scores the algorithm's rule prunes: ``k`` for the exact algorithm (ties at
+        ``value`` completed by position), ``n_below`` (``<= value``) for the approximate ones."""
+        return self.k if self.algorithm == "exact" else self.n_below
 
     @property
     def target_sparsity(self) -> float:
@@ -109,7 +113,7 @@ class Threshold:
 
     @property
     def count_error(self) -> int:
-        """``n_pruned - k`` (0 for the exact method)."""
+        """``n_pruned - k`` (0 for the exact algorithm)."""
         return self.n_pruned - self.k
 
 
@@ -282,17 +286,17 @@ def _float_below(key: int) -> float:
     return _key_to_float(below)
 
 
-def _finish(value: float, k: int, n: int, n_below: int, method: str, iterations: int,
+def _finish(value: float, k: int, n: int, n_below: int, algorithm: str, iterations: int,
             tolerance: float, on_miss: str, why: str = "") -> Threshold:
     """Build the result; raise or warn when the count misses the target by more than
     ``tolerance * n``."""
-    th = Threshold(value, k, n, n_below, method, iterations, tolerance)
+    th = Threshold(value, k, n, n_below, algorithm, iterations, tolerance)
     if abs(n_below - k) > tolerance * n:
-        msg = (f"{method} threshold missed the target: prunes {n_below:,} of {n:,} scores "
+        msg = (f"{algorithm} threshold missed the target: prunes {n_below:,} of {n:,} scores "
                f"(sparsity {n_below / n:.6f}) for a target of {k:,} ({k / n:.6f}), off by "
                f"{abs(n_below - k) / n:.2e} of all scores > tolerance {tolerance:g}"
-               f"{why}; use method='exact' (ties broken by position) or a larger "
-               "tolerance")
+               f"{why}; use the exact algorithm (threshold_algorithm='exact'; ties broken "
+               "by position) or a larger tolerance")
         if on_miss == "raise":
             raise ThresholdToleranceError(msg)
         warnings.warn(msg, ThresholdToleranceWarning, stacklevel=3)
@@ -470,16 +474,18 @@ def histogram_threshold(source: Source, k: int, *, bins: int = 65536, max_passes
     return _finish(value, k, n, count, "histogram", passes, tolerance, on_miss, tie)
 
 
-def global_threshold(source: Source, k: int, *, method: str = "exact", **options) -> Threshold:
+@renamed_keywords(method="algorithm")
+def global_threshold(source: Source, k: int, *, algorithm: str = "exact",
+                     **options) -> Threshold:
     """Dispatch to :func:`exact_kth`, :func:`statistical_threshold` or
     :func:`histogram_threshold` (``options`` go to that function).
 
     Raises:
-        ValueError: Unknown ``method`` (lists the allowed ones).
+        ValueError: Unknown ``algorithm`` (lists the allowed ones).
     """
-    check_choice("method", method, THRESHOLD_METHODS)
-    if method == "exact":
+    check_choice("algorithm", algorithm, THRESHOLD_ALGORITHMS)
+    if algorithm == "exact":
         return exact_kth(source, k, **options)
-    if method == "statistical":
+    if algorithm == "statistical":
         return statistical_threshold(source, k, **options)
     return histogram_threshold(source, k, **options)
