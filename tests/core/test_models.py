@@ -81,10 +81,23 @@ def test_unknown_name_lists_known_names():
 
 
 def test_missing_paths_raise_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="spec"):
+    with pytest.raises(FileNotFoundError, match="model_name"):
         load_model(str(tmp_path / "missing.gguf"))
-    with pytest.raises(FileNotFoundError, match="spec"):
+    with pytest.raises(FileNotFoundError, match="model_name"):
         load_model("./missing/dir")
+
+
+def test_spec_keyword_is_now_model_name():
+    from workbench.core.shards import load_tokenizer
+
+    for fn in (load_model, models.load_timed, load_tokenizer):
+        with pytest.raises(TypeError, match="'spec' is now 'model_name'"):
+            fn(spec="tiny-llama")
+    model, _ = load_model(model_name="tiny-llama", device="cpu")
+    assert model.config.model_type == "llama"
+    assert isinstance(load_tokenizer(model_name="tiny-gpt2"), ByteTokenizer)
+    with pytest.raises(TypeError, match="model_name must be a model name or a path"):
+        load_model(123)
 
 
 def test_bad_dtype_names_allowed_values():
@@ -128,13 +141,13 @@ def test_default_model_is_the_real_pretrained_smollm2(smollm2):
     assert "Paris" in tok.decode([next_id])
 
 
-@pytest.mark.parametrize("spec, is_path", [
+@pytest.mark.parametrize("text, is_path", [
     ("./model", True), ("../model", True), ("/abs/model", True), ("~/model", True),
     ("data/models/x", True), ("a/b/c", True), ("model.gguf", True), ("owner/model.bin", True),
     ("tests/nothing-here", True),  # first component is an existing folder
     ("HuggingFaceTB/SmolLM2-135M", False), ("owner/name", False), ("tiny-lama", False),
 ])
-def test_path_or_hub_id(spec, is_path):
+def test_path_or_hub_id(text, is_path):
     import os
 
     from workbench.core import paths
@@ -142,7 +155,7 @@ def test_path_or_hub_id(spec, is_path):
     cwd = os.getcwd()
     os.chdir(paths.ROOT)  # "tests/" exists relative to the project root
     try:
-        assert _looks_like_path(spec) is is_path
+        assert _looks_like_path(text) is is_path
     finally:
         os.chdir(cwd)
 

@@ -86,12 +86,12 @@ def test_wanda_obs_keeps_wanda_masks_in_block0_and_changes_kept_weights():
             assert not torch.equal(p2[n], p0[n])
 
 
-@pytest.mark.parametrize("spec", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("method,kw", [("magnitude", {"scope": "global"}),
                                        ("wanda", {"scope": "2:4"}),
                                        ("wanda_obs", {}), ("taylor", {})])
-def test_methods_hit_exact_sparsity(spec, method, kw):
-    model, _ = load_model(spec, device="cpu")
+def test_methods_hit_exact_sparsity(model_name, method, kw):
+    model, _ = load_model(model_name, device="cpu")
     res = prune(model, method, 0.5, calibration_tokens=_data(2, 16), **kw)
     assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=1e-9)
     params = dict(model.named_parameters())

@@ -105,8 +105,8 @@ def test_reconstruction_error_lower_than_wanda(seed):
 
 def test_method_on_tiny_models_and_first_block_reconstruction():
     data = torch.randint(0, 256, (4, 24), generator=torch.Generator().manual_seed(0))
-    for spec in ("tiny-llama", "tiny-gpt2"):
-        dense, _ = load_model(spec, device="cpu")
+    for model_name in ("tiny-llama", "tiny-gpt2"):
+        dense, _ = load_model(model_name, device="cpu")
         X = {}
         mods = {n: mod for n, mod in dense.named_modules() if n.endswith(("q_proj", "c_attn"))
                 and (".0." in n)}
@@ -119,8 +119,8 @@ def test_method_on_tiny_models_and_first_block_reconstruction():
             dense(data)
         for h in hooks:
             h.remove()
-        sgpt, _ = load_model(spec, device="cpu")
-        wanda, _ = load_model(spec, device="cpu")
+        sgpt, _ = load_model(model_name, device="cpu")
+        wanda, _ = load_model(model_name, device="cpu")
         res = prune(sgpt, "sparsegpt", 0.5, calibration_tokens=data, block_size=16)
         prune(wanda, "wanda", 0.5, calibration_tokens=data)
         assert res.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
@@ -130,8 +130,8 @@ def test_method_on_tiny_models_and_first_block_reconstruction():
             ww = dict(wanda.named_modules())[n].weight.detach()
             assert (ws[~res.masks[f"{n}.weight"]] == 0).all()
             err = lambda w: torch.linalg.norm(  # noqa: E731
-                X[n] @ (w0 - w).t() if spec == "tiny-llama" else X[n] @ (w0 - w))
-            assert err(ws) < err(ww), (spec, n)
+                X[n] @ (w0 - w).t() if model_name == "tiny-llama" else X[n] @ (w0 - w))
+            assert err(ws) < err(ww), (model_name, n)
 
 
 def test_errors():

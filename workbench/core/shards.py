@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from workbench.core import io
-from workbench.core.checks import check_range
+from workbench.core.checks import check_range, renamed_keywords
 
 FORMAT = "workbench-shards"
 FORMAT_VERSION = 1
@@ -100,17 +100,18 @@ def _accepted_sources() -> str:
 
 
 # ----------------------------------------------------------------------------- tokenizers
-def load_tokenizer(spec: str | os.PathLike):
-    """The tokenizer of a model spec, without loading the model's weights.
+@renamed_keywords(spec="model_name")
+def load_tokenizer(model_name: str | os.PathLike):
+    """The tokenizer of a model, without loading the model's weights.
 
     Args:
-        spec: A model spec as for :func:`workbench.core.models.load_model`:
+        model_name: A model name or path as for :func:`workbench.core.models.load_model`:
             ``smollm2-135m``, ``random-smollm2-135m``, ``tiny-llama``, ``tiny-gpt2``, a local
             model or tokenizer directory, a ``.gguf`` file, or a hub id ``owner/name`` in
             the local Hugging Face cache.
 
     Returns:
-        The same tokenizer object ``load_model(spec)`` returns as its second value.
+        The same tokenizer object ``load_model(model_name)`` returns as its second value.
 
     Raises:
         ValueError: Unknown name (lists the known ones), hub id not in the cache.
@@ -119,15 +120,15 @@ def load_tokenizer(spec: str | os.PathLike):
     from workbench.core import models, paths
     from workbench.core.tokenizers import ByteTokenizer
 
-    spec_str = models._check_spec(spec)
-    path = Path(spec_str).expanduser()
-    if spec_str in ("tiny-llama", "tiny-gpt2"):
+    name = models.check_model_name(model_name)
+    path = Path(name).expanduser()
+    if name in ("tiny-llama", "tiny-gpt2"):
         return ByteTokenizer()
-    if spec_str == "random-smollm2-135m":
+    if name == "random-smollm2-135m":
         return models._smollm2_tokenizer_or_bytes()
     from transformers import AutoTokenizer
 
-    if spec_str == models.DEFAULT_MODEL:
+    if name == models.DEFAULT_MODEL:
         cache = paths.MODELS_DIR / models.DEFAULT_MODEL
         if (cache / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(cache)
@@ -143,19 +144,19 @@ def load_tokenizer(spec: str | os.PathLike):
             raise ValueError(f"tokenizer: {path} is a file but not a .gguf file; pass a .gguf "
                              "file or a model/tokenizer directory")
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if models._looks_like_path(spec_str):
-        raise FileNotFoundError(f"tokenizer: path {spec_str!r} does not exist (relative to "
+    if models._looks_like_path(name):
+        raise FileNotFoundError(f"tokenizer: path {name!r} does not exist (relative to "
                                 f"{Path.cwd()}); known names: {', '.join(models.KNOWN_MODELS)}")
-    if models._HUB_ID.fullmatch(spec_str):
+    if models._HUB_ID.fullmatch(name):
         allow_hub = os.environ.get("WORKBENCH_HUB") == "1"
         try:
-            return AutoTokenizer.from_pretrained(spec_str, local_files_only=not allow_hub)
+            return AutoTokenizer.from_pretrained(name, local_files_only=not allow_hub)
         except OSError as err:
             raise ValueError(
-                f"tokenizer: {spec_str!r} looks like a Hugging Face hub id but is not in the "
+                f"tokenizer: {name!r} looks like a Hugging Face hub id but is not in the "
                 f"local cache (hub downloads only with WORKBENCH_HUB=1); known names: "
                 f"{', '.join(models.KNOWN_MODELS)}") from err
-    raise ValueError(f"tokenizer: unknown model {spec_str!r}; known names: "
+    raise ValueError(f"tokenizer: unknown model {name!r}; known names: "
                      f"{', '.join(models.KNOWN_MODELS)}, a local model directory, a .gguf "
                      "file or a hub id 'owner/name' in the local cache")
 
@@ -525,7 +526,7 @@ def prepare_shards(
             files (recursively, sorted by path), a list of strings, or a Hugging Face
             dataset name ``owner/name`` (``hf_config``, split ``hf_split``; needs
             ``datasets`` and a local cache). Blank documents are dropped.
-        tokenizer: A tokenizer object, or a model spec resolved by :func:`load_tokenizer`.
+        tokenizer: A tokenizer object, or a model name resolved by :func:`load_tokenizer`.
         out_dir: The folder to create (must not exist unless ``overwrite``).
         splits: Fractions of documents in train / validation / test.
         seed: Seed of the document split.
@@ -898,7 +899,7 @@ class ShardSet:
 
     def check_tokenizer(self, tokenizer, name: str | None = None) -> None:
         """Raise unless ``tokenizer`` is the one the shards were made with (``name``: what
-        to call it in the message, e.g. the model spec).
+        to call it in the message, e.g. the model name).
 
         Compares :func:`tokenizer_identity`'s ``sha256``. For a nanoGPT folder opened with
         ``tokenizer_name`` (no hash recorded), the named tokenizer is loaded with
@@ -976,7 +977,7 @@ def open_shards(path: str | os.PathLike, *, tokenizer_name: str | None = None) -
     Args:
         path: A folder written by :func:`prepare_shards`, or a nanoGPT data folder
             (``train.bin``, ``val.bin``, uint16, no manifest).
-        tokenizer_name: Required for a nanoGPT folder without a manifest: the model spec of
+        tokenizer_name: Required for a nanoGPT folder without a manifest: the model name of
             its tokenizer (nanoGPT's OpenWebText: GPT-2's, e.g. ``gpt2``). The manifest is
             then inferred in memory (nothing is written; :func:`adopt_nanogpt` writes it).
             With a manifest it must match the recorded name, if given.
@@ -1063,7 +1064,7 @@ def adopt_nanogpt(path: str | os.PathLike, tokenizer, *, tokenizer_name: str | N
 
     Args:
         path: The nanoGPT folder (``train.bin``, ``val.bin``).
-        tokenizer: Tokenizer object or model spec (:func:`load_tokenizer`).
+        tokenizer: Tokenizer object or model name (:func:`load_tokenizer`).
         tokenizer_name: Name to record (default: the spec).
         count_documents: Count documents as EOS ids.
 

@@ -27,8 +27,9 @@ Everything else derives from it: :func:`config_fields` lists the fields as
 :class:`FieldSpec` rows, :meth:`IMPConfig.from_params` builds a config from a plain dict
 (a spec's parameters, notebook 04's ``config``) and rejects unknown keys and bad values
 with :mod:`workbench.core.checks` messages (a renamed key, :data:`RENAMED_KEYS`, is
-refused naming its new name), :func:`design_keys` gives the keys runs are paired on. Adding a field here makes it settable from a spec and visible in the records
-(every config field is a column of every record) without editing any other module.
+refused naming its new name), :func:`design_keys` gives the keys runs are paired on.
+Adding a field here makes it settable from a spec and visible in the records (every
+config field is a column of every record) without editing any other module.
 """
 
 from __future__ import annotations
@@ -320,9 +321,9 @@ class IMPConfig:
                              f"tokens_per_round={params['tokens_per_round']!r}")
         values = {}
         for name, value in params.items():
-            spec = specs[name]
-            values[name] = (_parse_targets(value) if spec.kind is list
-                            else spec.check(value))
+            field_spec = specs[name]
+            values[name] = (_parse_targets(value) if field_spec.kind is list
+                            else field_spec.check(value))
         return cls(**values)
 
     def validate(self) -> None:
@@ -331,9 +332,9 @@ class IMPConfig:
         Raises:
             ValueError / TypeError: Naming the first bad field, its value and what is allowed.
         """
-        for spec in config_fields(type(self)):
-            if spec.kind is not list:
-                spec.check(getattr(self, spec.name))
+        for field_spec in config_fields(type(self)):
+            if field_spec.kind is not list:
+                field_spec.check(getattr(self, field_spec.name))
         _check_corpus(self.corpus)
         if self.rewind_to == "init" and self.rewind_step > self.steps_per_round:
             raise ValueError(f"rewind_step must be in [0, steps_per_round="
