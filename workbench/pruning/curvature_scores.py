@@ -1,4 +1,4 @@
-"""Curvature-based importance kinds and pruning methods, registered in
+"""Curvature-based score kinds and pruning methods, registered in
 :mod:`workbench.pruning.registry`.
 
 * ``obd_empirical`` / ``obd_true`` (Optimal Brain Damage with the empirical / true

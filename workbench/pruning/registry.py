@@ -1,6 +1,6 @@
 """The pruning layer's registries: score kinds and pruning methods.
 
-Each kind / method is registered exactly once, next to its implementation, with its
+Each score kind / method is registered exactly once, next to its implementation, with its
 properties as data. Unknown names fail with the list of registered names.
 
 * :data:`SCORE_KINDS`: ``fn(model, *, tokens, include, exclude, batch_size, **opts)

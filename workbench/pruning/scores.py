@@ -286,19 +286,20 @@ def importance(
         score_kind: A name in :data:`workbench.pruning.registry.SCORE_KINDS`
             (``SCORE_KINDS.names()``).
         tokens: Calibration token ids ``LongTensor[n, seq]`` (or a list of batches); needed
-            by the kinds registered with ``needs_calibration=True`` (and by ``hybrid``
+            by the score kinds registered with ``needs_calibration=True`` (and by ``hybrid``
             when it mixes them).
         include, exclude: Name patterns (glob or regex) selecting the scored weights.
         batch_size: Sequences per forward/backward pass.
-        **options: Options of that kind, e.g. ``weights={kind: a}`` for ``hybrid`` or
-            ``n_samples`` for ``obd_true``; an option the kind does not take is an error.
+        **options: Options of that score kind, e.g. ``weights={score_kind: a}`` for
+            ``hybrid`` or ``n_samples`` for ``obd_true``; an option the score kind does not
+            take is an error.
 
     Returns:
         ``{parameter name: float32 score tensor of the weight's shape}``.
 
     Raises:
-        ValueError: Unknown kind (lists the kinds), missing tokens, bad hybrid weights.
-        TypeError: An option the kind does not accept (names the accepted ones).
+        ValueError: Unknown score kind (lists them), missing tokens, bad hybrid weights.
+        TypeError: An option the score kind does not accept (names the accepted ones).
     """
     entry = SCORE_KINDS.get(score_kind)
     allowed = accepted_options(entry.fn)
