@@ -31,14 +31,13 @@ from workbench.core.checks import check_choice, check_range
 from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import collect_input_statistics
 from workbench.pruning.scores import wanda_score
+from workbench.pruning.sequential import modules_by_block
 
 ALLOCATIONS = ("uniform", "owl")
 
 
 def _groups(model, modules) -> list[dict]:
     """Modules grouped by transformer block (others: one group each), in model order."""
-    from workbench.pruning.sequential import modules_by_block
-
     try:
         groups = [g for g in modules_by_block(model, modules) if g]
     except ValueError:  # not a transformer

@@ -22,6 +22,10 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from workbench.core.devices import model_device
+from workbench.core.models import forward_logits
+from workbench.pruning.correction import james_stein_mean
+
 
 @dataclass
 class InputStats:
@@ -86,8 +90,6 @@ class InputStats:
         """James-Stein shrinkage of :meth:`mean` towards the grand mean (see
         :func:`workbench.pruning.correction.james_stein_mean`); ``variance="sampling"``
         uses the per-feature variances ``sq_sum / count - mean^2`` of these tokens."""
-        from workbench.pruning.correction import james_stein_mean
-
         return james_stein_mean(self.mean(), variance, count=self.count,
                                 sq_mean=self.sq_sum / self.count, offset=offset)
 
@@ -156,9 +158,6 @@ def batches_of(tokens, batch_size: int = 8) -> list[torch.Tensor]:
 def collect_input_statistics(model: nn.Module, modules: Mapping[str, nn.Module], tokens, *,
                              batch_size: int = 8, **options) -> dict[str, InputStats]:
     """Run ``model`` over ``tokens`` once (all at once, no pruning) and return the stats."""
-    from workbench.core.devices import model_device
-    from workbench.core.models import forward_logits
-
     device = model_device(model)
     with input_statistics(modules, **options) as stats:
         for batch in batches_of(tokens, batch_size):

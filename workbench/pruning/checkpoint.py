@@ -38,6 +38,10 @@ import torch
 from torch import nn
 
 from workbench.core import io, paths
+from workbench.core.models import load_model
+from workbench.core.repro import write_manifest
+from workbench.core.zeroshot import hf_tokenizer
+from workbench.pruning.masks import load_masks, save_masks, sparsity_report
 
 MASKS_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -95,10 +99,6 @@ def save_pruned(
             weights are non-zero in the model.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
     """
-    from workbench.core.repro import write_manifest
-    from workbench.core.zeroshot import hf_tokenizer
-    from workbench.pruning.masks import save_masks, sparsity_report
-
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face PreTrainedModel (with save_pretrained), "
                         f"got {type(model).__name__}")
@@ -152,9 +152,6 @@ def load_pruned(path: str | os.PathLike, *, device: str | torch.device | None = 
             the manifest, or masks that do not match the loaded weights (names, shapes,
             non-zero pruned weights).
     """
-    from workbench.core.models import load_model
-    from workbench.pruning.masks import load_masks
-
     folder = paths.resolve(path)
     for f in (folder / MASKS_FILE, folder / MANIFEST_FILE):
         if not f.is_file():

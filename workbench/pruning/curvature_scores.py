@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from workbench.core.checks import check_range
+from workbench.curvature.kfac import KFAC
 from workbench.pruning.calibration import batches_of
 from workbench.pruning.masks import prunable_modules
 from workbench.pruning.methods import score_method
@@ -45,8 +46,6 @@ def obs_kfac_scores(model, *, tokens, include=None, exclude=None, batch_size=8,
             layer's ``G (x) A``.
         seed: Seed of the sampled labels.
     """
-    from workbench.curvature.kfac import KFAC
-
     check_range("damping", damping, 0, lo_open=True)
     if fisher_type == "empirical":
         n_samples = None  # the empirical Fisher samples nothing

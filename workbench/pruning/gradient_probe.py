@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_range, renamed_keywords
+from workbench.core.devices import model_device
 from workbench.pruning.calibration import batches_of
 from workbench.pruning.masks import (
     prune_lowest,
@@ -134,8 +135,6 @@ def _exact_masks(res: "GradProbeResult", core: dict, base: dict) -> dict:
 def _calibration_loss(model, masks, tokens, batch_size) -> float:
     """Mean next-token loss on the calibration batches with ``masks`` applied (restored
     afterwards)."""
-    from workbench.core.devices import model_device
-
     originals = apply_masks(model, masks, keep_original=True)
     try:
         batches = batches_of(tokens, batch_size)

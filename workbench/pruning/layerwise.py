@@ -24,8 +24,8 @@ import torch
 from workbench.core.models import is_conv1d
 from workbench.pruning.calibration import collect_input_statistics
 from workbench.pruning.correction import obs_correct, prac_correct
-from workbench.pruning.masks import select_masks
-from workbench.pruning.scores import wanda_score
+from workbench.pruning.masks import apply_masks, select_masks
+from workbench.pruning.scores import wanda_score, wanda_scores
 from workbench.pruning.sequential import sequential_calibration
 
 
@@ -91,9 +91,6 @@ def wanda(req, *, sequential: bool = True) -> tuple[dict, dict]:
     ``scope="global"`` ranks all layers together from one all-at-once forward.
     """
     if req.scope_name == "global":
-        from workbench.pruning.masks import apply_masks
-        from workbench.pruning.scores import wanda_scores
-
         if req.layer_sparsity is not None:
             raise ValueError("scope='global' has one threshold: it cannot be combined "
                              "with a per-layer allocation")

@@ -19,6 +19,8 @@ from typing import Mapping
 
 import torch
 
+from workbench.core.io import atomic_path
+
 CHECKSUM_KEY = "__sha256__"
 ORDER_KEY = "__order__"
 
@@ -55,8 +57,6 @@ def save_masks(masks: Mapping[str, torch.Tensor], path, *, metadata: dict | None
         ValueError: A metadata key that is reserved (``__order__``, ``__sha256__``).
     """
     from safetensors.torch import save
-
-    from workbench.core.io import atomic_path
 
     path = Path(path)
     tensors = {n: mk.detach().bool().contiguous().cpu() for n, mk in masks.items()}

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_kwargs, check_option_types, renamed_keywords
+from workbench.pruning.allocation import allocate
+from workbench.pruning.gradient_probe import gradprobe
 from workbench.pruning.masks import (
     apply_masks,
     check_sparsity,
@@ -176,8 +178,6 @@ def score_method(score_kind: str):
 def _gradprobe_options() -> set[str]:
     """The options of :func:`~workbench.pruning.gradient_probe.gradprobe` that ``prune``
     does not set itself."""
-    from workbench.pruning.gradient_probe import gradprobe
-
     given = {"calibration_tokens", "scope", "include", "exclude", "batch_size", "apply",
              "threshold_algorithm"}
     return accepted_options(gradprobe) - given
@@ -185,8 +185,6 @@ def _gradprobe_options() -> set[str]:
 
 def _gradprobe(req, **options):
     """:func:`workbench.pruning.gradient_probe.gradprobe` at the request's target."""
-    from workbench.pruning.gradient_probe import gradprobe
-
     check_kwargs("prune(method='gradprobe')", options, _gradprobe_options())
     res = gradprobe(req.model, req.sparsity, calibration_tokens=req.calibration_tokens,
                     scope=req.scope, include=req.include, exclude=req.exclude,
@@ -323,8 +321,6 @@ def prune(
     if threshold_algorithm != "exact":
         info["threshold_algorithm"] = threshold_algorithm
     if allocation != "uniform":
-        from workbench.pruning.allocation import allocate
-
         req.layer_sparsity, alloc_info = allocate(allocation, req, **(allocation_options or {}))
         info.update(alloc_info)
     elif allocation_options:
@@ -346,8 +342,6 @@ def _option_sources(fn) -> list:
         if name.endswith("_method"):
             return [SCORE_KINDS.get(name[: -len("_method")]).fn]
         if fn is _gradprobe:
-            from workbench.pruning.gradient_probe import gradprobe
-
             return [gradprobe]
     except (KeyError, ValueError, AttributeError):
         return []

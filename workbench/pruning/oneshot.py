@@ -51,7 +51,14 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_range
-from workbench.core import heartbeat
+from workbench.core import heartbeat, protocols
+from workbench.core.data import Corpus, load_corpus
+from workbench.core.devices import model_device
+from workbench.core.evaluate import evaluate_perplexity
+from workbench.core.protocols import encode
+from workbench.core.zeroshot import evaluate_zeroshot
+from workbench.pruning.masks import parse_scope, prunable_modules, restore
+from workbench.pruning.registry import METHODS
 
 #: Columns every row of :func:`oneshot_sweep` has, in order.
 COLUMNS = (
@@ -103,8 +110,6 @@ def parse_pattern(pattern: float | str) -> tuple[str, float, str | None]:
         ValueError: A number outside ``[0, 1)`` or a string that is not ``"N:M"``.
     """
     if isinstance(pattern, str):
-        from workbench.pruning.masks import parse_scope
-
         scope, n, m = parse_scope(pattern)
         if scope != "n:m":
             raise ValueError(f"sparsities entries must be numbers in [0, 1) or 'N:M' "
@@ -190,8 +195,6 @@ def oneshot_sweep(
     """
     from tqdm.auto import tqdm
 
-    from workbench.pruning.masks import prunable_modules, restore
-
     methods, patterns, seeds, method_options = _check_arguments(
         methods, sparsities, allocations, seeds, n_calibration,
         1 if (n_eval is None and eval_card is not None) else n_eval, batch_size,
@@ -234,8 +237,6 @@ def oneshot_sweep(
 def _check_arguments(methods, sparsities, allocations, seeds, n_calibration, n_eval,
                      batch_size, method_options):
     """Validate the sweep's arguments; ``(methods, patterns, seeds, method_options)``."""
-    from workbench.pruning.registry import METHODS
-
     if isinstance(methods, str) or isinstance(sparsities, (str, float, int)):
         raise TypeError("methods and sparsities must be lists (e.g. ['wanda'], [0.5, '2:4'])")
     methods = [METHODS.check(m) for m in methods]
@@ -277,8 +278,6 @@ def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n
         ``(corpus name, evaluation tokens, {seed: calibration windows}, protocol columns)``.
     """
     import workbench as wb
-    from workbench.core import protocols
-    from workbench.core.data import Corpus, load_corpus
 
     if eval_card is not None:
         w = protocols.perplexity_windows(eval_card, tokenizer, eval_seq_len, data=data,
@@ -317,16 +316,12 @@ def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n
 def token_blocks_ids(tokenizer, documents) -> list[int]:
     """The token stream :func:`workbench.core.data.token_blocks` cuts (documents joined by
     blank lines, no special tokens)."""
-    from workbench.core.protocols import encode
-
     return encode(tokenizer, "\n\n".join(documents), False)
 
 
 def _common_fields(model, model_name, corpus_name, val, eval_seq_len, eval_seed,
                    n_calibration, calibration_seq_len, zeroshot_task) -> dict:
     """The columns every row shares: names, evaluation settings, dtype, device, versions."""
-    from workbench.core.devices import model_device
-
     first = next(model.parameters())
     return dict(model=model_name or _model_name(model), corpus=corpus_name,
                 eval_split="validation", eval_context_length=eval_seq_len,
@@ -375,16 +370,12 @@ class _Sweep:
 
     def evaluate(self) -> dict:
         """Perplexity (and zero-shot accuracy when asked) of the model as it is now."""
-        from workbench.core.evaluate import evaluate_perplexity
-
         ppl = evaluate_perplexity(self.model, self.val, batch_size=self.batch_size,
                                   progress=False)
         out = dict(val_ppl=ppl.perplexity, val_nll=ppl.nll, eval_n_tokens=ppl.n_tokens,
                    eval_seconds=ppl.seconds, zeroshot_acc=math.nan,
                    zeroshot_stderr=math.nan, zeroshot_n=0, zeroshot_seconds=math.nan)
         if self.zeroshot_task is not None:
-            from workbench.core.zeroshot import evaluate_zeroshot
-
             z = evaluate_zeroshot(self.model, self.tokenizer, self.zeroshot_task,
                                   limit=self.zeroshot_limit, batch_size=self.batch_size)
             out.update(zeroshot_acc=z.accuracy, zeroshot_stderr=z.stderr, zeroshot_n=z.n,
@@ -404,7 +395,6 @@ class _Sweep:
                     seed: int):
         """Restore the dense weights, then prune with seed ``seed``'s calibration draw."""
         import workbench as wb
-        from workbench.pruning.masks import restore
 
         restore(self.model, self.originals)
         options = dict(self.method_options.get(method, {}))
@@ -423,8 +413,6 @@ class _Sweep:
         Pruned and evaluated once, the row repeated per seed, when the result cannot
         depend on the calibration draw (no calibration read, uniform allocation).
         """
-        from workbench.pruning.registry import METHODS
-
         entry = METHODS.get(method)
         once = not entry.props["needs_calibration"] and allocation == "uniform"
         rows: list[dict] = []

@@ -12,7 +12,7 @@ from typing import Collection, Iterable
 
 from torch import nn
 
-from workbench.core.models import is_conv1d
+from workbench.core.models import is_conv1d, transformer_blocks
 
 
 def is_linear_module(module: nn.Module) -> bool:
@@ -72,8 +72,6 @@ def prunable_modules(
               if is_linear_module(m)}
     if include is None:
         try:
-            from workbench.core.models import transformer_blocks
-
             block_ids = {id(m) for b in transformer_blocks(model) for m in b.modules()}
             out = {n: m for n, m in linear.items() if id(m) in block_ids}
         except ValueError:

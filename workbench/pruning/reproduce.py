@@ -30,8 +30,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from workbench.core import paths
+from workbench.core import paths, protocols
 from workbench.core.checks import check_range
+from workbench.core.protocols import check_same_protocol
+from workbench.pruning.oneshot import oneshot_sweep
+from workbench.pruning.registry import METHODS
 
 #: Folder of the published tables.
 TABLES_DIR = paths.ROOT / "data" / "tables"
@@ -187,9 +190,6 @@ def check_reproduce_arguments(table, *, data=None, seq_len=None, n_eval=None,
         ValueError: Unknown table, bad sizes or seeds, a method that is not registered.
         FileNotFoundError: A card's data file is missing (named).
     """
-    from workbench.core import protocols
-    from workbench.pruning.registry import METHODS
-
     t = table if isinstance(table, PublishedTable) else load_table(table)
     seq_len = t.seq_len if seq_len is None else seq_len
     check_range("seq_len", seq_len, 2, integer=True)
@@ -252,7 +252,6 @@ def reproduce(
             model loads.
     """
     import workbench as wb
-    from workbench.pruning.oneshot import oneshot_sweep
 
     a = check_reproduce_arguments(table, data=data, seq_len=seq_len, n_eval=n_eval,
                                   n_calibration=n_calibration, seeds=seeds,
@@ -301,8 +300,6 @@ def compare(table: PublishedTable, rows: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: The rows mix protocols (different evaluation fingerprints).
     """
-    from workbench.core.protocols import check_same_protocol
-
     check_same_protocol(rows)
     out = []
     for r in table.rows:

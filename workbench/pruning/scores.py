@@ -38,7 +38,9 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_choice, check_kwargs, renamed_keywords
-from workbench.core.models import is_conv1d
+from workbench.core.devices import model_device
+from workbench.core.evaluate import causal_lm_loss
+from workbench.core.models import check_model_tokens, forward_logits, is_conv1d
 from workbench.pruning.calibration import batches_of, collect_input_statistics
 from workbench.pruning.masks import prunable_modules
 from workbench.pruning.registry import SCORE_KINDS
@@ -89,8 +91,6 @@ def check_calibration(model: nn.Module, tokens, argument: str) -> None:
         TypeError, ValueError: Naming ``argument`` (see
             :func:`workbench.core.models.check_model_tokens`).
     """
-    from workbench.core.models import check_model_tokens
-
     if tokens is None:
         return
     if isinstance(tokens, torch.Tensor):
@@ -105,9 +105,6 @@ def check_calibration(model: nn.Module, tokens, argument: str) -> None:
 
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``ids [b, seq]`` (float32 log-softmax)."""
-    from workbench.core.models import forward_logits
-    from workbench.core.evaluate import causal_lm_loss
-
     return causal_lm_loss(forward_logits(model, ids), ids)
 
 
@@ -117,8 +114,6 @@ def gradient_moments(model: nn.Module, params: Mapping[str, nn.Parameter], token
 
     Only ``params`` require grad during the passes (restored afterwards).
     """
-    from workbench.core.devices import model_device
-
     batches = batches_of(tokens, batch_size)
     device = model_device(model)
     flags = {p: p.requires_grad for p in model.parameters()}

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from workbench.core.models import is_conv1d
+from workbench.pruning.layerwise import run_layerwise
 from workbench.pruning.masks import prune_lowest
 from workbench.pruning.obs import inverse_hessian_factor, obs_sweep
 
@@ -124,8 +125,6 @@ def sparsegpt(req, *, sequential: bool = True, damp: float = 0.01,
         damp: Dampening fraction of the mean Hessian diagonal.
         block_size: Columns per lazy-update block.
     """
-    from workbench.pruning.layerwise import run_layerwise
-
     if req.scope_name == "global":
         raise ValueError("scope='global' is not supported by method 'sparsegpt': its mask "
                          "is chosen per layer; use 'layer', 'row' or 'N:M'")

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from workbench.core.checks import check_kwargs
+from workbench.core.evaluate import perplexity
+from workbench.core.models import check_model_tokens
 from workbench.pruning.masks import prunable_modules, restore
 from workbench.pruning.methods import prune_keywords, default_scope, prune
 from workbench.pruning.registry import METHODS
@@ -143,10 +145,6 @@ def compare_methods(
         ValueError: Unknown preset (lists the known ones).
     """
     import pandas as pd
-
-    from workbench.core.evaluate import perplexity
-
-    from workbench.core.models import check_model_tokens
 
     PRESETS = _presets()
     unknown = [p for p in presets if p not in PRESETS]
