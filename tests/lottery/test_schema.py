@@ -16,7 +16,7 @@ def test_every_field_has_metadata_with_a_known_role():
     for s in specs:
         assert s.role in schema.ROLES and s.help, s.name
         # the default itself passes the field's own check
-        if s.kind is not list:
+        if s.value_type is not list:
             assert s.check(s.default) == s.default, s.name
     # fields the grid could not vary before the schema (issue 9) are declared
     roles = {s.name: s.role for s in specs}
@@ -114,3 +114,12 @@ def test_renamed_importance_kind_is_refused_naming_score_kind(tmp_path):
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=note):
         specs.load_spec(tmp_path / "old.yaml")
+
+
+def test_field_kind_is_now_value_type():
+    """``kind`` of a schema field (a Python type) is now ``value_type``."""
+    with pytest.raises(TypeError, match="'kind' is now 'value_type'"):
+        make_field(None, "design", "a list", kind=list)
+    spec = {s.name: s for s in config_fields()}
+    assert spec["targets"].value_type is list and spec["model"].value_type is str
+    assert spec["seed"].value_type is int and spec["protect_sw"].value_type is bool

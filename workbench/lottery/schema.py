@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from workbench.core.checks import check_choice, check_range, renamed_keywords
+from workbench.core.shards import MANIFEST, open_shards, shard_folder
 from workbench.lottery.train import AUTOCAST, LR_SCHEDULES
+from workbench.pruning.registry import SCORE_KINDS
 
 ROLES = ("design", "budget", "runtime", "label")
 INITS = ("pretrained", "xavier", "kaiming", "normal")
@@ -56,19 +58,17 @@ RENAMED_KEYS = {"importance_kind": "score_kind"}
 
 
 def _score_kinds() -> tuple[str, ...]:
-    from workbench.pruning import scores  # noqa: F401  (registers the kinds)
-    from workbench.pruning.registry import SCORE_KINDS
-
+    """The registered score kinds (the registry imports its providers on first lookup)."""
     return tuple(SCORE_KINDS.names())
 
 
 def _f(default: Any, role: str, help: str, *, choices=None, range=None, open=(False, False),
-       integer: bool = False, scalable: bool = False, kind: type | None = None):
+       integer: bool = False, scalable: bool = False, value_type: type | None = None):
     """A dataclass field with schema metadata (see the module docstring)."""
     if role not in ROLES:  # a typo here would silently drop a field from the design
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     meta = dict(role=role, help=help, choices=choices, range=range, open=tuple(open),
-                integer=integer, scalable=scalable, kind=kind)
+                integer=integer, scalable=scalable, value_type=value_type)
     return field(default=default, metadata=meta)
 
 
@@ -86,7 +86,7 @@ class FieldSpec:
         integer: Must be an integer.
         scalable: A design factor a profile may scale (not set).
         help: One-line description.
-        kind: Python type of a free-form value (``str``, ``bool``, ``float``, ``list``),
+        value_type: Python type of a free-form value (``str``, ``bool``, ``float``, ``list``),
             derived from the default when not declared.
     """
 
@@ -99,7 +99,7 @@ class FieldSpec:
     integer: bool
     scalable: bool
     help: str
-    kind: type | None
+    value_type: type | None
 
     def check(self, value: Any) -> Any:
         """Return ``value`` normalised (ints to float for float fields) or raise.
@@ -109,15 +109,15 @@ class FieldSpec:
         """
         if self.choices is not None:
             return check_choice(self.name, value, self.choices)
-        if self.kind is bool:
+        if self.value_type is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{self.name} must be true or false, got {value!r}")
             return value
-        if self.kind is str:
+        if self.value_type is str:
             if not isinstance(value, str) or not value:
                 raise TypeError(f"{self.name} must be a non-empty string, got {value!r}")
             return value
-        if self.integer or self.range is not None or self.kind in (int, float):
+        if self.integer or self.range is not None or self.value_type in (int, float):
             lo, hi = self.range if self.range is not None else (None, None)
             check_range(self.name, value, lo, hi, lo_open=self.open[0],
                         hi_open=self.open[1], integer=self.integer)
@@ -141,13 +141,14 @@ def config_fields(cls: type | None = None) -> list[FieldSpec]:
         if callable(choices):
             choices = tuple(choices())
         default = f.default if f.default is not dataclasses.MISSING else None
-        kind = meta.get("kind") or (type(default) if default is not None else None)
+        value_type = meta.get("value_type") or (type(default) if default is not None else None)
         out.append(FieldSpec(
             name=f.name, default=default, role=meta["role"],
             choices=tuple(choices) if choices is not None else None,
             range=tuple(meta["range"]) if meta.get("range") is not None else None,
             open=tuple(meta.get("open", (False, False))), integer=bool(meta.get("integer")),
-            scalable=bool(meta.get("scalable")), help=str(meta.get("help", "")), kind=kind))
+            scalable=bool(meta.get("scalable")), help=str(meta.get("help", "")),
+            value_type=value_type))
     return out
 
 
@@ -217,7 +218,7 @@ class IMPConfig:
                           "per round; oneshot: total sparsity", range=(0.0, 1.0),
                           open=(True, True))
     targets: tuple[float, ...] | None = _f(None, "design", "gradual: cumulative sparsities, "
-                                           "strictly increasing in (0, 1)", kind=list)
+                                           "strictly increasing in (0, 1)", value_type=list)
     n_rounds: int = _f(3, "design", "pruning rounds after round 0 (constant, oneshot, "
                        "controls)", range=(1, None), integer=True)
     scope: str = _f("global", "design", "magnitude threshold over all ranked weights "
@@ -322,7 +323,7 @@ class IMPConfig:
         values = {}
         for name, value in params.items():
             field_spec = specs[name]
-            values[name] = (_parse_targets(value) if field_spec.kind is list
+            values[name] = (_parse_targets(value) if field_spec.value_type is list
                             else field_spec.check(value))
         return cls(**values)
 
@@ -333,7 +334,7 @@ class IMPConfig:
             ValueError / TypeError: Naming the first bad field, its value and what is allowed.
         """
         for field_spec in config_fields(type(self)):
-            if field_spec.kind is not list:
+            if field_spec.value_type is not list:
                 field_spec.check(getattr(self, field_spec.name))
         _check_corpus(self.corpus)
         if self.rewind_to == "init" and self.rewind_step > self.steps_per_round:
@@ -405,8 +406,6 @@ def _check_corpus(corpus: str) -> None:
     """A ``corpus`` naming an existing folder must be a token shard folder with a manifest
     (a folder that does not exist yet passes: specs validate where the data is absent;
     :func:`workbench.core.shards.open_shards` names it when the run starts)."""
-    from workbench.core.shards import MANIFEST, open_shards, shard_folder
-
     folder = shard_folder(corpus)
     if folder is not None and folder.is_dir() and not (folder / MANIFEST).is_file():
         try:
@@ -415,9 +414,10 @@ def _check_corpus(corpus: str) -> None:
             raise ValueError(f"corpus: {err}") from None
 
 
+@renamed_keywords(kind="value_type")
 def make_field(default: Any, role: str, help: str, **meta) -> Any:
     """Public form of the field helper, for subclasses that add fields
-    (``choices``, ``range``, ``open``, ``integer``, ``scalable``, ``kind``)."""
+    (``choices``, ``range``, ``open``, ``integer``, ``scalable``, ``value_type``)."""
     return _f(default, role, help, **meta)
 
 
