@@ -48,6 +48,7 @@ from torch import nn
 from workbench.core import io, paths
 from workbench.core.checks import check_range, check_token_ids, renamed_keywords
 from workbench.core.devices import resolve_device, resolve_dtype
+from workbench.core.processes import owner_alive, owner_record
 from workbench.core.tokenizers import ByteTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -260,8 +261,6 @@ def interrupted_dequantisations(cache: Path) -> list[Path]:
     """The temporary folders (``<models>/.<name>.*.tmp``) of dequantisations of ``cache``
     whose owner process is dead, or that carry no owner record (written before records
     were kept; only called while holding the cache's lock, so nobody is writing them)."""
-    from workbench.core.processes import owner_alive
-
     out = []
     for tmp in sorted(cache.parent.glob(f".{cache.name}.*.tmp")):
         if not tmp.is_dir():
@@ -312,8 +311,6 @@ def _dequantize_to_cache(gguf: Path, cache: Path) -> None:
     """
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from workbench.core.processes import owner_record
 
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32

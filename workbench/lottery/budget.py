@@ -33,6 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from workbench.core import paths
+from workbench.core.data import load_corpus, token_blocks
+from workbench.core.models import load_model
+from workbench.core.shards import shard_folder
+from workbench.core.tokenizers import ByteTokenizer
 from workbench.lottery.schema import IMPConfig
 
 #: Environment variable that allows a plan over ``max_epochs`` (``grid run --allow-repeats``).
@@ -182,16 +187,12 @@ def looks_like_shards(corpus: str) -> bool:
     """Whether a corpus spec means a token-shard folder (the one rule:
     :func:`workbench.core.shards.shard_folder`) rather than a built-in corpus, a text file
     or a dataset name."""
-    from workbench.core.shards import shard_folder
-
     return shard_folder(corpus) is not None
 
 
 def missing_shards_message(corpus: str) -> str:
     """What to do when a spec names a shard folder that is not there (relative paths are
     read against the project root, as :func:`workbench.core.shards.shard_folder` does)."""
-    from workbench.core.shards import shard_folder
-
     return (f"corpus: the token-shard folder {corpus!r} does not exist (resolved: "
             f"{shard_folder(corpus)}). Prepare it first, e.g. `workbench "
             f"data prepare openwebtext --tokenizer gpt2 --out {corpus}` (or put nanoGPT's "
@@ -200,9 +201,6 @@ def missing_shards_message(corpus: str) -> str:
 
 def _tokenizer_for(model: str):
     """The tokenizer of ``model`` without building the model where that is possible."""
-    from workbench.core.models import load_model
-    from workbench.core.tokenizers import ByteTokenizer
-
     if model in ("tiny-llama", "tiny-gpt2"):
         return ByteTokenizer()
     path = Path(model).expanduser()
@@ -211,8 +209,6 @@ def _tokenizer_for(model: str):
 
         return AutoTokenizer.from_pretrained(path)
     if model == "smollm2-135m":
-        from workbench.core import paths
-
         cache = paths.MODELS_DIR / model
         if (cache / "tokenizer.json").is_file():
             from transformers import AutoTokenizer
@@ -229,11 +225,7 @@ def train_split_tokens(cfg: IMPConfig) -> int:
         FileNotFoundError: A shard folder that does not exist
             (:func:`missing_shards_message`).
     """
-    from workbench.core.data import load_corpus, token_blocks
-
     if looks_like_shards(cfg.corpus):
-        from workbench.core.shards import shard_folder
-
         n = shard_train_tokens(shard_folder(cfg.corpus))
         if n is None:
             raise FileNotFoundError(missing_shards_message(cfg.corpus))
