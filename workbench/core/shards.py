@@ -633,9 +633,9 @@ def prepare_shards(
 
 
 def _versions() -> dict[str, Any]:
-    import workbench
+    from workbench.core.version import __version__
 
-    out = dict(workbench_version=workbench.__version__, numpy=np.__version__)
+    out = dict(workbench_version=__version__, numpy=np.__version__)
     for mod in ("tokenizers", "transformers"):
         try:
             out[mod] = __import__(mod).__version__

@@ -13,7 +13,7 @@ import pytest
 from workbench.core import heartbeat, paths
 from workbench.experiments.running import notebooks
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_heartbeat.py"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "nb_heartbeat.py"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in paths.NOTEBOOKS_DIR.glob("*.py")))

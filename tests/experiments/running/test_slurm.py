@@ -25,7 +25,7 @@ import yaml
 from workbench.experiments.running import cell_state, grid, scheduler, slurm
 from workbench.experiments.running import runs as runs_mod
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_grid.py"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "nb_grid.py"
 DEAD = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
         "PREEMPTED", "BOOT_FAIL", "UNKNOWN"]
 
