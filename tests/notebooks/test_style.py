@@ -90,7 +90,8 @@ def test_a_rank_and_a_run_have_one_colour_from_the_palette():
     colours = {c.get_label().split(" ")[0]: to_hex(c.lines[0].get_color())
                for c in ax.containers}
     assert colours == {r: _hex(r) for r in ("top", "random", "bottom")}
-    assert set(colours.values()) <= {to_hex(c) for c in plots.PALETTE} and len(set(colours.values())) == 3
+    assert set(colours.values()) <= {to_hex(c) for c in plots.PALETTE}
+    assert len(set(colours.values())) == 3
     forget = pd.DataFrame(dict(run=["a", "a", "b", "b"], damage=[1.0, 2.0, 1.0, 3.0],
                                increase=[0.1, 0.2, 0.1, 0.3]))
     fig2, ax2 = fu.plot_forgetting(forget, fu.forgetting_correlation(forget), "t")
