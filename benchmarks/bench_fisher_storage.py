@@ -2,7 +2,7 @@
 
 Per window ``t`` (``--windows`` blocks of ``--batch`` x ``--seq-len`` tokens of the
 corpus's train split) the float32 diagonal empirical Fisher ``x_t`` of the block linear
-weights (:func:`workbench.curvature.examples.modules_of_type`, all but the LM head) is
+weights (:func:`workbench.curvature.kfac.modules_of_type`, all but the LM head) is
 computed once and folded into several :class:`~workbench.curvature.FisherAccumulator`
 EMAs at ``--decay``: float32 (the reference), and ``--dtype`` storage with this
 workbench's accumulator ("new") and, with ``--old FILE``, with another version of
@@ -29,7 +29,7 @@ import torch
 
 import workbench as wb
 from workbench.curvature import FisherAccumulator, diagonal_fisher
-from workbench.curvature.examples import modules_of_type
+from workbench.curvature.kfac import modules_of_type
 
 
 def load_old(path: str):

@@ -14,13 +14,13 @@ terms of all batches, or ``sum``), and every one can be checked against a dense 
 * :mod:`.perturb`: :func:`perturb_groups` (reversible noise on the top / random / bottom
   Fisher-ranked channels or heads at concentration C) and :func:`group_risk`.
 * :mod:`.kfac`: :class:`KFAC` for linear layers with sequence inputs (expand / reduce),
-  products, damped inverse, natural gradient of a language model.
+  products, damped inverse, natural gradient of a language model; the layers it covers
+  (:func:`~.kfac.default_modules`, :func:`~.kfac.modules_of_type`).
 * :mod:`.spectrum`: Hutchinson trace, Lanczos top-k, effective rank, condition number.
 * :mod:`.capacity`: Fisher-weighted damage, PAC-Bayes complexity, sharpness,
   :func:`capacity_summary`.
 * :mod:`.registry`: the names: :class:`FisherType` (``empirical`` / ``true``) and
   ``CURVATURE_MATRICES`` (``hessian``, ``ggn``, ``empirical_fisher``, ``true_fisher``).
-* :mod:`.examples`: the digits classifier and LM tables/figures of notebooks 01 and 07.
 """
 
 from workbench.curvature.capacity import (

@@ -471,3 +471,28 @@ def natural_gradient(model: nn.Module, batches: Any, *, kfac: KFAC | None = None
         kfac = KFAC(model, batches, loss_fn=loss_fn, **kfac_options)
     grad = lm_gradient(model, batches, kfac.param_names, loss_fn=loss_fn)
     return kfac.natural_gradient(grad, damping, damping_mode=damping_mode), grad, kfac
+
+
+def modules_of_type(model: nn.Module, types: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The :func:`default_modules` (linear layers but the head) whose last name is in
+    ``types``.
+
+    Args:
+        model: The network.
+        types: Last components of module names, e.g. ``["q_proj", "o_proj"]``; ``None``
+            for all default modules.
+
+    Returns:
+        Module names in :meth:`~torch.nn.Module.named_modules` order.
+
+    Raises:
+        ValueError: If no default module has one of the ``types``.
+    """
+    names = default_modules(model)
+    if types is None:
+        return names
+    wanted = list(types)
+    out = [n for n in names if n.rsplit(".", 1)[-1] in set(wanted)]
+    if not out:
+        raise ValueError(f"types: no linear layer named {wanted} in the model")
+    return out

@@ -157,18 +157,18 @@ def _hessian_batch(model, loss_fn, lkind, params, batch, V, scale):
 
 
 CURVATURE_MATRICES.register(
-    "hessian", _hessian_batch, label="Hessian", color="#CC79A7", psd=False, output_space=False,
+    "hessian", _hessian_batch, label="Hessian", psd=False, output_space=False,
     description="d^2 L / d theta^2 (double backward)")
 CURVATURE_MATRICES.register(
-    "ggn", OutputSpaceMatrix(_ggn_apply, _ggn_matrices), label="GGN", color="#009E73", psd=True,
+    "ggn", OutputSpaceMatrix(_ggn_apply, _ggn_matrices), label="GGN", psd=True,
     description="sum_t w_t J_t^T H_t J_t, H_t the loss Hessian w.r.t. the outputs")
 CURVATURE_MATRICES.register(
     "empirical_fisher", OutputSpaceMatrix(_ef_apply, _ef_matrices), label="Empirical Fisher",
-    color="#D55E00", psd=True, fisher_type=FisherType.EMPIRICAL.value,
+    psd=True, fisher_type=FisherType.EMPIRICAL.value,
     description="sum_t w_t g_t g_t^T at the data labels")
 CURVATURE_MATRICES.register(
     "true_fisher", OutputSpaceMatrix(_fisher_apply, _fisher_matrices), label="True Fisher",
-    color="#0072B2", psd=True, fisher_type=FisherType.TRUE.value,
+    psd=True, fisher_type=FisherType.TRUE.value,
     description="sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T], exact or n_samples labels")
 
 
