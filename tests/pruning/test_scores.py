@@ -113,7 +113,11 @@ def test_obd_empirical_is_obd_saliency_of_per_example_fisher(llama, data):
 
 
 def test_obd_fisher_option_method_was_renamed_backend(llama, data):
+    from workbench.pruning.scores import obd_true_scores
+
     with pytest.raises(TypeError, match=r"'method' is now 'backend'"):
+        obd_true_scores(llama, tokens=data[:1, :6], method="loop")
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['method'\]"):
         importance(llama, "obd_true", tokens=data[:1, :6], method="loop")
 
 

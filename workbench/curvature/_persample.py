@@ -10,8 +10,7 @@ pass to the recorded module outputs (:meth:`Chunk.output_gradients`); the caller
 those output gradients into squared per-example parameter gradients
 (:func:`add_squared_grads` here, row/column sums in the group Fisher).
 
-Squared per-sample gradients from one forward + backward pass, via module hooks:
-
+Squared per-sample gradients from one forward + backward pass, via module hooks.
 Supported modules (a parameter is hooked when every module that owns it is one of these):
 
 * ``nn.Linear`` (weight, bias),

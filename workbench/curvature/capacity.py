@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from workbench.core.checks import check_choice, check_kwargs, check_range
+from workbench.core.checks import check_kwargs, check_range
 from workbench.curvature import _problem as P
 from workbench.curvature.diagonal import diagonal_fisher
 from workbench.curvature.kfac import KFAC, default_modules

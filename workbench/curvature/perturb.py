@@ -45,7 +45,7 @@ perturbation (:attr:`GroupPerturbation.predicted_increase`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import pandas as pd
 import torch
