@@ -22,7 +22,9 @@ Matrices are registered once in :data:`workbench.curvature.registry.CURVATURE_MA
   ``MSELoss``). With ``n_samples=None`` the expectation is exact (a sum over all classes;
   ``2 I`` in output space for MSE); with ``n_samples=S`` it is a Monte Carlo average over
   ``S`` labels per term, drawn with a generator seeded by ``seed`` and the batch index so
-  every column of a dense matrix uses the same labels.
+  every column of a dense matrix uses the same labels. (This per-batch generator is not
+  the per-example rule :func:`~workbench.curvature._problem.sample_labels` of the
+  diagonal, group and K-FAC Fishers: the same ``seed`` gives other labels here.)
 
 Products use double backward (``J v`` by the double-backward trick, Hessians by
 differentiating the gradient): Hugging Face models need ``attn_implementation="eager"``
