@@ -6,7 +6,8 @@ weights (:func:`workbench.curvature.kfac.modules_of_type`, all but the LM head) 
 computed once and folded into several :class:`~workbench.curvature.FisherAccumulator`
 EMAs at ``--decay``: float32 (the reference), and ``--dtype`` storage with this
 workbench's accumulator ("new") and, with ``--old FILE``, with another version of
-``diagonal.py`` (e.g. ``git show main:workbench/curvature/diagonal.py > old.py``).
+``accumulator.py`` (e.g. ``git show main:workbench/curvature/accumulator.py > old.py``;
+before the split, ``diagonal.py``).
 
 Printed per accumulator, on the bias-corrected EMA after the last window: share of
 entries that are exactly zero, share that are non-zero in the reference but zero in

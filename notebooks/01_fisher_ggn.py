@@ -102,8 +102,8 @@ lm, tokenizer = wb.load_model(model)
 corpus = wb.load_corpus(data, seed=seed)
 blocks = wb.token_blocks(tokenizer, corpus.split("validation"), seq_len, n_blocks=n_blocks,
                          seed=seed)
-emp = cv.diagonal_fisher(lm, [blocks], kind="empirical", chunk_size=1)
-true = cv.diagonal_fisher(lm, [blocks], kind="true", n_samples=n_samples, seed=seed,
+emp = cv.diagonal_fisher(lm, [blocks], fisher_type="empirical", chunk_size=1)
+true = cv.diagonal_fisher(lm, [blocks], fisher_type="true", n_samples=n_samples, seed=seed,
                           chunk_size=1)
 layers = fg.diagonal_by_layer(emp, true)
 io.write_parquet(out / "lm_diagonal.parquet", layers)

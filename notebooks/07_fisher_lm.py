@@ -110,8 +110,8 @@ pruned = copy.deepcopy(lm)
 wb.prune(pruned, "wanda", sparsity, calibration_tokens=calibration_tokens)
 models = {"dense": lm, f"wanda {sparsity:.0%}": pruned}
 weights = [f"{n}.weight" for n in modules_of_type(lm, None)]
-fisher = {name: cv.diagonal_fisher(m, chunks, kind=fisher_type, params=weights, seed=seed,
-                                   chunk_size=2) for name, m in models.items()}
+fisher = {name: cv.diagonal_fisher(m, chunks, fisher_type=fisher_type, params=weights,
+                                   seed=seed, chunk_size=2) for name, m in models.items()}
 sharp = blocks[:1, :max(2, sharpness_tokens)]
 capacity = pd.concat({name: cv.capacity_summary(m, chunks, fisher=fisher[name], seed=seed,
                                                 fisher_type=fisher_type, sharpness_tokens=sharp,

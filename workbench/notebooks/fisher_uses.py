@@ -10,7 +10,7 @@ probes, figures and sections.
   ``bottom``).
 * Forgetting (train on corpus A, then on corpus B): :class:`FisherProbe` is a
   ``train_masked(callback=...)`` callback that folds the diagonal Fisher of a batch of
-  A-tokens into a :class:`~workbench.curvature.FisherAccumulator` every ``every`` steps;
+  A-tokens into a :class:`~workbench.curvature.accumulator.FisherAccumulator` every ``every`` steps;
   :class:`DamageProbe` is the callback during training on B that records, every
   ``every`` steps, the Fisher-weighted damage ``sum_i F_A,i (theta_i - theta_A,i)^2``
   (:func:`~workbench.curvature.capacity.fisher_weighted_damage`) and the measured loss
@@ -108,7 +108,7 @@ class FisherProbe:
     """``train_masked`` callback: every ``every`` steps (and at the last step ``steps-1``
     when given), fold the diagonal empirical Fisher of the next ``batch`` rows of
     ``tokens`` (cycled) into ``accumulator``
-    (:meth:`~workbench.curvature.FisherAccumulator.update`)."""
+    (:meth:`~workbench.curvature.accumulator.FisherAccumulator.update`)."""
 
     def __init__(self, accumulator, model: nn.Module, tokens: Tensor, *, every: int,
                  batch: int = 2, params: Any = None, task: str = "A",
