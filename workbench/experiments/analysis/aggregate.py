@@ -129,8 +129,6 @@ def _check_experiments(experiments: Any, source: Any, folder: Path) -> None:
         raise TypeError(f"experiments must be a list of experiment names, got "
                         f"{type(experiments).__name__} {experiments!r}")
     if isinstance(source, Spec) or not Path(str(source)).is_dir():
-        from workbench.experiments.design.specs import load_spec
-
         known = sorted(load_spec(source, check_notebook=False).experiments)
     else:
         known = sorted(p.name for p in Path(folder).iterdir() if p.is_dir()
