@@ -149,3 +149,31 @@ def test_experiments_of_a_grid_are_compared_within_method():
     assert meth["mean_diff"].iloc[0] == pytest.approx(meth["mean_diff"].iloc[1])
 
 
+
+
+def test_describe_names_pairs_below_three_seeds_not_testable(runs):
+    two = runs[runs.seed < 2]
+    t = factors.compare_factor(two, "init", "val_ppl")
+    assert (t.n == 2).all() and t.p_t.isna().all() and not t.significant.any()
+    text = factors.describe(t)
+    assert ("3 comparisons are not testable: n=2 pairs < 3 (a paired t-test on 2 pair(s) has "
+            "1 degree(s) of freedom): C2 vs B2 at sparsity 0.20") in text
+    assert "zero variance" not in text and "Wilcoxon" not in text
+    # mixed: the n = 3 pairs are tested, the n = 2 ones named
+    mixed = pd.concat([factors.compare_factor(runs, "init", "val_ppl"), t], ignore_index=True)
+    text = factors.describe(mixed)
+    assert "3 differ significantly" in text and "3 comparisons are not testable" in text
+    assert "With n = 3 seeds per pair" in text
+
+
+def test_oneshot_findings_name_the_untestable_comparisons():
+    rng = np.random.default_rng(0)
+    df = _synthetic(rng, {"a": 0.0, "b": 0.3})
+    few = _synthetic(rng, {"a": 0.0, "b": 0.3}).assign(sparsity=0.6)
+    few = few[few.seed < 2]
+    t = factors.compare_oneshot(pd.concat([df, few], ignore_index=True), "val_nll", "method")
+    assert list(t.n) == [6, 2] and np.isnan(t.p_t.iloc[1]) and np.isnan(t.p_holm.iloc[1])
+    text = findings(t)
+    assert "over n = 6 calibration seeds" in text and "1 significant" in text
+    assert "1 comparisons are not testable: n=2 pairs < 3" in text
+    assert "The other" not in text  # the untestable one is not counted as not significant

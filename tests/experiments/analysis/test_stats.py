@@ -75,3 +75,59 @@ def test_below_three_pairs_is_not_testable():
     assert np.isnan(res["p_t"]) and np.isnan(res["p_wilcoxon"]) and np.isnan(res["d_z"])
     assert "not testable: n=2 pairs < 3" in res["note"]
     assert not np.isnan(stats.paired_test([1.0, 2.0, 3.0], [1.5, 2.7, 3.2])["p_t"])
+
+
+def test_paired_by_level_pairs_by_seed_within_levels():
+    idx = pd.MultiIndex.from_product([[0.2, 0.5], [0, 1, 2, 3]], names=["level", "seed"])
+    a = pd.Series(np.arange(8.0) ** 1.5, index=idx)
+    b = pd.Series(np.arange(8.0) ** 1.6 + [0, 1, 0, 2, 1, 0, 3, 1], index=idx)
+    b = b.drop((0.5, 3))  # seed 3 missing at 0.5: paired on seeds 0-2 there
+    b[(0.2, 1)] = np.inf  # a non-finite value drops its pair
+    out = stats.paired_by_level(a.sample(frac=1, random_state=0), b, n_resamples=200)
+    assert list(out) == [0.2, 0.5]
+    for level, seeds in ((0.2, [0, 2, 3]), (0.5, [0, 1, 2])):
+        x = a.xs(level).loc[seeds].to_numpy()
+        y = b.xs(level).loc[seeds].to_numpy()
+        assert out[level]["n"] == 3
+        assert out[level]["p_t"] == pytest.approx(ss.ttest_rel(y, x).pvalue)
+        assert out[level]["sd_a"] == pytest.approx(np.std(x, ddof=1))
+        assert out[level]["sd_b"] == pytest.approx(np.std(y, ddof=1))
+    assert list(stats.paired_by_level(a, b, levels=[0.5], n_resamples=200)) == [0.5]
+
+
+def test_holm_table_is_one_family_of_the_chosen_test():
+    t = pd.DataFrame({"p_t": [0.01, 0.04, np.nan, 0.03], "p_wilcoxon": [0.2, 0.1, 0.3, 0.05]})
+    out = stats.holm_table(t, test="t")
+    assert out["p_holm"].to_numpy()[[0, 1, 3]] == pytest.approx(
+        multipletests([0.01, 0.04, 0.03], method="holm")[1])
+    assert np.isnan(out["p_holm"][2]) and not out["significant"][2]
+    assert (out["test"] == "t").all() and list(t.columns) == ["p_t", "p_wilcoxon"]
+    w = stats.holm_table(t, test="wilcoxon")
+    assert w["p_holm"].to_numpy() == pytest.approx(
+        multipletests(t["p_wilcoxon"], method="holm")[1])
+    with pytest.raises(ValueError, match="allowed.*wilcoxon"):
+        stats.holm_table(t, test="z")
+
+
+def _workbench_imports(path):
+    """Every module a file imports (top-level and function-local), resolved."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_stats_is_a_leaf():
+    """stats imports nothing of workbench.experiments (it would close a circle again)."""
+    from pathlib import Path
+
+    used = _workbench_imports(Path(stats.__file__))
+    assert not [n for n in used if n.startswith("workbench.experiments")], used
+    assert not [n for n in used if n.startswith("workbench.") and not
+                n.startswith("workbench.core")], used

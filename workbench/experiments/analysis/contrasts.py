@@ -111,12 +111,18 @@ def verdict(rows: pd.DataFrame, expect: str = "differ", *, alpha: float = 0.05) 
       or no significant difference with enough seeds to detect ``|d_z| >= 1`` with 80 %
       power;
     * ``inconclusive``: nothing significant and too few seeds (the power caveat gives
-      the smallest effect the test could detect), or nothing testable.
+      the smallest effect the test could detect), or nothing testable: fewer than
+      :data:`~workbench.experiments.analysis.stats.MIN_TEST_N` paired seeds (the reason
+      is given), zero variance of the paired differences, or no data.
     """
     tested = rows[rows["p_holm"].notna()] if len(rows) else rows
     if not len(tested):
-        const = rows[(rows.get("n", 0) > 1) & rows.get("mean_diff", np.nan).notna()
+        n = rows["n"].fillna(0) if len(rows) and "n" in rows else pd.Series(0, index=rows.index)
+        const = rows[(n >= stats.MIN_TEST_N) & rows.get("mean_diff", np.nan).notna()
                      & (rows.get("mean_diff", 0) != 0)] if len(rows) and "n" in rows else rows[:0]
+        few = rows[(n > 0) & (n < stats.MIN_TEST_N)]
+        if len(few) and not len(const):
+            return f"inconclusive ({stats.not_testable_note(int(few['n'].max()))})"
         if len(const):
             diffs = ", ".join(f"{d:+.3g}" for d in const["mean_diff"].astype(float))
             return (f"inconclusive (untestable): b - a = {diffs} identically in every seed "

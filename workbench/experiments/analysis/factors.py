@@ -214,7 +214,9 @@ def describe(table: pd.DataFrame, *, alpha: float = 0.05, digits: int = 3) -> st
     """A findings paragraph generated from a :func:`compare_factor` table (or several).
 
     Lists the comparisons significant after Holm with their effect sizes, then those that
-    are not, and the Wilcoxon caveat when n is too small.
+    are not, those not testable and why (fewer than
+    :data:`~workbench.experiments.analysis.stats.MIN_TEST_N` paired seeds, or zero variance),
+    and the Wilcoxon caveat when n is too small.
     """
     if table is None or len(table) == 0:
         return "No pairs of experiments differ in exactly one factor with shared seeds."
@@ -243,6 +245,14 @@ def describe(table: pd.DataFrame, *, alpha: float = 0.05, digits: int = 3) -> st
         parts.append("Largest effects without significance: "
                      + "; ".join(fmt(r) for _, r in big.iterrows()) + ".")
     if len(untested):
+        few = untested[untested["n"] < stats.MIN_TEST_N]
+        if len(few):
+            reason = "; ".join(stats.not_testable_note(n) for n in sorted(set(few["n"])))
+            parts.append(f"{len(few)} comparisons are {reason}: " + "; ".join(
+                f"{r['experiment_b']} vs {r['experiment_a']} at {r['at']} {r['level']:.2f}: "
+                f"{r['metric']} {r['mean_b']:.{digits}g} vs {r['mean_a']:.{digits}g} "
+                f"(n={int(r['n'])})" for _, r in few.iterrows()) + ".")
+        untested = untested[untested["n"] >= stats.MIN_TEST_N]
         same = untested[untested["mean_diff"] == 0]
         const = untested[untested["mean_diff"] != 0]
         if len(const):
@@ -253,12 +263,13 @@ def describe(table: pd.DataFrame, *, alpha: float = 0.05, digits: int = 3) -> st
                              f"{r['mean_a']:.{digits}g}" for _, r in const.iterrows()) + ".")
         if len(same):
             parts.append(f"{len(same)} comparisons had identical values in every seed.")
-    n_min = int(table["n"].min())
-    if stats.wilcoxon_min_p(n_min) >= alpha:
+    testable = table[table["n"] >= stats.MIN_TEST_N]
+    n_min = int(testable["n"].min()) if len(testable) else 0
+    if len(testable) and stats.wilcoxon_min_p(n_min) >= alpha:
         parts.append(f"With n = {n_min} seeds per pair the exact Wilcoxon signed-rank test "
-                     f"cannot reach p < {alpha:g} (smallest p = {stats.wilcoxon_min_p(n_min):.3g}), "
-                     "so only the t-test can detect a difference; more seeds are needed for a "
-                     "non-parametric confirmation.")
+                     f"cannot reach p < {alpha:g} (smallest p = "
+                     f"{stats.wilcoxon_min_p(n_min):.3g}), so only the t-test can detect a "
+                     "difference; more seeds are needed for a non-parametric confirmation.")
     return " ".join(parts)
 
 

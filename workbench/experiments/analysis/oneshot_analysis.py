@@ -88,7 +88,9 @@ def results_table(df: pd.DataFrame, *, digits: int = 2,
 
 
 def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
-    """One sentence per significant difference (and the count of the others).
+    """One sentence per significant difference (and the count of the others; those with
+    fewer than :data:`~workbench.experiments.analysis.stats.MIN_TEST_N` paired seeds are
+    named not testable, with the reason).
 
     Perplexity differences (``val_nll``) are reported as the ratio of geometric mean
     perplexities ``exp(mean paired difference)``; accuracy differences in points.
@@ -102,6 +104,8 @@ def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
                 f"{n} pairs has {max(n - 1, 0)} degree(s) of freedom and the exact Wilcoxon "
                 f"test cannot go below p = {stats.wilcoxon_min_p(n):.2g}); no p-values are "
                 "reported. Run with seeds=[0, 1, 2] or more.")
+    few = table[table["n"] < stats.MIN_TEST_N]
+    n = int(table.loc[table["n"] >= stats.MIN_TEST_N, "n"].min())
     sig = table[table["significant"].astype(bool)]
     parts = []
     for _, r in sig.iterrows():
@@ -123,9 +127,13 @@ def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
         text = head + f"{len(sig)} significant — " + "; ".join(parts) + "."
     else:
         text = head + "none is significant."
-    rest = len(table) - len(sig)
+    rest = len(table) - len(sig) - len(few)
     if parts and rest:
         text += f" The other {rest} are not significant."
+    if len(few):
+        reason = "; ".join(stats.not_testable_note(k) for k in sorted(set(few["n"])))
+        text += (f" {len(few)} comparisons are {reason}: they have fewer calibration seeds "
+                 "in common and no p-value.")
     if stats.wilcoxon_min_p(n) >= alpha:
         text += (f" (With n = {n} the exact Wilcoxon test cannot reach p < {alpha:g}; only "
                  "the t-test can.)")
