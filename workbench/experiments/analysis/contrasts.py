@@ -43,8 +43,9 @@ def compute_contrasts(df: pd.DataFrame, questions: Mapping[str, Question],
         questions: From the spec (:attr:`workbench.experiments.design.specs.Spec.questions`).
         parameters: ``{experiment: parameters}`` the runs were made with (the spec under
             the analysed profile), used to drop identical-procedure levels.
-        summaries: Per-run summaries (:func:`workbench.experiments.analysis.aggregate.load_summaries`)
-            for ``at='run'`` contrasts.
+        summaries: Per-run summaries
+            (:func:`workbench.experiments.analysis.aggregate.load_summaries`) for
+            ``at='run'`` contrasts.
         alpha: Family-wise error rate of the Holm correction (over every tested row).
         test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the Holm family.
         **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`.

@@ -109,11 +109,12 @@ def compare_factor(df: pd.DataFrame, factor: str, metric: str, *, at: str = "spa
     """Does ``factor`` change ``metric`` at matched sparsity (or round)?
 
     Experiments are paired when
-    :func:`~workbench.experiments.design.procedures.one_factor_pair` says they differ in ``factor``
-    alone; each pair is compared by :func:`compare_experiments` against the
+    :func:`~workbench.experiments.design.procedures.one_factor_pair` says they differ in
+    ``factor`` alone; each pair is compared by :func:`compare_experiments` against the
     ``baseline`` level, skipping levels at which the two are the same procedure
-    (:func:`workbench.experiments.design.contrasts.testable_levels`). All rows of the table form
-    one family for the Holm correction of ``test``'s p-values.
+    (:func:`workbench.experiments.design.contrasts.testable_levels`). All rows of the table
+    form one family for the Holm correction of ``test``'s p-values
+    (:func:`workbench.experiments.analysis.stats.holm_table`).
 
     Args:
         df: Runs from :func:`workbench.experiments.analysis.aggregate.load_runs`.
@@ -131,7 +132,8 @@ def compare_factor(df: pd.DataFrame, factor: str, metric: str, *, at: str = "spa
         design: Columns that define an experiment's design (default
             :func:`workbench.experiments.design.procedures.design_keys`).
         parameters: ``{experiment: parameters}`` of the runs (default: read from ``df``).
-        **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test` (confidence, n_resamples, random_state).
+        **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`
+            (confidence, n_resamples, random_state).
 
     Returns:
         One row per (pair, level): ``factor, baseline, level_b, experiment_a,
@@ -275,14 +277,14 @@ def describe(table: pd.DataFrame, *, alpha: float = 0.05, digits: int = 3) -> st
 
 # ----------------------------------------------------------------------------- one-shot sweeps
 def compare_oneshot(df: pd.DataFrame, metric: str = "val_nll", factor: str = "method", *,
-                       baseline: str | None = None, alpha: float = 0.05, test: str = "t",
-                       **kwargs: Any) -> pd.DataFrame:
+                    baseline: str | None = None, alpha: float = 0.05, test: str = "t",
+                    **kwargs: Any) -> pd.DataFrame:
     """Paired tests (by calibration seed) between levels of ``factor`` at every point.
 
-    Runs are compared when they agree on the other factors of :data:`ONESHOT_FACTORS` present in
-    the rows and on the pattern and sparsity, and are paired by seed (only seeds present
-    in both). ``factor="method"`` compares every pair of methods (or each against
-    ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
+    Runs are compared when they agree on the other factors of :data:`ONESHOT_FACTORS`
+    present in the rows and on the pattern and sparsity, and are paired by seed (only seeds
+    with finite values in both, :func:`workbench.experiments.analysis.stats.paired_by_level`).
+    ``factor="method"`` compares every pair of methods (or each against ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
     (default ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid
     (rows of several cells concatenated; the grid's seed is the calibration seed). Dense
     rows are left out.
@@ -299,8 +301,9 @@ def compare_oneshot(df: pd.DataFrame, metric: str = "val_nll", factor: str = "me
         **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`.
 
     Returns:
-        The columns of :data:`TABLE_COLUMNS` (so :func:`describe` reads it) plus ``pattern``,
-        ``context`` (the shared level of the other factor) and the ``paired_test`` fields.
+        The columns of :data:`TABLE_COLUMNS` (so :func:`describe` reads it) plus
+        ``pattern``, ``context`` (the shared level of the other factor) and the
+        ``paired_test`` fields.
     """
     check_choice("factor", factor, ONESHOT_FACTORS)
     stats.check_test(test)
@@ -341,17 +344,19 @@ def compare_oneshot(df: pd.DataFrame, metric: str = "val_nll", factor: str = "me
     return out[front + [c for c in out if c not in front]]
 
 
-def oneshot_significance(df: pd.DataFrame, *, metrics: Sequence[str] = tuple(ONESHOT_METRICS),
-                 factors: Sequence[str] = ONESHOT_FACTORS, alpha: float = 0.05,
-                 test: str = "t", allow_mixed_protocols: bool = False,
-                 **kwargs: Any) -> pd.DataFrame:
+def oneshot_significance(df: pd.DataFrame, *,
+                         metrics: Sequence[str] = tuple(ONESHOT_METRICS),
+                         factors: Sequence[str] = ONESHOT_FACTORS, alpha: float = 0.05,
+                         test: str = "t", allow_mixed_protocols: bool = False,
+                         **kwargs: Any) -> pd.DataFrame:
     """:func:`compare_oneshot` for every factor x metric, Holm-corrected as one family.
 
     Metrics with no values (zero-shot not run) and factors absent or with one level are
-    skipped. Rows evaluated on different tokens are refused (as :func:`summarize`) unless
+    skipped. Rows evaluated on different tokens are refused (as
+    :func:`workbench.experiments.analysis.oneshot_analysis.summarize`) unless
     ``allow_mixed_protocols``.
     """
-    from workbench.core.protocols import check_same_protocol
+    from workbench.core.protocols import check_same_protocol  # loads torch: on use
 
     check_same_protocol(df, allow_mixed=allow_mixed_protocols)
     tables = []
