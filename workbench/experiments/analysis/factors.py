@@ -284,10 +284,11 @@ def compare_oneshot(df: pd.DataFrame, metric: str = "val_nll", factor: str = "me
     Runs are compared when they agree on the other factors of :data:`ONESHOT_FACTORS`
     present in the rows and on the pattern and sparsity, and are paired by seed (only seeds
     with finite values in both, :func:`workbench.experiments.analysis.stats.paired_by_level`).
-    ``factor="method"`` compares every pair of methods (or each against ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
-    (default ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid
-    (rows of several cells concatenated; the grid's seed is the calibration seed). Dense
-    rows are left out.
+    ``factor="method"`` compares every pair of methods (or each against ``baseline``);
+    ``factor="allocation"`` compares each allocation against ``baseline`` (default
+    ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid (rows of
+    several cells concatenated; the grid's seed is the calibration seed). Dense rows are
+    left out.
 
     Args:
         df: Rows of :func:`workbench.pruning.oneshot.oneshot_sweep`.
