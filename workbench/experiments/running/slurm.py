@@ -39,7 +39,7 @@ TorchDistributedEnvironment().export()``: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE
 ``MASTER_ADDR``, ``MASTER_PORT``). Task 0 does everything above (lease, cleaning, status,
 the notebook, whose kernel inherits the environment and joins as rank 0); the other tasks
 wait until the lease names their job (else they are duplicates and leave), then run
-:func:`workbench.lottery.cell.run_cell` as their rank, forbidden to write into the cell
+:func:`workbench.lottery.cell.run` as their rank, forbidden to write into the cell
 folder (:func:`workbench.lottery.distributed.forbid_writes_under`).
 
 Job states come from a :class:`workbench.experiments.running.scheduler.Scheduler` (``squeue``,
@@ -293,7 +293,7 @@ def _run_other_rank(cell: Any, job_id: str, task: int, *, wait_s: float = 600.0,
         time.sleep(poll)
     limit_threads(allocated_cpus())
     forbid_writes_under(d)
-    lottery_cell.run_cell(cell.parameters["config"], d, progress=False, nproc=1)
+    lottery_cell.run(cell.parameters["config"], d, progress=False, nproc=1)
     return {"status": "done", "experiment": cell.experiment, "seed": cell.seed, "rank": task,
             "slurm_job_id": job_id}
 
