@@ -60,7 +60,8 @@ from workbench.experiments.running import notebooks, runs
 from workbench.experiments.running.cell_state import (HEARTBEAT, cell_state, clean_cell,
                                               kernel_files_in, owner_record, progress_fields,
                                               read_status, refresh_state, utc_now)
-from workbench.experiments.design.specs import Spec, load_spec
+from workbench.experiments.design.notebook_contract import check_parameters, notebook_parameters
+from workbench.experiments.design.specs import Spec, load_spec, takes_config
 
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
 #: Columns of :func:`status` read from a cell's heartbeat
@@ -180,10 +181,8 @@ def check_budgets(cells: list[Cell], world_size: int = 1, *,
 def _takes_config(notebook: str | os.PathLike) -> bool:
     """Does the notebook take ``run_dir`` + ``config`` (see
     :func:`workbench.experiments.design.specs.takes_config`)? ``False`` when it cannot be read."""
-    from workbench.experiments.design.specs import takes_config
-
     try:
-        return takes_config(notebooks.notebook_parameters(notebook))
+        return takes_config(notebook_parameters(notebook))
     except (FileNotFoundError, ValueError):
         return False
 
@@ -378,7 +377,7 @@ def run_grid(
     cells = plan(spec, profile, runs_dir)
     # Names checked against the parameters cell before anything runs (papermill only warns).
     for c in cells:  # names and declared types, each cell's values
-        notebooks.check_parameters(spec.notebook, c.parameters)
+        check_parameters(spec.notebook, c.parameters)
     slurm_params = {**spec.slurm, **dict(slurm or {})}
     world = cell_world_size(executor, nproc, slurm_params)
     check_budgets(cells, world, allow_repeats=allow_repeats)
