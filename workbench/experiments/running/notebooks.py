@@ -8,7 +8,8 @@ diff cleanly; JupyterLab opens them as notebooks through jupytext. For a batch r
 What a notebook declares (its ``parameters`` cell, the ``# type:`` comments, the check of
 given values) is the notebook contract, :mod:`workbench.experiments.design.notebook_contract`;
 this module executes notebooks (papermill, the kernel over IPC sockets, the heartbeat
-bars).
+bars). The names of the files a run leaves beside the executed notebook come from
+:mod:`workbench.experiments.running.runs`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from workbench.core import heartbeat as hb
 from workbench.core import io, paths
 from workbench.experiments.design.notebook_contract import check_parameters, notebook_source
+from workbench.experiments.running import runs
 
 
 def load_notebook(name: str | os.PathLike):
@@ -116,9 +118,8 @@ def run_notebook(
     nb = load_notebook(name)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    src = output.with_name(f".{output.stem}.src.ipynb")
-    beat_file = Path(heartbeat) if heartbeat is not None else output.with_name(
-        f".{output.stem}.heartbeat.json")
+    src = runs.source_copy(output)
+    beat_file = Path(heartbeat) if heartbeat is not None else runs.heartbeat_beside(output)
     beat_file.unlink(missing_ok=True)
     io.write_text(src, nbformat.writes(nb))
     sockets = _socket_folder()
