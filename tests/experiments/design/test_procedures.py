@@ -60,17 +60,11 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-#: The one import of running/ left in design/: specs.load_spec reads the notebook's
-#: parameters; helper "running" moves that to the notebook contract in design/.
-KNOWN_UPWARD = {("specs.py", "workbench.experiments.running.notebooks"),
-                ("specs.py", "workbench.experiments.running.notebooks.notebook_parameters")}
-
-
 def test_design_imports_nothing_of_analysis_or_running():
     for path in DESIGN_DIR.glob("*.py"):
         up = {n for n in _imports(path) if n.startswith(("workbench.experiments.analysis",
                                                            "workbench.experiments.running"))}
-        assert up <= {n for f, n in KNOWN_UPWARD if f == path.name}, (path.name, up)
+        assert up == set(), (path.name, up)
 
 
 @pytest.mark.parametrize("module, allowed", [

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from workbench.experiments.design import procedures, profiles, specs
-from workbench.experiments.running.notebooks import notebook_source
+from workbench.experiments.design.notebook_contract import notebook_source
 
 BASE = {
     "name": "t",

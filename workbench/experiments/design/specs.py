@@ -56,6 +56,7 @@ from workbench.core import paths
 from workbench.core.checks import check_keys
 from workbench.experiments.design.contrasts import (RUN_METRICS, parse_questions,
                                                     questions_to_raw)
+from workbench.experiments.design.notebook_contract import notebook_parameters
 from workbench.experiments.design.procedures import RESERVED_KEYS, from_params, schema_fields
 from workbench.experiments.design.profiles import (DEFAULT_PROFILES_FILE, apply_profile,
                                                    load_profiles, profiles_path, read_yaml,
@@ -481,8 +482,6 @@ def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,
         shared = load_profiles(profiles_file)
     defaults = None
     if check_notebook:
-        from workbench.experiments.running.notebooks import notebook_parameters
-
         nb = raw.get("notebook") if isinstance(raw, Mapping) else None
         if isinstance(nb, str):
             defaults = notebook_parameters(_notebook_ref(nb, path))
