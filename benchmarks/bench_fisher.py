@@ -132,16 +132,16 @@ def bench_lm(args, device):
           f"chunk_size {cs}, all {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {torch.get_num_threads()} threads, best of {args.lm_repeats}")
     runs = {"forward+backward": lambda: plain_forward_backward(model, blocks, cs)}
-    for kind in ("empirical", "true"):
+    for ft in ("empirical", "true"):
         for gran in ("sequence", "token"):
-            runs[f"{kind}/{gran}"] = (lambda kind=kind, gran=gran: diagonal_fisher(
-                model, [blocks], kind=kind, granularity=gran, chunk_size=cs))
+            runs[f"{ft}/{gran}"] = (lambda ft=ft, gran=gran: diagonal_fisher(
+                model, [blocks], fisher_type=ft, granularity=gran, chunk_size=cs))
     if args.with_vmap:  # the pre-hook path for all parameters (slow)
-        runs["empirical/vmap"] = lambda: diagonal_fisher(model, [blocks], method="vmap",
+        runs["empirical/vmap"] = lambda: diagonal_fisher(model, [blocks], backend="vmap",
                                                          chunk_size=cs)
     res = {name: best_of(fn, args.lm_repeats, device) for name, fn in runs.items()}
     base = res["forward+backward"][1]
-    print(f"{'kind/granularity':<20}{'seconds':>10}{'tokens/s':>10}{'x fwd+bwd time':>16}")
+    print(f"{'type/granularity':<20}{'seconds':>10}{'tokens/s':>10}{'x fwd+bwd time':>16}")
     for name, (_, sec) in res.items():
         print(f"{name:<20}{sec:>10.2f}{n_tok / sec:>10.1f}{sec / base:>16.2f}")
     e_seq, e_tok = res["empirical/sequence"][0], res["empirical/token"][0]
@@ -172,7 +172,7 @@ def main(argv=None):
     ap.add_argument("--chunk-size", type=int, default=2)
     ap.add_argument("--lm-repeats", type=int, default=2)
     ap.add_argument("--with-vmap", action="store_true",
-                    help="also time method='vmap' on the LM (slow on CPU)")
+                    help="also time backend='vmap' on the LM (slow on CPU)")
     ap.add_argument("--skip-mlp", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:

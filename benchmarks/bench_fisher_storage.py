@@ -2,11 +2,12 @@
 
 Per window ``t`` (``--windows`` blocks of ``--batch`` x ``--seq-len`` tokens of the
 corpus's train split) the float32 diagonal empirical Fisher ``x_t`` of the block linear
-weights (:func:`workbench.curvature.examples.modules_of_type`, all but the LM head) is
+weights (:func:`workbench.curvature.kfac.modules_of_type`, all but the LM head) is
 computed once and folded into several :class:`~workbench.curvature.FisherAccumulator`
 EMAs at ``--decay``: float32 (the reference), and ``--dtype`` storage with this
 workbench's accumulator ("new") and, with ``--old FILE``, with another version of
-``diagonal.py`` (e.g. ``git show main:workbench/curvature/diagonal.py > old.py``).
+``accumulator.py`` (e.g. ``git show main:workbench/curvature/accumulator.py > old.py``;
+before the split, ``diagonal.py``).
 
 Printed per accumulator, on the bias-corrected EMA after the last window: share of
 entries that are exactly zero, share that are non-zero in the reference but zero in
@@ -29,7 +30,7 @@ import torch
 
 import workbench as wb
 from workbench.curvature import FisherAccumulator, diagonal_fisher
-from workbench.curvature.examples import modules_of_type
+from workbench.curvature.kfac import modules_of_type
 
 
 def load_old(path: str):

@@ -46,7 +46,8 @@ def _fisher_in_child(args, which):
     names = [f"{m}.weight" for m in default_modules(model)]
     kw = dict(n_samples=1, granularity=args.granularity, chunk_size=args.chunk_size)
     if which == "full":
-        fn = lambda: diagonal_fisher(model, batches, kind=args.fisher_type, params=names, **kw)
+        fn = lambda: diagonal_fisher(model, batches, fisher_type=args.fisher_type, params=names,
+                                     **kw)
     else:
         fn = lambda: collect_group_fisher(model, batches, fisher_type=args.fisher_type, **kw)
     res, sec, peak = timed(fn, device)

@@ -20,7 +20,7 @@ import pandas as pd
 import workbench as wb
 from workbench.core import io, paths
 from workbench.pruning import oneshot
-from workbench.experiments.analysis import oneshot_analysis
+from workbench.experiments.analysis import factors, oneshot_analysis
 from workbench.pruning.registry import METHODS
 
 
@@ -111,7 +111,7 @@ def report(df: pd.DataFrame) -> pd.DataFrame:
               f"{r['calibration_card']}, zero-shot metric {r['zeroshot_metric']}")
     print()
     print(markdown(df))
-    table = oneshot_analysis.significance(df)
+    table = factors.oneshot_significance(df)
     print("\n" + oneshot_analysis.findings(table))
     return table
 

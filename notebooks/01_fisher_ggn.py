@@ -41,7 +41,7 @@ import torch
 import workbench as wb
 from workbench import curvature as cv
 from workbench.core import io, paths
-from workbench.curvature import examples as ex
+from workbench.notebooks import fisher_ggn as fg
 from workbench.experiments.analysis.plots import save_figure
 
 if threads:
@@ -50,7 +50,7 @@ wb.seed_everything(seed)
 torch_dtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
 figdir = paths.resolve(figures_dir) if figures_dir else None
 out = paths.resolve(output_dir)
-prob = ex.digits_classifier(hidden=hidden, epochs=epochs, n_curvature=n_curvature,
+prob = fg.digits_classifier(hidden=hidden, epochs=epochs, n_curvature=n_curvature,
                             batch_size=batch_size, seed=seed, dtype=torch_dtype)
 D = cv.num_params(prob.model)
 print(f"digits MLP 64-{hidden}-10: D = {D} parameters, train acc {prob.train_accuracy:.3f}, "
@@ -63,15 +63,13 @@ print(f"digits MLP 64-{hidden}-10: D = {D} parameters, train acc {prob.train_acc
 checks = cv.verify_fisher_ggn(prob.model, prob.batches, hessian=False)
 io.write_parquet(out / "verify.parquet", checks.astype({"value": float, "tolerance": float,
                                                         "passed": "boolean"}))
-precision = ex.precision_table(checks)
-precision
-
-# %%
 G = cv.dense_matrix_jacobian("ggn", prob.model, prob.batches)
 F = cv.dense_matrix_jacobian("true_fisher", prob.model, prob.batches)
 EF = cv.dense_matrix_jacobian("empirical_fisher", prob.model, prob.batches)
-fig, _ = ex.plot_matrices_and_spectra({"true_fisher": F, "empirical_fisher": EF, "ggn": G})
-_ = save_figure(fig, "01_fisher_ef_matrices", folder=figdir)
+section = fg.fisher_ggn_section(checks, {"true_fisher": F, "empirical_fisher": EF, "ggn": G})
+_ = save_figure(section.figure, "01_fisher_ef_matrices", folder=figdir)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## Monte Carlo Fisher: error against the number of sampled labels
@@ -81,9 +79,9 @@ mc = cv.mc_fisher_convergence(prob.model, prob.batches, n_samples_grid=mc_grid,
                               seeds=range(mc_seeds))
 slope = cv.convergence_slope(mc)
 io.write_parquet(out / "mc_convergence.parquet", mc)
-fig, _ = ex.plot_mc_convergence(mc, slope)
-_ = save_figure(fig, "01_mc_fisher_convergence", folder=figdir)
-print(f"log-log slope of the MC Fisher error: {slope:.3f} (theory -0.5)")
+section = fg.mc_section(mc, slope)
+_ = save_figure(section.figure, "01_mc_fisher_convergence", folder=figdir)
+print(section.sentence)
 
 # %% [markdown]
 # ## Averaging Hessian-vector products over more batches
@@ -92,7 +90,9 @@ print(f"log-log slope of the MC Fisher error: {slope:.3f} (theory -0.5)")
 # %%
 hvp = cv.hvp_variance_reduction(prob.model, prob.batches, n_repeats=4, seed=seed)
 io.write_parquet(out / "hvp_averaging.parquet", hvp)
-hvp.groupby("k").rel_error.agg(["mean", "std"])
+section = fg.hvp_section(hvp)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## Language model: diagonal empirical vs true Fisher per layer
@@ -102,17 +102,15 @@ lm, tokenizer = wb.load_model(model)
 corpus = wb.load_corpus(data, seed=seed)
 blocks = wb.token_blocks(tokenizer, corpus.split("validation"), seq_len, n_blocks=n_blocks,
                          seed=seed)
-emp = cv.diagonal_fisher(lm, [blocks], kind="empirical", chunk_size=1)
-true = cv.diagonal_fisher(lm, [blocks], kind="true", n_samples=n_samples, seed=seed,
+emp = cv.diagonal_fisher(lm, [blocks], fisher_type="empirical", chunk_size=1)
+true = cv.diagonal_fisher(lm, [blocks], fisher_type="true", n_samples=n_samples, seed=seed,
                           chunk_size=1)
-layers = ex.diagonal_by_layer(emp, true)
+layers = fg.diagonal_by_layer(emp, true)
 io.write_parquet(out / "lm_diagonal.parquet", layers)
-layers.groupby("layer")[["empirical", "true", "ratio", "spearman"]].agg(
-    {"empirical": "sum", "true": "sum", "ratio": "median", "spearman": "median"})
-
-# %%
-fig, _ = ex.plot_layer_diagonals(layers)
-_ = save_figure(fig, "01_lm_diagonal_fisher_layers", folder=figdir)
+section = fg.lm_diagonal_section(layers)
+_ = save_figure(section.figure, "01_lm_diagonal_fisher_layers", folder=figdir)
+print(section.sentence)
+section.table
 
 # %%
 row = checks.set_index(["check", "dtype"]).value

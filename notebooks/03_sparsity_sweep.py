@@ -51,7 +51,7 @@ reproduce_n_eval = 16  # type: int[1:]|None  evaluation windows of the reproduct
 import workbench as wb
 from workbench.core import io, paths
 from workbench.pruning import oneshot
-from workbench.experiments.analysis import oneshot_analysis
+from workbench.experiments.analysis import factors, oneshot_analysis
 from workbench.experiments.running import runs
 from workbench.experiments.analysis.plots import save_figure
 
@@ -66,7 +66,7 @@ results = oneshot.oneshot_sweep(
     calibration_card=calibration_card, data=None if data is None else paths.resolve(data))
 results.insert(0, "experiment", experiment)
 out = paths.resolve(output_dir)
-table = oneshot_analysis.significance(results)
+table = factors.oneshot_significance(results)
 io.write_parquet(out / "significance.parquet", table)
 # records.parquet + summary.json + manifest.json, records last (a grid cell's completion mark)
 parameters = dict(model=model, corpus=corpus, methods=methods, allocations=allocations,

@@ -35,7 +35,7 @@ from workbench.lottery import cell
 
 cfg = cell.as_config(config)
 out = paths.resolve(run_dir or f"data/runs/{cfg.experiment}")
-run = cell.run_cell(cfg, out)
+run = cell.run(cfg, out)
 run.tables["super_weights"]
 
 # %% [markdown]

@@ -44,8 +44,9 @@ import torch
 import workbench as wb
 from workbench import curvature as cv
 from workbench.core import io, paths
-from workbench.curvature import examples as ex
+from workbench.curvature.kfac import modules_of_type
 from workbench.experiments.analysis.plots import save_figure
+from workbench.notebooks import fisher_lm as fl
 
 if threads:
     torch.set_num_threads(int(threads))
@@ -67,35 +68,38 @@ print(f"{model}: {blocks.shape[0]} x {seq_len} tokens, Fisher type {fisher_type!
 # %%
 groups = {ft: cv.collect_group_fisher(lm, chunks, fisher_type=ft, seed=seed)
           for ft in ("true", "empirical")}
-by_type = ex.fisher_by_layer_type(groups["true"], groups["empirical"])
-by_head = ex.fisher_by_head(groups["true"], groups["empirical"])
+by_type = fl.fisher_by_layer_type(groups["true"], groups["empirical"])
+by_head = fl.fisher_by_head(groups["true"], groups["empirical"])
 io.write_parquet(out / "fisher_by_type.parquet", by_type)
 io.write_parquet(out / "fisher_by_head.parquet", by_head)
-fig, _ = ex.plot_fisher_lm(by_type, by_head)
-_ = save_figure(fig, "07_fisher_true_vs_empirical", folder=figdir)
-by_type.groupby("type")[["true", "empirical"]].sum().assign(
-    ratio=lambda d: d.empirical / d.true)
+section = fl.fisher_lm_section(by_type, by_head)
+_ = save_figure(section.figure, "07_fisher_true_vs_empirical", folder=figdir)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## K-FAC factor spectra per block
 
 # %%
-kfac = cv.KFAC(lm, chunks, fisher_type=fisher_type, modules=ex.modules_of_type(lm, kfac_types),
+kfac = cv.KFAC(lm, chunks, fisher_type=fisher_type, modules=modules_of_type(lm, kfac_types),
                n_samples=1 if fisher_type == "true" else None, seed=seed)
-spectra = ex.kfac_spectra(kfac)
+spectra = fl.kfac_spectra(kfac)
 io.write_parquet(out / "kfac_spectra.parquet", spectra)
-fig, _ = ex.plot_kfac_spectra(kfac, "o_proj")
-_ = save_figure(fig, "07_kfac_spectra", folder=figdir)
-spectra.groupby("type")[["A_max", "G_max", "A_erank", "G_erank"]].median()
+section = fl.kfac_section(kfac, spectra, "o_proj")
+_ = save_figure(section.figure, "07_kfac_spectra", folder=figdir)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## Natural-gradient sanity check
 # One step along `-(K + λI)⁻¹ g` and along `-g` (the K-FAC layers), loss on the same tokens.
 
 # %%
-natgrad = ex.natural_gradient_check(lm, chunks, kfac, damping=damping)
+natgrad = fl.natural_gradient_check(lm, chunks, kfac, damping=damping)
 io.write_parquet(out / "natural_gradient.parquet", natgrad)
-natgrad
+section = fl.natural_gradient_section(natgrad)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## Capacity: dense vs 50 % Wanda, and the Fisher damage of the pruning
@@ -105,9 +109,9 @@ del kfac
 pruned = copy.deepcopy(lm)
 wb.prune(pruned, "wanda", sparsity, calibration_tokens=calibration_tokens)
 models = {"dense": lm, f"wanda {sparsity:.0%}": pruned}
-weights = [f"{n}.weight" for n in ex.modules_of_type(lm, None)]
-fisher = {name: cv.diagonal_fisher(m, chunks, kind=fisher_type, params=weights, seed=seed,
-                                   chunk_size=2) for name, m in models.items()}
+weights = [f"{n}.weight" for n in modules_of_type(lm, None)]
+fisher = {name: cv.diagonal_fisher(m, chunks, fisher_type=fisher_type, params=weights,
+                                   seed=seed, chunk_size=2) for name, m in models.items()}
 sharp = blocks[:1, :max(2, sharpness_tokens)]
 capacity = pd.concat({name: cv.capacity_summary(m, chunks, fisher=fisher[name], seed=seed,
                                                 fisher_type=fisher_type, sharpness_tokens=sharp,
@@ -117,7 +121,9 @@ io.write_parquet(out / "capacity.parquet", capacity.reset_index())
 named = {name: dict(m.named_parameters()) for name, m in models.items()}
 damage = cv.fisher_weighted_damage(fisher["dense"], named["dense"], named[f"wanda {sparsity:.0%}"],
                                    fisher_b=fisher[f"wanda {sparsity:.0%}"], symmetric=True)
-capacity
+section = fl.capacity_section(capacity, damage)
+print(section.sentence)
+section.table
 
 # %%
 summary = dict(

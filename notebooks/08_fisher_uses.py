@@ -57,9 +57,9 @@ import torch
 import workbench as wb
 from workbench import curvature as cv
 from workbench.core import io, paths
-from workbench.curvature import uses
-from workbench.curvature.examples import modules_of_type
+from workbench.curvature.kfac import modules_of_type
 from workbench.experiments.analysis.plots import save_figure
+from workbench.notebooks import fisher_uses as fu
 from workbench.lottery.train import train_masked
 
 if threads:
@@ -81,15 +81,16 @@ print(f"{model}: Fisher on {fisher_blocks.shape[0]} x {seq_len} train tokens of 
 
 # %%
 groups = cv.collect_group_fisher(lm, list(fisher_blocks.split(batch_size)), seed=seed)
-perc = uses.percolation_table(lm, groups, eval_blocks, key=group_key,
+perc = fu.percolation_table(lm, groups, eval_blocks, key=group_key,
                               concentrations=concentrations, seeds=seeds, eps=eps)
 io.write_parquet(out / "percolation.parquet", perc)
 n_groups = int(perc[perc["rank"] != "none"].n_groups.max() / max(concentrations))
-fig, _ = uses.plot_percolation(perc, f"{model}, {corpus} validation ({eval_blocks.numel()} "
-                                     f"tokens, seq_len {seq_len}): noise {eps:g} × sd on C of "
-                                     f"~{n_groups} {group_key} groups")
-_ = save_figure(fig, "08_percolation", folder=figdir)
-perc.pivot_table(index="concentration", columns="rank", values=["ppl", "predicted"])
+section = fu.percolation_section(perc, f"{model}, {corpus} validation ({eval_blocks.numel()} "
+                                        f"tokens, seq_len {seq_len}): noise {eps:g} × sd on C "
+                                        f"of ~{n_groups} {group_key} groups")
+_ = save_figure(section.figure, "08_percolation", folder=figdir)
+print(section.sentence)
+section.table
 
 # %% [markdown]
 # ## Forgetting: Fisher of A collected during training on A, damage after training on B
@@ -107,34 +108,36 @@ train_a = wb.token_blocks(tokenizer, text.split("train"), seq_len,
 train_b = wb.token_blocks(tokenizer, text_b.split("train"), seq_len,
                           n_blocks=max(batch_size, steps_b * batch_size), seed=seed + 1)
 acc = cv.FisherAccumulator(decay=fisher_decay, storage_dtype=torch.float16)
-probe = uses.FisherProbe(acc, lm, train_a, every=fisher_every, batch=batch_size,
+probe = fu.FisherProbe(acc, lm, train_a, every=fisher_every, batch=batch_size,
                          params=weights, last_step=steps_a - 1)
 res_a = train_masked(lm, train_a, steps=steps_a, batch_size=batch_size, lr=lr_a, seed=seed,
                      callback=probe, progress=False, desc="train A")
 fisher_a = acc.get("A")
 theta_a = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
-loss_a = uses.mean_loss(lm, eval_blocks)
+loss_a = fu.mean_loss(lm, eval_blocks)
 print(f"trained {steps_a} steps on {corpus} (last loss {res_a.losses[-1]:.3f}); Fisher EMA "
       f"of {acc.steps('A')} updates at steps {[s + 1 for s in probe.steps]}, float16 state "
       f"{acc.state_bytes('A') / 2**20:.0f} MiB, underflow {acc.underflow_share('A'):.2%}; "
       f"held-out loss on A {loss_a:.3f}")
 rows = []
 for lr in lrs_b:
-    uses.restore_parameters(lm, theta_a)
-    dp = uses.DamageProbe(lm, fisher_a, theta_a, eval_blocks, loss_a, every=probe_every,
+    fu.restore_parameters(lm, theta_a)
+    dp = fu.DamageProbe(lm, fisher_a, theta_a, eval_blocks, loss_a, every=probe_every,
                           label=f"lr {lr:g} on {corpus_b}")
     train_masked(lm, train_b, steps=steps_b, batch_size=batch_size, lr=lr, seed=seed,
                  callback=dp, progress=False, desc=f"train B lr {lr:g}")
     rows += dp.rows
-uses.restore_parameters(lm, theta_a)
+fu.restore_parameters(lm, theta_a)
 forget = pd.DataFrame(rows)
 io.write_parquet(out / "forgetting.parquet", forget)
-corr = uses.forgetting_correlation(forget)
-fig, _ = uses.plot_forgetting(forget, corr, f"{model}: A = {corpus} ({steps_a} steps), "
-                                            f"B = {corpus_b} ({steps_b} steps), seq_len "
-                                            f"{seq_len}, loss on {eval_blocks.numel()} A tokens")
-_ = save_figure(fig, "08_forgetting", folder=figdir)
-forget
+corr = fu.forgetting_correlation(forget)
+section = fu.forgetting_section(forget, corr, f"{model}: A = {corpus} ({steps_a} steps), "
+                                              f"B = {corpus_b} ({steps_b} steps), seq_len "
+                                              f"{seq_len}, loss on {eval_blocks.numel()} A "
+                                              "tokens")
+_ = save_figure(section.figure, "08_forgetting", folder=figdir)
+print(section.sentence)
+section.table
 
 # %%
 top = perc[(perc["rank"] == "top") & (perc.concentration == max(concentrations))].ppl.mean()

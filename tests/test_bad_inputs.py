@@ -99,11 +99,11 @@ def _kfac_zero_damping(env: Env):
 def _unknown_experiment(env: Env):
     import pandas as pd
 
-    from workbench.experiments.analysis import stats
+    from workbench.experiments.analysis import factors
 
     df = pd.DataFrame({"experiment": ["A"] * 3 + ["B"] * 3, "seed": [0, 1, 2] * 2,
                        "sparsity": [0.5] * 6, "val_ppl": [10.0, 11.0, 12.0, 10.5, 11.2, 12.1]})
-    return stats.compare_experiments(df, "A", "NOPE", "val_ppl")
+    return factors.compare_experiments(df, "A", "NOPE", "val_ppl")
 
 
 def _cuda_without_cuda(env: Env):

@@ -4,8 +4,9 @@ import json
 
 import pandas as pd
 
+from workbench.experiments.design.notebook_contract import notebook_parameters
 from workbench.experiments.running import runs
-from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.running.notebooks import run_notebook
 
 def test_parameters_cell_is_a_run_folder_and_schema_overrides():
     # every run parameter lives in the schema (workbench.lottery.schema); the notebook

@@ -4,7 +4,8 @@ import json
 
 import pandas as pd
 
-from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.design.notebook_contract import notebook_parameters
+from workbench.experiments.running.notebooks import run_notebook
 
 
 def test_fisher_lm_notebook_runs_under_papermill(tmp_path):

@@ -7,7 +7,8 @@ import pandas as pd
 from workbench.core import paths
 from workbench.experiments.running import runs
 
-from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.design.notebook_contract import notebook_parameters
+from workbench.experiments.running.notebooks import run_notebook
 
 
 def test_02_importance_runs(tmp_path):

@@ -3,7 +3,8 @@
 import pandas as pd
 
 from tests.fixtures.runs import DESIGNS, make_runs, write_spec_record
-from workbench.experiments.running.notebooks import notebook_parameters, run_notebook
+from workbench.experiments.design.notebook_contract import notebook_parameters
+from workbench.experiments.running.notebooks import run_notebook
 
 
 def test_pilot_analysis_writes_findings_by_question(tmp_path):
@@ -49,7 +50,7 @@ def test_explorer_keeps_the_metric_and_lists_metrics_only(tmp_path, monkeypatch)
     import matplotlib
 
     from workbench.experiments.analysis import aggregate
-    from workbench.experiments.running.notebooks import notebook_source
+    from workbench.experiments.design.notebook_contract import notebook_source
 
     matplotlib.use("Agg")
     monkeypatch.setattr("matplotlib.pyplot.show", lambda *a, **k: None)

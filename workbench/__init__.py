@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from workbench.core.version import __version__
 
 #: public name -> module that defines it
 _EXPORTS = {
@@ -26,7 +26,7 @@ _EXPORTS = {
     "seed_everything": "core.repro",
     "write_manifest": "core.repro",
     "environment_record": "core.repro",
-    "run_notebook": "experiments.notebooks",
+    "run_notebook": "experiments.running.notebooks",
     # pruning (issue 4)
     "importance": "pruning.scores",
     "select_masks": "pruning.masks",
@@ -44,20 +44,20 @@ _EXPORTS = {
     "restore": "pruning.masks",
     "global_threshold": "pruning.threshold",
     # experiment grids, statistics, figures (issue 6)
-    "load_spec": "experiments.specs",
-    "run_grid": "experiments.grid",
-    "load_runs": "experiments.aggregate",
-    "load_summaries": "experiments.aggregate",
-    "write_run": "experiments.runs",
-    "summarize": "experiments.aggregate",
-    "paired_test": "experiments.stats",
-    "compare_factor": "experiments.stats",
-    "significance_table": "experiments.stats",
-    "plot_sparsity_curve": "experiments.plots",
-    "plot_sw_survival": "experiments.plots",
-    "plot_loss_curves": "experiments.plots",
-    "plot_fisher_comparison": "experiments.plots",
-    "save_figure": "experiments.plots",
+    "load_spec": "experiments.design.specs",
+    "run_grid": "experiments.running.grid",
+    "load_runs": "experiments.analysis.aggregate",
+    "load_summaries": "experiments.analysis.aggregate",
+    "write_run": "experiments.running.runs",
+    "summarize": "experiments.analysis.aggregate",
+    "paired_test": "experiments.analysis.stats",
+    "compare_factor": "experiments.analysis.factors",
+    "significance_table": "experiments.analysis.factors",
+    "plot_sparsity_curve": "experiments.analysis.plots",
+    "plot_sw_survival": "experiments.analysis.plots",
+    "plot_loss_curves": "experiments.analysis.plots",
+    "plot_fisher_comparison": "experiments.analysis.plots",
+    "save_figure": "experiments.analysis.plots",
     # lottery tickets and super weights (issue 5)
     "find_super_weights": "lottery.superweights",
     "super_weight_effect": "lottery.superweights",

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from workbench.core import paths
+from workbench.core import io, paths
 from workbench.experiments.running import notebooks
 
 #: Exceptions that mean "the user asked for something wrong", not "the workbench broke".
@@ -175,8 +175,7 @@ def _pilot(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     """A published table's methods with its protocol cards on a local model."""
-    from workbench.core import io
-    from workbench.pruning import reproduce
+    from workbench.pruning import reproduce  # imported on use: it loads torch
 
     reproduce.check_reproduce_arguments(  # before the model loads
         args.table, data=args.data, seq_len=args.seq_len, n_eval=args.n_eval,

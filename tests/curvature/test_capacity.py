@@ -117,3 +117,5 @@ def test_capacity_summary_and_damage_on_tiny_llama(tiny_llama):
     sym = fisher_damage(model, pruned, tokens, symmetric=True, chunk_size=2)
     assert 0 < dmg["normalized"] < 1 and sym["damage"] > 0
     assert fisher_damage(model, model, tokens, chunk_size=2)["damage"] == 0.0
+    with pytest.raises(TypeError, match=r"'method' is now 'backend'"):  # renamed option
+        fisher_damage(model, pruned, tokens, method="loop")

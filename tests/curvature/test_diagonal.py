@@ -1,4 +1,4 @@
-"""Diagonal Fisher and the EMA accumulator vs dense matrices and brute-force loops."""
+"""Diagonal Fisher vs dense matrices and brute-force loops."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.curvature import FisherAccumulator, dense_matrix, diagonal_fisher
+from workbench.curvature import dense_matrix, diagonal_fisher
 from workbench.core.models import load_model
 
 from . import cases
@@ -37,8 +37,8 @@ def test_true_diagonal_is_unbiased_for_fisher_diagonal():
     model = cases.mlp(1)
     X, y = cases.classification_data(2, 6)
     F = dense_matrix("true_fisher", model, [(X, y)]).diagonal()
-    d1 = flat(diagonal_fisher(model, [(X, y)], kind="true", n_samples=1, seed=0)).double()
-    dS = flat(diagonal_fisher(model, [(X, y)], kind="true", n_samples=1000, seed=0)).double()
+    d1 = flat(diagonal_fisher(model, [(X, y)], fisher_type="true", n_samples=1, seed=0)).double()
+    dS = flat(diagonal_fisher(model, [(X, y)], fisher_type="true", n_samples=1000, seed=0)).double()
     assert rel(dS, F) < 0.08
     assert rel(dS, F) < rel(d1, F) / 4
 
@@ -46,12 +46,12 @@ def test_true_diagonal_is_unbiased_for_fisher_diagonal():
 def test_loop_and_vmap_agree_and_chunk_invariance():
     model = cases.transformer(0)
     X, y = cases.sequence_data(3, 5)
-    ref = diagonal_fisher(model, [(X, y)], method="loop", chunk_size=None)
+    ref = diagonal_fisher(model, [(X, y)], backend="loop", chunk_size=None)
     for cs in (1, 2, None):
-        for kind in ("empirical", "true"):
-            a = diagonal_fisher(model, [(X, y)], kind=kind, chunk_size=cs, seed=4)
-            b = diagonal_fisher(model, [(X, y)], kind=kind, chunk_size=5, seed=4)
-            assert rel(flat(a), flat(b)) < 1e-6, (kind, cs)
+        for fisher_type in ("empirical", "true"):
+            a = diagonal_fisher(model, [(X, y)], fisher_type=fisher_type, chunk_size=cs, seed=4)
+            b = diagonal_fisher(model, [(X, y)], fisher_type=fisher_type, chunk_size=5, seed=4)
+            assert rel(flat(a), flat(b)) < 1e-6, (fisher_type, cs)
         assert rel(flat(diagonal_fisher(model, [(X, y)], chunk_size=cs)), flat(ref)) < 1e-6
 
 
@@ -105,112 +105,11 @@ def test_clipping_bounds_each_per_example_gradient():
     assert rel(flat(big), flat(diagonal_fisher(model, [(X, y)], normalize="none"))) < 1e-7
 
 
-def test_ema_bias_correction_reproduces_constant():
-    x = {"w": torch.tensor([1.0, 2.5, 1e-3]), "b": torch.tensor([3.0])}
-    acc = FisherAccumulator(decay=0.9)
-    for t in range(1, 8):
-        acc.update_from(x, task="a")
-        got = acc.get("a")
-        for n in x:
-            torch.testing.assert_close(got[n], x[n], rtol=1e-6, atol=0)
-        raw = acc.get("a", bias_corrected=False)
-        torch.testing.assert_close(raw["w"], x["w"] * (1 - 0.9**t), rtol=1e-6, atol=0)
-    # separate tasks, and the EMA of a changing input weighs recent steps more
-    acc.update_from({"w": torch.zeros(3), "b": torch.zeros(1)}, task="b")
-    acc.update_from({"w": torch.ones(3), "b": torch.ones(1)}, task="b")
-    assert acc.tasks == ["a", "b"] and acc.steps("b") == 2
-    torch.testing.assert_close(acc.get("b")["b"], torch.tensor([1.0 / 1.9]))
-    with pytest.raises(ValueError, match="task"):
-        acc.get("c")
-    with pytest.raises(ValueError, match="decay"):
-        FisherAccumulator(decay=1.0)
-
-
-def test_accumulator_update_calls_diagonal_fisher():
-    model = cases.mlp(0)
-    X, y = cases.classification_data(1, 4)
-    acc = FisherAccumulator(decay=0.5, storage_dtype=torch.float16)
-    f = acc.update(model, [(X, y)], task="t")
-    got = acc.get("t")
-    assert got["0.weight"].dtype == torch.float32  # decoded state; storage is float16
-    assert acc._state["t"]["0.weight"].dtype == torch.float16
-    assert acc.get("t", dtype=torch.float16)["0.weight"].dtype == torch.float16
-    assert rel(got["0.weight"], f["0.weight"]) < 1e-3
-    assert acc.state_bytes("t") == sum(t.numel() * 2 for t in f.values())
-
-
-def _lm_like_fishers(steps, seed=0, n=20_000):
-    """EMA inputs with the dynamic range of an LM diagonal Fisher: log-normal entries
-    (median 1e-6, 3 natural-log units of spread, so ~10 % lie below 6e-8, float16's
-    smallest subnormal, before any EMA factor), each step the same base times a
-    multiplicative per-entry noise (a noisy mini-batch estimate)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.exp(torch.randn(n, generator=g) * 3.0 + torch.log(torch.tensor(1e-6)))
-    return [{"w": base * torch.exp(0.5 * torch.randn(n, generator=g))} for _ in range(steps)]
-
-
-def _obd_keep(f, w, sparsity=0.5):
-    score = 0.5 * f.float() * w.float() ** 2
-    keep = torch.zeros_like(score, dtype=torch.bool)
-    keep[torch.topk(score, int(score.numel() * (1 - sparsity))).indices] = True
-    return keep
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_ema_does_not_underflow_at_decay_099(dtype):
-    """fp16/bf16 EMA state vs the float32 reference at decay 0.99 (the issue-21 defect:
-    the raw EMA carried the factor 1 - 0.99^t and the small entries became 0 in
-    float16: on main this test fails with 52 % zeros and 81 % OBD agreement)."""
-    xs = _lm_like_fishers(30)
-    ref = FisherAccumulator(decay=0.99)
-    low = FisherAccumulator(decay=0.99, storage_dtype=dtype)
-    for x in xs:
-        ref.update_from(x)
-        low.update_from(x)
-    r, q = ref.get()["w"], low.get()["w"].float()
-    # float32 reference: the plain recursion m_t = d m + (1 - d) x, bias-corrected
-    m = torch.zeros_like(xs[0]["w"])
-    for x in xs:
-        m = 0.99 * m + 0.01 * x["w"]
-    torch.testing.assert_close(r, m / (1 - 0.99 ** 30), rtol=1e-5, atol=0)
-    assert float((r == 0).float().mean()) == 0.0
-    assert float((q == 0).float().mean()) < 1e-3  # share of zero entries
-    assert low.underflow_share() < 1e-3
-    # relative error of a few storage roundings (float16 2^-11, bf16 2^-8) for 99 % of
-    # the entries (the smallest ~1e-10 of the max are float16 subnormals: coarser)
-    err = (q - r).abs() / r
-    tol = 5e-3 if dtype == torch.float16 else 4e-2
-    assert float(torch.quantile(err, 0.99)) < tol
-    assert float((q - r).abs().max() / r.max()) < tol
-    w = torch.randn(r.numel(), generator=torch.Generator().manual_seed(1))
-    agree = float((_obd_keep(q, w) == _obd_keep(r, w)).float().mean())
-    assert agree > 0.995  # 50 % OBD masks
-
-
-def test_ema_underflow_warning_above_one_percent():
-    # a dynamic range of ~1e14 inside one tensor exceeds float16's even with the scale
-    big, tiny = torch.ones(970), torch.full((30,), 1e-14)  # 3 % of entries
-    acc = FisherAccumulator(decay=0.9, storage_dtype=torch.float16)
-    with pytest.warns(RuntimeWarning, match=r"3\.00% of the entries underflow"):
-        acc.update_from({"w": torch.cat([big, tiny])})
-    assert acc.underflow_share() == pytest.approx(0.03)
-    ok = FisherAccumulator(decay=0.9, storage_dtype=torch.float16)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ok.update_from({"w": torch.cat([torch.ones(995), torch.full((5,), 1e-14)])})  # 0.5 %
-        FisherAccumulator(decay=0.9).update_from({"w": torch.cat([big, tiny])})  # float32
-    assert ok.underflow_share() == pytest.approx(0.005)
-    with pytest.raises(TypeError, match="storage_dtype"):
-        FisherAccumulator(storage_dtype="float16")
-
-
 def test_bad_inputs():
     model = cases.mlp(0)
     X, y = cases.classification_data(1, 4)
-    with pytest.raises(ValueError, match="kind"):
-        diagonal_fisher(model, [(X, y)], kind="exact")
+    with pytest.raises(ValueError, match="fisher_type must be one of"):
+        diagonal_fisher(model, [(X, y)], fisher_type="exact")
     with pytest.raises(ValueError, match="normalize"):
         diagonal_fisher(model, [(X, y)], normalize="batch")
     with pytest.raises(ValueError, match="empty"):
@@ -218,7 +117,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="loss_fn"):
         diagonal_fisher(model, [(X, y)], loss_fn=nn.HuberLoss())
     with pytest.raises(ValueError, match="mismatched shapes"):
-        diagonal_fisher(model, [(X, y[:2])], method="loop")
+        diagonal_fisher(model, [(X, y[:2])], backend="loop")
     with pytest.raises(ValueError, match="clip"):
         diagonal_fisher(model, [(X, y)], clip=0.0)
     Xn = X.clone()
@@ -227,26 +126,40 @@ def test_bad_inputs():
         diagonal_fisher(model, [(Xn, y)])
 
 
-@pytest.mark.parametrize("kind", ["empirical", "true"])
-def test_hook_vmap_and_loop_paths_agree(kind):
+def test_renamed_keywords_fail_naming_the_new_ones():
+    model, data = cases.mlp(0), [cases.classification_data(1, 4)]
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'kind' \('kind' is now "
+                                        r"'fisher_type'\)"):
+        diagonal_fisher(model, data, kind="true")
+    with pytest.raises(TypeError, match=r"'method' is now 'backend'"):
+        diagonal_fisher(model, data, method="loop")
+    assert diagonal_fisher.__renamed_keywords__ == {"kind": "fisher_type", "method": "backend"}
+    # the new names work
+    torch.testing.assert_close(flat(diagonal_fisher(model, data, fisher_type="true",
+                                                    backend="loop", seed=2)),
+                               flat(diagonal_fisher(model, data, fisher_type="true", seed=2)))
+
+
+@pytest.mark.parametrize("fisher_type", ["empirical", "true"])
+def test_hook_vmap_and_loop_paths_agree(fisher_type):
     """nn.Linear parameters go through hooks (2-D and 3-D inputs), the rest through vmap."""
     for model, (X, y) in ((cases.mlp(2), cases.classification_data(3, 7)),
                           (cases.transformer(1), cases.sequence_data(4, 3))):
-        ref = diagonal_fisher(model, [(X, y)], kind=kind, method="loop", seed=1)
-        for method in ("auto", "vmap"):
-            got = diagonal_fisher(model, [(X, y)], kind=kind, method=method, seed=1,
-                                  chunk_size=2)
-            assert rel(flat(got), flat(ref)) < 1e-6, method
+        ref = diagonal_fisher(model, [(X, y)], fisher_type=fisher_type, backend="loop", seed=1)
+        for backend in ("auto", "vmap"):
+            got = diagonal_fisher(model, [(X, y)], fisher_type=fisher_type, backend=backend,
+                                  seed=1, chunk_size=2)
+            assert rel(flat(got), flat(ref)) < 1e-6, backend
         # every parameter of both models (nn.Embedding included) is hookable
-        hooks = diagonal_fisher(model, [(X, y)], kind=kind, method="hooks", seed=1)
+        hooks = diagonal_fisher(model, [(X, y)], fisher_type=fisher_type, backend="hooks", seed=1)
         assert rel(flat(hooks), flat(ref)) < 1e-6
-    hooks = diagonal_fisher(cases.mlp(2), [cases.classification_data(3, 7)], method="hooks")
+    hooks = diagonal_fisher(cases.mlp(2), [cases.classification_data(3, 7)], backend="hooks")
     assert set(hooks) == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    with pytest.raises(ValueError, match="method='hooks'"):  # nn.Conv2d is not hookable
+    with pytest.raises(ValueError, match="backend='hooks'"):  # nn.Conv2d is not hookable
         diagonal_fisher(cases.cnn(0), [cases.classification_data(2, 3, shape=(1, 5, 5))],
-                        method="hooks")
-    with pytest.raises(ValueError, match="method"):
-        diagonal_fisher(cases.mlp(2), [cases.classification_data(3, 7)], method="backpack")
+                        backend="hooks")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        diagonal_fisher(cases.mlp(2), [cases.classification_data(3, 7)], backend="backpack")
 
 
 F64 = {"storage_dtype": torch.float64}  # float64 models accumulate in float64
@@ -327,11 +240,11 @@ def test_tied_llama_hooks_match_position_brute_force_both_granularities():
     ids, mask = lm_batch()
     G, N = position_grads(tied_llama(), ids, mask)
     batch = [{"input_ids": ids, "attention_mask": mask}]
-    tok = diagonal_fisher(model, batch, granularity="token", method="hooks", chunk_size=2,
+    tok = diagonal_fisher(model, batch, granularity="token", backend="hooks", chunk_size=2,
                           storage_dtype=torch.float64)
-    seq = diagonal_fisher(model, batch, granularity="sequence", method="hooks",
+    seq = diagonal_fisher(model, batch, granularity="sequence", backend="hooks",
                           chunk_size=2, storage_dtype=torch.float64)
-    loop = diagonal_fisher(model, batch, method="loop", storage_dtype=torch.float64)
+    loop = diagonal_fisher(model, batch, backend="loop", storage_dtype=torch.float64)
     names = [n for n, _ in model.named_parameters()]
     assert set(tok) == set(seq) == set(names) and "lm_head.weight" not in names  # tied
     for n in names:
@@ -344,31 +257,33 @@ def test_tied_llama_hooks_match_position_brute_force_both_granularities():
     # separately) give a different token diagonal; padding_idx row: head only
     untied = tied_llama()
     untied.lm_head.weight = nn.Parameter(untied.lm_head.weight.detach().clone())
-    u = diagonal_fisher(untied, batch, granularity="token", method="hooks", **F64)
+    u = diagonal_fisher(untied, batch, granularity="token", backend="hooks", **F64)
     E = "model.embed_tokens.weight"
     assert float(u[E][0].abs().max()) == 0.0 and float(tok[E][0].abs().min()) > 0
     assert rel(u[E] + u["lm_head.weight"], tok[E]) > 0.05
 
 
-@pytest.mark.parametrize("kind", ["empirical", "true"])
-def test_tied_llama_chunk_invariance_and_padding(kind):
+@pytest.mark.parametrize("fisher_type", ["empirical", "true"])
+def test_tied_llama_chunk_invariance_and_padding(fisher_type):
     model = tied_llama(1)
     ids, mask = lm_batch(b=4, T=5, seed=2)
     batch = {"input_ids": ids, "attention_mask": mask}
     for gran in ("token", "sequence"):
-        ref = diagonal_fisher(model, [batch], kind=kind, granularity=gran, chunk_size=None,
-                              seed=3, **F64)
+        ref = diagonal_fisher(model, [batch], fisher_type=fisher_type, granularity=gran,
+                              chunk_size=None, seed=3, **F64)
         for cs in (1, 3):
-            got = diagonal_fisher(model, [batch], kind=kind, granularity=gran, chunk_size=cs,
-                                  seed=3, **F64)
+            got = diagonal_fisher(model, [batch], fisher_type=fisher_type, granularity=gran,
+                                  chunk_size=cs, seed=3, **F64)
             assert rel(flat(got), flat(ref)) < 1e-10, (gran, cs)
         # padding is masked out: garbage in the padded slots changes nothing
         ids2 = torch.where(mask.bool(), ids, torch.full_like(ids, 7))
-        got = diagonal_fisher(model, [{"input_ids": ids2, "attention_mask": mask}], kind=kind,
-                              granularity=gran, chunk_size=2, seed=3, **F64)
+        got = diagonal_fisher(model, [{"input_ids": ids2, "attention_mask": mask}],
+                              fisher_type=fisher_type, granularity=gran, chunk_size=2, seed=3,
+                              **F64)
         assert rel(flat(got), flat(ref)) < 1e-10, gran
-    if kind == "true":  # sampled labels: vmap/loop and hooks agree for sequences
-        loop = diagonal_fisher(model, [batch], kind=kind, method="loop", seed=3, **F64)
+    if fisher_type == "true":  # sampled labels: vmap/loop and hooks agree for sequences
+        loop = diagonal_fisher(model, [batch], fisher_type=fisher_type, backend="loop", seed=3,
+                               **F64)
         assert rel(flat(loop), flat(ref)) < 1e-10
 
 
@@ -402,7 +317,7 @@ def test_granularity_bad_inputs():
     ids, _ = lm_batch()
     with pytest.raises(ValueError, match="granularity must be one of"):
         diagonal_fisher(model, [ids], granularity="word")
-    for kw in ({"clip": 1.0}, {"method": "vmap"}, {"method": "loop"}):
+    for kw in ({"clip": 1.0}, {"backend": "vmap"}, {"backend": "loop"}):
         with pytest.raises(ValueError, match="granularity='token'"):
             diagonal_fisher(model, [ids], granularity="token", **kw)
     with pytest.raises(ValueError, match="granularity='token'"):  # nn.Conv2d: no hooks
@@ -428,11 +343,11 @@ def test_module_called_twice_falls_back_to_vmap_in_auto():
         model.ln.weight.uniform_(0.5, 1.5)
         model.ln.bias.uniform_(-0.5, 0.5)
     X, y = cases.classification_data(1, 6)
-    ref = diagonal_fisher(model, [(X, y)], method="loop", **F64)
+    ref = diagonal_fisher(model, [(X, y)], backend="loop", **F64)
     got = diagonal_fisher(model, [(X, y)], chunk_size=4, **F64)
     assert rel(flat(got), flat(ref)) < 1e-10
     with pytest.raises(ValueError, match="more than once"):
-        diagonal_fisher(model, [(X, y)], method="hooks")
+        diagonal_fisher(model, [(X, y)], backend="hooks")
 
 
 def test_position_wise_model_token_granularity_equals_one_token_examples():
@@ -446,10 +361,10 @@ def test_position_wise_model_token_granularity_equals_one_token_examples():
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(-0.5, 0.5)
     X, y = cases.sequence_data(5, 3, T=4)
-    tok = diagonal_fisher(model, [(X, y)], granularity="token", method="hooks", chunk_size=2,
+    tok = diagonal_fisher(model, [(X, y)], granularity="token", backend="hooks", chunk_size=2,
                           **F64)
-    ref = diagonal_fisher(model, [(X.reshape(-1, 1), y.reshape(-1, 1))], method="loop", **F64)
+    ref = diagonal_fisher(model, [(X.reshape(-1, 1), y.reshape(-1, 1))], backend="loop", **F64)
     assert rel(flat(tok), flat(ref)) < 1e-10
-    seq = diagonal_fisher(model, [(X, y)], method="hooks", chunk_size=2, **F64)
-    seq_ref = diagonal_fisher(model, [(X, y)], method="loop", **F64)
+    seq = diagonal_fisher(model, [(X, y)], backend="hooks", chunk_size=2, **F64)
+    seq_ref = diagonal_fisher(model, [(X, y)], backend="loop", **F64)
     assert rel(flat(seq), flat(seq_ref)) < 1e-10 and rel(flat(seq), flat(tok)) > 1e-3

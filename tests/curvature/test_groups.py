@@ -92,7 +92,7 @@ def test_real_smollm2_head_groups(smollm2):
     ids = torch.tensor([tok.encode("The quick brown fox jumps over the lazy dog.")[:12]])
     pre = "model.layers.3.self_attn."
     names = [pre + p + ".weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    d = diagonal_fisher(model, [ids], params=names, kind="empirical")
+    d = diagonal_fisher(model, [ids], params=names, fisher_type="empirical")
     g = group_fisher(d, model)
     assert g[names[0] + "|head"].shape == (9,) and g[names[1] + "|head"].shape == (3,)
     assert g[names[3] + "|head"].shape == (9,) and g[names[0] + "|channel"].shape == (576,)
@@ -117,7 +117,7 @@ def test_collected_groups_equal_reduced_full_diagonal(tiny_llama, granularity, f
     g = torch.Generator().manual_seed(2)
     batches = [torch.randint(0, 256, (3, 7), generator=g) for _ in range(2)]
     names = _linear_weights(model)
-    full = diagonal_fisher(model, batches, params=names, kind=fisher_type, n_samples=2,
+    full = diagonal_fisher(model, batches, params=names, fisher_type=fisher_type, n_samples=2,
                            granularity=granularity, seed=5, chunk_size=2)
     ref = group_fisher(full, model)
     got = collect_group_fisher(model, batches, fisher_type=fisher_type, n_samples=2,
@@ -186,7 +186,8 @@ def test_group_collection_storage_options_and_underflow_warning(tiny_llama):
     import warnings
 
     from workbench.curvature import FisherAccumulator
-    from workbench.curvature.groups import _store, collect_group_fisher
+    from workbench.curvature import _storage
+    from workbench.curvature.groups import collect_group_fisher
 
     model = tiny_llama[0]
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4))
@@ -200,7 +201,7 @@ def test_group_collection_storage_options_and_underflow_warning(tiny_llama):
         assert torch.equal(v, ref[k].to(torch.float16))  # one rounding of the float32 sums
     vals = {"a|channel": torch.cat([torch.ones(98), torch.full((2,), 1e-9)])}  # 2 % < 6e-8
     with pytest.warns(RuntimeWarning, match=r"collect_group_fisher: 2\.00% of the entries"):
-        _store(vals, torch.float16, None)
+        _storage.store(vals, torch.float16, None, "collect_group_fisher")
     with pytest.raises(TypeError, match="storage_dtype"):
         collect_group_fisher(model, [ids], storage_dtype=torch.int8)
     # the group EMA in float16 keeps the float32 EMA's values (per-tensor scale)

@@ -14,6 +14,10 @@ TINY = dict(model="tiny-llama", corpus="lee", steps_per_round=1, n_rounds=1, seq
             sw_spike_ratio=1.0, experiment="X1", seed=2)
 
 
+def test_one_imp_run_is_cell_run_and_run_cell_is_only_the_grids():
+    assert callable(cell.run) and not hasattr(cell, "run_cell")
+
+
 def test_as_config_validates_overrides():
     assert cell.as_config(None) == IMPConfig()
     cfg = IMPConfig(lr=0.5)
@@ -22,8 +26,8 @@ def test_as_config_validates_overrides():
         cell.as_config({"stepz": 3})
 
 
-def test_run_cell_tables_manifest_and_resume(tmp_path):
-    run = cell.run_cell(TINY, tmp_path, progress=False)
+def test_run_tables_manifest_and_resume(tmp_path):
+    run = cell.run(TINY, tmp_path, progress=False)
     tables = run.tables
     assert set(tables) == {"records", "losses", "layer_sparsity", "super_weights"}
     rec = tables["records"]
@@ -42,7 +46,7 @@ def test_run_cell_tables_manifest_and_resume(tmp_path):
     assert m["seed"] == 2 and m["parameters"] == run.config.to_dict()
     assert list(m["design"]) == list(design_keys()) and m["resumed_from"] is None
     assert "X1 seed 2" in cell.sentence(run)
-    again = cell.run_cell(TINY, tmp_path, progress=False)
+    again = cell.run(TINY, tmp_path, progress=False)
     assert again.result.resumed_from == 1
     pd.testing.assert_frame_equal(again.tables["records"], rec)
 
@@ -53,7 +57,7 @@ def test_a_run_on_token_shards_records_its_folder_and_windows(tmp_path):
 
     sh = shards.prepare_shards("lee", ByteTokenizer(), tmp_path / "lee", progress=False)
     cfg = dict(TINY, corpus=str(sh.path), seq_len=32, val_seq_len=32, n_val_blocks=3)
-    run = cell.run_cell(cfg, tmp_path / "run", progress=False)
+    run = cell.run(cfg, tmp_path / "run", progress=False)
     data = run.manifest["train_data"]
     assert data["manifest_sha256"] == sh.manifest_sha256 and data["n_tokens"] == sh.n_tokens(
         "train")

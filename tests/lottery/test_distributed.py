@@ -156,7 +156,7 @@ def _rank_pids(marker: str, rank: int) -> list[int]:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "workbench.lottery.distributed" in cmd and marker in cmd \
+        if "workbench.lottery.rank" in cmd and marker in cmd \
                 and f"RANK={rank}".encode() in env:
             out.append(int(proc.name))
     return out

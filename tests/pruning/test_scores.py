@@ -112,6 +112,15 @@ def test_obd_empirical_is_obd_saliency_of_per_example_fisher(llama, data):
         torch.testing.assert_close(f[n], ref, rtol=1e-3, atol=1e-10)
 
 
+def test_obd_fisher_option_method_was_renamed_backend(llama, data):
+    from workbench.pruning.scores import obd_true_scores
+
+    with pytest.raises(TypeError, match=r"'method' is now 'backend'"):
+        obd_true_scores(llama, tokens=data[:1, :6], method="loop")
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['method'\]"):
+        importance(llama, "obd_true", tokens=data[:1, :6], method="loop")
+
+
 def test_hybrid(llama, data):
     h = importance(llama, "hybrid", tokens=data, batch_size=2)
     assert HYBRID_DEFAULT_WEIGHTS == {"magnitude": 0.5, "wanda": 0.5}

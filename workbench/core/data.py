@@ -37,6 +37,7 @@ import torch
 
 from workbench.core import io, paths
 from workbench.core.checks import check_range
+from workbench.core.shard_layout import is_shard_folder
 
 DEFAULT_CORPUS = "wiki-excerpt"
 KNOWN_CORPORA = ("wiki-excerpt", "lee")
@@ -296,7 +297,7 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         docs = _lee_documents()
     elif name.endswith((".txt", ".jsonl")) or Path(name).suffix in (".txt", ".jsonl"):
         docs = _file_documents(Path(name))
-    elif Path(name).is_dir() and _is_shard_folder(name):
+    elif Path(name).is_dir() and is_shard_folder(name):
         raise ValueError(
             f"name: {name!r} is a token shard folder (token ids, not text): open it with "
             f"workbench.core.shards.open_shards({name!r}); a lottery spec's corpus: reads it "
@@ -318,12 +319,6 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
         raise ValueError(f"name: corpus {name!r} contains no text")
     train, val, test = split_documents(docs, seed)
     return Corpus(name=name, train=train, validation=val, test=test)
-
-
-def _is_shard_folder(name: str) -> bool:
-    from workbench.core.shards import is_shard_folder
-
-    return is_shard_folder(name)
 
 
 # ----------------------------------------------------------------------------- tokens

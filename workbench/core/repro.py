@@ -16,6 +16,7 @@ import torch
 
 from workbench.core import io, paths
 from workbench.core.checks import check_range
+from workbench.core.version import PACKAGE_DIR, __version__
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -59,9 +60,7 @@ def _git(*args: str, cwd: str | os.PathLike | None = None) -> str | None:
 def package_dir() -> Path:
     """The folder of the ``workbench`` package actually imported (not the working
     directory, not :data:`workbench.core.paths.ROOT`)."""
-    import workbench
-
-    return Path(workbench.__file__).resolve().parent
+    return PACKAGE_DIR
 
 
 def code_version(package: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -130,8 +129,6 @@ def environment_record() -> dict[str, Any]:
     """
     import transformers
 
-    import workbench
-
     acc = accelerator_versions()
     return {
         "python": sys.version.split()[0],
@@ -140,7 +137,7 @@ def environment_record() -> dict[str, Any]:
         **acc,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
-        "workbench": getattr(workbench, "__version__", None),
+        "workbench": __version__,
         "workbench_path": str(package_dir()),
         "device": (torch.cuda.get_device_name(0) if acc["cuda_available"]
                    else f"cpu ({os.cpu_count()} cores)"),

@@ -68,15 +68,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from workbench.core import io
+from workbench.core import data, io
 from workbench.core.checks import check_range, renamed_keywords
+from workbench.core.data import KNOWN_CORPORA, check_tokenizer
+from workbench.core.shard_layout import MANIFEST, SPLIT_FILES, SPLITS, is_shard_folder
 
 FORMAT = "workbench-shards"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SPLITS = ("train", "validation", "test")
-#: File of each split (nanoGPT's names for train and validation).
-SPLIT_FILES = {"train": "train.bin", "validation": "val.bin", "test": "test.bin"}
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 SOURCE_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -92,8 +90,6 @@ _PREPARE_HINT = "workbench data prepare SOURCE --tokenizer MODEL --out {dir}"
 
 
 def _accepted_sources() -> str:
-    from workbench.core.data import KNOWN_CORPORA
-
     return (f"a built-in corpus ({', '.join(KNOWN_CORPORA)}), a .txt/.jsonl/.parquet file, "
             "a folder of such files, a list of strings, or a Hugging Face dataset name "
             "'owner/name' (needs the 'datasets' package and the dataset in the local cache)")
@@ -220,9 +216,7 @@ def tokenizer_identity(tokenizer, name: str | None = None) -> dict[str, Any]:
     :class:`~workbench.core.tokenizers.ByteTokenizer`, which has no files). The EOS id is
     always part of it. ``files`` maps each tokenizer file found on disk to its SHA-256.
     """
-    from workbench.core.data import check_tokenizer as _check_has_encode
-
-    _check_has_encode(tokenizer)
+    check_tokenizer(tokenizer)
     eos = _eos_id(tokenizer)
     cls = type(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -408,8 +402,6 @@ def _hf_dataset(name: str, config: str | None, split: str):
 
 
 def _resolve_source(source, text_field: str, hf_config: str | None, hf_split: str) -> _Source:
-    from workbench.core import data
-
     if isinstance(source, (list, tuple)):
         for i, doc in enumerate(source):
             if not isinstance(doc, str):
@@ -634,9 +626,9 @@ def prepare_shards(
 
 
 def _versions() -> dict[str, Any]:
-    import workbench
+    from workbench.core.version import __version__
 
-    out = dict(workbench_version=workbench.__version__, numpy=np.__version__)
+    out = dict(workbench_version=__version__, numpy=np.__version__)
     for mod in ("tokenizers", "transformers"):
         try:
             out[mod] = __import__(mod).__version__
@@ -669,14 +661,6 @@ def _manifest(ident, dtype, source, fractions, seed, tokens, documents, hashes,
 
 
 # ----------------------------------------------------------------------------- reading
-def is_shard_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder with a ``manifest.json`` or nanoGPT's ``train.bin``
-    and ``val.bin``."""
-    p = Path(path).expanduser()
-    return p.is_dir() and ((p / MANIFEST).is_file()
-                           or ((p / "train.bin").is_file() and (p / "val.bin").is_file()))
-
-
 def shard_folder(spec: Any) -> Path | None:
     """The folder a ``corpus:`` value names when it means a shard folder, else ``None``.
 
@@ -688,7 +672,6 @@ def shard_folder(spec: Any) -> Path | None:
     then against the working directory.
     """
     from workbench.core import models, paths
-    from workbench.core.data import KNOWN_CORPORA
 
     if not isinstance(spec, (str, os.PathLike)):
         return None

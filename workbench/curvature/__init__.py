@@ -8,19 +8,26 @@ terms of all batches, or ``sum``), and every one can be checked against a dense 
   Fisher products over iterables of batches; :func:`dense_matrix` for small models.
 * :mod:`.verify`: :func:`verify_fisher_ggn` (a pandas table of checks), Monte Carlo
   convergence, HVP variance reduction.
-* :mod:`.diagonal`: diagonal empirical / true Fisher at LM scale, :class:`FisherAccumulator`.
+* :mod:`.diagonal`: diagonal empirical / true Fisher at LM scale.
+* :mod:`.accumulator`: :class:`FisherAccumulator`, a per-task EMA of diagonal / group
+  Fishers with low-precision storage.
 * :mod:`.groups`: channel / input-channel / attention-head (GQA) group Fisher, reduced
   from a diagonal or collected directly with ``O(groups)`` memory; expansion back.
 * :mod:`.perturb`: :func:`perturb_groups` (reversible noise on the top / random / bottom
   Fisher-ranked channels or heads at concentration C) and :func:`group_risk`.
 * :mod:`.kfac`: :class:`KFAC` for linear layers with sequence inputs (expand / reduce),
-  products, damped inverse, natural gradient of a language model.
+  products, damped inverse, natural gradient of a language model; the layers it covers
+  (:func:`~.kfac.default_modules`, :func:`~.kfac.modules_of_type`).
 * :mod:`.spectrum`: Hutchinson trace, Lanczos top-k, effective rank, condition number.
 * :mod:`.capacity`: Fisher-weighted damage, PAC-Bayes complexity, sharpness,
   :func:`capacity_summary`.
 * :mod:`.registry`: the names: :class:`FisherType` (``empirical`` / ``true``) and
-  ``CURVATURE_MATRICES`` (``hessian``, ``ggn``, ``empirical_fisher``, ``true_fisher``).
-* :mod:`.examples`: the digits classifier and LM tables/figures of notebooks 01 and 07.
+  ``CURVATURE_MATRICES`` (``hessian``, ``ggn``, ``empirical_fisher``, ``true_fisher``;
+  each an :class:`~.registry.OutputSpaceMatrix` or a :class:`~.registry.BatchMatrix`).
+* Private plumbing: :mod:`._problem` (terms, per-example slicing, the label-sampling rule
+  of the true Fisher shared by diagonal, group and K-FAC, per-example functional calls),
+  :mod:`._persample` (the per-example gradient iterator and hook-based squared
+  gradients), :mod:`._storage` (low-precision storage and underflow warnings).
 """
 
 from workbench.curvature.capacity import (
@@ -30,7 +37,8 @@ from workbench.curvature.capacity import (
     pac_bayes,
     sharpness,
 )
-from workbench.curvature.diagonal import FisherAccumulator, diagonal_fisher
+from workbench.curvature.accumulator import FisherAccumulator
+from workbench.curvature.diagonal import diagonal_fisher
 from workbench.curvature.groups import collect_group_fisher, expand_groups, group_fisher
 from workbench.curvature.kfac import KFAC, natural_gradient
 from workbench.curvature.perturb import GroupPerturbation, group_risk, perturb_groups

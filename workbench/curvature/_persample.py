@@ -1,5 +1,16 @@
-"""Private: squared per-sample gradients from one forward + backward pass, via module hooks.
+"""Private: per-example gradients, chunk by chunk, and their squares from module hooks.
 
+:class:`PerExampleGradients` is the one loop over the examples of the data that
+:func:`~workbench.curvature.diagonal.diagonal_fisher` and
+:func:`~workbench.curvature.groups.collect_group_fisher` share: batches are split into
+chunks of examples, each chunk gets one recorded forward pass, its labels (the data
+labels, or for the true Fisher the labels of
+:func:`~workbench.curvature._problem.sample_labels`), and per label draw one backward
+pass to the recorded module outputs (:meth:`Chunk.output_gradients`); the caller turns
+those output gradients into squared per-example parameter gradients
+(:func:`add_squared_grads` here, row/column sums in the group Fisher).
+
+Squared per-sample gradients from one forward + backward pass, via module hooks.
 Supported modules (a parameter is hooked when every module that owns it is one of these):
 
 * ``nn.Linear`` (weight, bias),
@@ -35,11 +46,16 @@ gradient of example ``i``'s loss w.r.t. a parameter is ``G_i = sum_p G_{i,p}`` w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from workbench.curvature import _problem as P
 
 GRANULARITIES = ("sequence", "token")
+NORMALIZATIONS = ("token", "example", "none")
 
 #: Per-example work (squaring ``[b, out, in]`` gradients) is vectorised up to this size.
 _EINSUM_MAX = 1 << 24
@@ -121,8 +137,6 @@ def make_plan(model: nn.Module, names: list[str], granularity: str) -> Plan:
 def drop_reused(plan: Plan, model: nn.Module, probe, lkind, loss_fn) -> Plan:
     """``plan`` without the parameters of modules called more than once in a forward pass
     on ``probe`` (one small example; no gradients); those need ``vmap``."""
-    from workbench.curvature import _problem as P
-
     calls: dict[str, int] = {}
     handles = [m.register_forward_hook(
         lambda mod, a, o, mn=mn: calls.__setitem__(mn, calls.get(mn, 0) + 1))
@@ -164,7 +178,7 @@ class Recorder:
                 return
             if mn in self.outputs:
                 raise ValueError(f"{mn}: module called more than once per forward pass; its "
-                                 "per-example gradients need method='vmap'")
+                                 "per-example gradients need backend='vmap'")
             if not isinstance(out, Tensor) or not out.requires_grad:
                 raise ValueError(f"{mn}: output does not require grad; the selected "
                                  "parameters must have requires_grad=True")
@@ -182,8 +196,6 @@ class Recorder:
 
 def _norm_basis(mod: nn.Module, x: Tensor) -> Tensor:
     """``d out / d weight`` (elementwise) of an affine-in-weight norm layer at input ``x``."""
-    from torch.func import functional_call
-
     w = mod.weight
     sub = {"weight": torch.ones_like(w)}
     zero = {"weight": torch.zeros_like(w)}
@@ -318,3 +330,123 @@ def add_squared_grads(acc: dict[str, Tensor], plan: Plan, rec: Recorder,
                 for u, (g, x) in zip(uses, data):
                     _add_example(buf, u, g, x, i)
                 acc[n].addcmul_(buf, buf, value=scale)
+
+
+# ----------------------------------------------------------------------------- iteration
+@dataclass
+class Chunk:
+    """``b`` consecutive examples of one batch with their recorded forward pass.
+
+    Attributes:
+        examples: The rows of the batch (same format as the batch).
+        n_examples: ``b``.
+        first: Global index of the first example (over all batches, in order).
+        labels: ``[S, b, ...]`` sampled labels (:func:`~._problem.sample_labels`) for the
+            true Fisher, ``None`` for the data labels.
+        n_samples: Label draws ``S`` (1 for the data labels).
+        terms: The recorded forward pass (``None`` when nothing is recorded).
+        outputs: ``{module name: output}`` recorded in the forward pass (in the graph).
+        record: What the record function returned next to the outputs (a hook recorder,
+            the module inputs, ...).
+    """
+
+    examples: Any
+    n_examples: int
+    first: int
+    labels: Tensor | None
+    n_samples: int
+    loss_kind: str
+    terms: P.Terms | None = None
+    outputs: Mapping[str, Tensor] = field(default_factory=dict)
+    record: Any = None
+
+    def targets(self, s: int) -> Tensor | None:
+        """Labels of draw ``s`` as ``[b, ...]`` (one row per example), or ``None``."""
+        return None if self.labels is None else self.labels[s]
+
+    def output_gradients(self) -> Iterator[dict[str, Tensor]]:
+        """Per label draw ``s``: ``{module name: dL_s / d output}`` with
+        ``L_s = sum_t active_t * l_t(y_t^(s))`` the summed (unweighted) loss of the chunk's
+        active terms at the labels of draw ``s``; one backward pass each, no parameter
+        gradient formed."""
+        terms, lk = self.terms, self.loss_kind
+        w = terms.active.to(terms.outputs.dtype)
+        order = list(self.outputs)
+        S = self.n_samples
+        for s in range(S):
+            tgt = terms.targets if self.labels is None else \
+                self.labels[s].reshape(terms.targets.shape)
+            if lk in ("ce", "nll"):
+                tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
+            loss = (w * P.term_losses(lk, terms.outputs, tgt)).sum()
+            gs = torch.autograd.grad(loss, [self.outputs[n] for n in order],
+                                     retain_graph=s < S - 1, allow_unused=True,
+                                     materialize_grads=True)
+            yield dict(zip(order, gs))
+
+
+class PerExampleGradients:
+    """The examples of ``batches``, chunk by chunk (see the module docstring).
+
+    Args:
+        model: The model.
+        batches: A list of batches (:func:`~._problem.as_batch_list`).
+        loss_kind, loss_fn: The loss.
+        fisher_type: ``"empirical"`` (data labels) or ``"true"`` (sampled labels).
+        n_samples: Label draws per term for ``"true"``.
+        seed: Seed of the sampled labels (:func:`~._problem.sample_labels`).
+        chunk_size: Examples per chunk (``None``: the whole batch).
+        record: ``record(examples) -> (terms, {module: output}, extra)``: the forward pass
+            of a chunk with the module outputs to differentiate, or ``None`` (no forward
+            pass with gradients; for ``"true"`` a ``no_grad`` pass samples the labels).
+
+    Attributes (complete after the iteration):
+        n_terms: Active terms of all batches.
+        n_examples: Examples of all batches.
+    """
+
+    def __init__(self, model: nn.Module, batches: list, *, loss_kind: str,
+                 loss_fn: nn.Module, fisher_type: str, n_samples: int, seed: int,
+                 chunk_size: int | None,
+                 record: Callable[[Any], tuple[P.Terms, Mapping[str, Tensor], Any]] | None
+                 = None):
+        self.model, self.batches, self.loss_fn = model, batches, loss_fn
+        self.loss_kind, self.fisher_type, self.seed = loss_kind, fisher_type, seed
+        self.n_samples = int(n_samples) if fisher_type == "true" else 1
+        self.chunk_size, self.record = chunk_size, record
+        self.n_terms = self.n_examples = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        lk, S = self.loss_kind, self.n_samples
+        self.n_terms = self.n_examples = 0
+        for batch in self.batches:
+            P.check_example_batch(batch)
+            b = P.n_examples(batch)
+            step = b if self.chunk_size is None else int(self.chunk_size)
+            for start in range(0, b, step):
+                ex = P.example_rows(batch, slice(start, start + step))
+                bc = P.n_examples(ex)
+                first = self.n_examples + start
+                chunk = Chunk(ex, bc, first, None, S, lk)
+                if self.record is not None:
+                    chunk.terms, chunk.outputs, chunk.record = self.record(ex)
+                    sampled_from = chunk.terms.outputs
+                elif self.fisher_type == "true":
+                    with torch.no_grad():
+                        sampled_from = P.batch_terms(self.model, ex, lk, self.loss_fn).outputs
+                if self.fisher_type == "true":
+                    chunk.labels = P.sample_labels(lk, sampled_from, bc, S, self.seed, first)
+                yield chunk
+            self.n_terms += P.count_terms(batch, lk, self.loss_fn)
+            self.n_examples += b
+
+    def denominator(self, normalize: str) -> int:
+        """``N`` of ``normalize`` (``"token"``: active terms, ``"example"``: examples,
+        ``"none"``: 1), after the iteration.
+
+        Raises:
+            ValueError: No active terms in the data.
+        """
+        if self.n_terms == 0:
+            raise ValueError("batches: no active terms (all targets are padding/ignored)")
+        return {"token": self.n_terms, "example": self.n_examples, "none": 1}[normalize]

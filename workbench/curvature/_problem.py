@@ -11,12 +11,28 @@ its weight: ``1 / N`` for ``reduction="mean"`` (``1 / (N * C)`` for ``MSELoss``,
 averages over the ``C`` outputs too), ``1`` for ``reduction="sum"``. ``N`` counts the
 active terms of *all* batches, so a sum over batches equals the quantity on the
 concatenated data.
+
+Besides terms, this module holds the plumbing every per-example computation shares:
+
+* per-example slicing (:func:`n_examples`, :func:`example_rows`, :func:`add_example_dim`,
+  :func:`check_example_batch`, :func:`probe_example`): an *example* is one row of a batch
+  (one sequence of a causal LM, one sample of a classifier) and owns its terms;
+* **the** label-sampling rule of the true Fisher (:func:`sample_labels`), used by
+  :func:`~workbench.curvature.diagonal.diagonal_fisher`,
+  :func:`~workbench.curvature.groups.collect_group_fisher` and
+  :class:`~workbench.curvature.kfac.KFAC`: the same ``seed`` gives the same labels in all
+  three, however the examples are batched or chunked;
+* the functional model calls per example (:func:`example_loss_fn`,
+  :func:`example_outputs_fn`) that ``torch.func.vmap`` differentiates.
+
+``loss_kind`` (``"ce"``, ``"nll"`` or ``"mse"``, from :func:`loss_kind_of`) names the loss
+everywhere below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +43,7 @@ SUPPORTED_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss)
 _LOSS_NAMES = "nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss"
 
 
-def loss_kind(loss_fn: Any) -> str:
+def loss_kind_of(loss_fn: Any) -> str:
     """Return ``"ce"``, ``"nll"`` or ``"mse"`` for a supported loss module.
 
     Raises:
@@ -132,7 +148,8 @@ def _call(model: nn.Module, x: Any, **kwargs: Any) -> Tensor:
 
 
 def batch_terms(
-    model: nn.Module, batch: Any, kind: str, loss_fn: nn.Module, call=None, validate: bool = True
+    model: nn.Module, batch: Any, loss_kind: str, loss_fn: nn.Module, call=None,
+    validate: bool = True,
 ) -> Terms:
     """Run the model on one batch and flatten its outputs to terms.
 
@@ -159,7 +176,7 @@ def batch_terms(
             mask = batch.get("attention_mask")
         else:
             ids, mask = batch, None
-        if kind == "mse":
+        if loss_kind == "mse":
             raise ValueError("loss_fn: token batches need nn.CrossEntropyLoss, not MSELoss")
         if ids.shape[1] < 2:
             raise ValueError(f"batch: token blocks need seq >= 2, got shape {tuple(ids.shape)}")
@@ -175,7 +192,7 @@ def batch_terms(
     elif isinstance(batch, (tuple, list)) and len(batch) == 2:
         x, y = batch
         out = call(model, x)
-        if kind == "mse":
+        if loss_kind == "mse":
             if out.shape != y.shape:
                 raise ValueError(
                     f"batch: MSE targets must have the output shape {tuple(out.shape)}, "
@@ -199,13 +216,13 @@ def batch_terms(
             f"or an (x, y) pair; got {type(batch).__name__}"
         )
     tgt = torch.where(active, tgt, torch.zeros_like(tgt))
-    if (validate and kind in ("ce", "nll") and tgt.numel()
+    if (validate and loss_kind in ("ce", "nll") and tgt.numel()
             and (tgt.min() < 0 or tgt.max() >= out.shape[1])):
         raise ValueError(f"batch: class targets must lie in [0, {out.shape[1]})")
     return Terms(out, tgt, active)
 
 
-def batch_terms_with_io(model: nn.Module, batch: Any, kind: str, loss_fn: nn.Module,
+def batch_terms_with_io(model: nn.Module, batch: Any, loss_kind: str, loss_fn: nn.Module,
                         modules: Mapping[str, nn.Module], purpose: str = ""):
     """:func:`batch_terms` while capturing each module's input and output.
 
@@ -232,14 +249,14 @@ def batch_terms_with_io(model: nn.Module, batch: Any, kind: str, loss_fn: nn.Mod
 
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
     try:
-        terms = batch_terms(model, batch, kind, loss_fn)
+        terms = batch_terms(model, batch, loss_kind, loss_fn)
     finally:
         for h in handles:
             h.remove()
     return terms, inputs, outputs
 
 
-def count_terms(batch: Any, kind: str, loss_fn: nn.Module) -> int:
+def count_terms(batch: Any, loss_kind: str, loss_fn: nn.Module) -> int:
     """Number of active terms of one batch, without running the model."""
     ignore = getattr(loss_fn, "ignore_index", -100)
     if isinstance(batch, Mapping):
@@ -252,7 +269,7 @@ def count_terms(batch: Any, kind: str, loss_fn: nn.Module) -> int:
         return int((batch[:, 1:] != ignore).sum())
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         y = batch[1]
-        if kind == "mse":
+        if loss_kind == "mse":
             return int(y.shape[0])
         return int((y != ignore).sum())
     raise ValueError(
@@ -261,39 +278,39 @@ def count_terms(batch: Any, kind: str, loss_fn: nn.Module) -> int:
     )
 
 
-def term_losses(kind: str, outputs: Tensor, targets: Tensor) -> Tensor:
+def term_losses(loss_kind: str, outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-term losses ``[n]`` (summed over output dimensions for MSE)."""
-    if kind == "ce":
+    if loss_kind == "ce":
         return nn.functional.cross_entropy(outputs, targets, reduction="none")
-    if kind == "nll":
+    if loss_kind == "nll":
         return nn.functional.nll_loss(outputs, targets, reduction="none")
     return (outputs - targets).pow(2).sum(-1)
 
 
-def term_scale(kind: str, loss_fn: nn.Module, n_total: int, n_outputs: int) -> float:
+def term_scale(loss_kind: str, loss_fn: nn.Module, n_total: int, n_outputs: int) -> float:
     """Weight ``w`` of every active term (see the module docstring)."""
     if loss_fn.reduction == "sum":
         return 1.0
     if n_total <= 0:
         raise ValueError("batches: no active terms (all targets are padding/ignored)")
-    return 1.0 / (n_total * (n_outputs if kind == "mse" else 1))
+    return 1.0 / (n_total * (n_outputs if loss_kind == "mse" else 1))
 
 
-def predictive_probs(kind: str, outputs: Tensor) -> Tensor:
+def predictive_probs(loss_kind: str, outputs: Tensor) -> Tensor:
     """Model's predictive distribution over classes ``[n, C]`` implied by the loss.
 
     ``ce``: softmax of the logits; ``nll``: ``exp`` of the log-probabilities,
     renormalised so each row sums to one.
     """
-    if kind == "ce":
+    if loss_kind == "ce":
         return outputs.softmax(-1)
-    if kind == "nll":
+    if loss_kind == "nll":
         p = outputs.exp()
         return p / p.sum(-1, keepdim=True)
     raise ValueError("predictive_probs: only classification losses have class probabilities")
 
 
-def sample_targets(kind: str, outputs: Tensor, n_samples: int,
+def sample_targets(loss_kind: str, outputs: Tensor, n_samples: int,
                    generator: torch.Generator) -> Tensor:
     """Draw ``n_samples`` targets per term from the predictive distribution.
 
@@ -302,11 +319,11 @@ def sample_targets(kind: str, outputs: Tensor, n_samples: int,
     error up to a constant).
     """
     z = outputs.detach()
-    if kind == "mse":
+    if loss_kind == "mse":
         eps = torch.randn((n_samples, *z.shape), generator=generator, dtype=z.dtype,
                           device="cpu").to(z.device)
         return z.unsqueeze(0) + eps * (0.5**0.5)
-    p = predictive_probs(kind, z).double().cpu()
+    p = predictive_probs(loss_kind, z).double().cpu()
     ids = torch.multinomial(p, n_samples, replacement=True, generator=generator)
     return ids.T.contiguous().to(z.device)
 
@@ -340,3 +357,171 @@ def _call_functional(model: nn.Module, params: dict, x: Any, **kwargs: Any) -> T
     if is_hf_model(model):
         kwargs.setdefault("use_cache", False)
     return logits_of(functional_call(model, params, (x,), kwargs))
+
+
+# ----------------------------------------------------------------------------- examples
+def n_examples(batch: Any) -> int:
+    """Number of examples (rows) of a batch: token tensor, dict with ``input_ids``, or
+    ``(x, y)`` pair."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        return batch["input_ids"].shape[0]
+    return batch[0].shape[0]
+
+
+def example_rows(batch: Any, rows: slice | int) -> Any:
+    """Rows ``rows`` of a batch (token tensor, dict, or ``(x, y)`` pair), same format."""
+    if isinstance(batch, Tensor):
+        return batch[rows]
+    if isinstance(batch, Mapping):
+        return {k: v[rows] for k, v in batch.items()}
+    return (batch[0][rows], batch[1][rows])
+
+
+def add_example_dim(example: Any) -> Any:
+    """A single example (one row, without its leading dimension) as a batch of one."""
+    if isinstance(example, Tensor):
+        return example[None]
+    if isinstance(example, Mapping):
+        return {k: v[None] for k, v in example.items()}
+    return (example[0][None], example[1][None])
+
+
+def probe_example(batch: Any) -> Any:
+    """The first example of ``batch`` (first 2 tokens for token batches): a cheap pass that
+    reveals which modules a forward pass calls more than once."""
+    if isinstance(batch, Tensor):
+        return batch[:1, :2]
+    if isinstance(batch, Mapping):
+        return {k: v[:1, :2] for k, v in batch.items()}
+    return example_rows(batch, slice(0, 1))
+
+
+def check_example_batch(batch: Any) -> None:
+    """Leading-dimension checks that the per-example split relies on.
+
+    Raises:
+        ValueError: A dict without ``input_ids`` or with a mismatched ``attention_mask``,
+            an ``(x, y)`` pair whose batch dimensions differ, or an unrecognised batch.
+    """
+    if isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise ValueError("batch: a dict batch needs an 'input_ids' entry")
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.shape != batch["input_ids"].shape:
+            raise ValueError(f"batch: mismatched shapes, attention_mask {tuple(mask.shape)} "
+                             f"vs input_ids {tuple(batch['input_ids'].shape)}")
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"batch: mismatched shapes, inputs {tuple(x.shape)} and targets "
+                             f"{tuple(y.shape)} differ in the batch dimension")
+    elif not isinstance(batch, Tensor):
+        raise ValueError("batch: expected a LongTensor [b, seq] of token ids, a dict with "
+                         f"'input_ids', or an (x, y) pair; got {type(batch).__name__}")
+
+
+# ----------------------------------------------------------------------------- labels
+#: Stride between the label seeds of two runs: example ``i`` of a run with ``seed`` draws
+#: from a generator seeded ``seed * LABEL_SEED_STRIDE + i`` (see :func:`sample_labels`).
+LABEL_SEED_STRIDE = 1_000_003
+
+
+def label_seed(seed: int, example: int) -> int:
+    """Seed of the generator of global example ``example`` (see :func:`sample_labels`)."""
+    return int(seed) * LABEL_SEED_STRIDE + int(example)
+
+
+def sample_labels(loss_kind: str, outputs: Tensor, n_examples: int, n_samples: int,
+                  seed: int, first: int) -> Tensor:
+    """The label-sampling rule of the true Fisher: one generator per example.
+
+    Global example ``first + i`` (its index over all batches of the call, counting every
+    row of every batch in order) draws its ``n_samples`` labels per term from a
+    ``torch.Generator`` seeded ``seed * 1_000_003 + first + i``
+    (:data:`LABEL_SEED_STRIDE`), with :func:`sample_targets` on its own terms' outputs.
+    So the labels depend on the seed, the example's position in the data and the model,
+    never on how the examples are split into batches or chunks, and
+    :func:`~workbench.curvature.diagonal.diagonal_fisher`,
+    :func:`~workbench.curvature.groups.collect_group_fisher` and
+    :class:`~workbench.curvature.kfac.KFAC` draw the same labels for the same ``seed``.
+    (The choice of one generator per example is ours; it keeps chunking a pure memory
+    knob.)
+
+    Args:
+        loss_kind: ``"ce"``, ``"nll"`` or ``"mse"``.
+        outputs: ``[n, C]`` term outputs of ``n_examples`` consecutive examples, each with
+            ``n / n_examples`` terms (padding terms included; they are masked later).
+        n_examples: Number of examples ``b`` the terms belong to.
+        n_samples: Labels per term ``S``.
+        seed: The seed of the run.
+        first: Global index of the first of these examples.
+
+    Returns:
+        ``[S, b, T]`` class ids (``T`` terms per example) or ``[S, b, T * C]`` MSE targets;
+        ``Y[s].reshape(targets.shape)`` is draw ``s`` in the layout of the terms.
+    """
+    z = outputs.detach()
+    out = z.reshape(n_examples, z.shape[0] // n_examples, -1)
+    ys = []
+    for i in range(n_examples):
+        gen = torch.Generator().manual_seed(label_seed(seed, first + i))
+        ys.append(sample_targets(loss_kind, out[i], n_samples, gen))  # [S, T] or [S, T, C]
+    return torch.stack(ys, 1).reshape(n_samples, n_examples, -1)
+
+
+# ----------------------------------------------------------------------------- functional
+def _functional(model: nn.Module, names: Sequence[str]):
+    """``call(m, x, **kw)`` substituting ``params`` for the parameters ``names`` (others
+    and buffers detached), as a factory ``params -> call``."""
+    buffers = dict(model.named_buffers())
+    others = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
+
+    def bind(params):
+        def call(m, x, **kw):
+            return _call_functional(m, {**buffers, **others, **params}, x, **kw)
+
+        return call
+
+    return bind
+
+
+def example_loss_fn(model: nn.Module, names: Sequence[str], loss_kind: str,
+                    loss_fn: nn.Module):
+    """``f(params, example, targets_or_None) -> summed loss of one example``.
+
+    ``params`` is ``{name: tensor}`` for ``names``; ``example`` one row of a batch without
+    its leading dimension (as ``vmap`` passes it); ``targets`` ``None`` (the data labels)
+    or the example's sampled labels (a row of :func:`sample_labels`' draw).
+    """
+    bind = _functional(model, names)
+
+    def f(params, example, targets):
+        ex = add_example_dim(example)
+        terms = batch_terms(model, ex, loss_kind, loss_fn, call=bind(params), validate=False)
+        tgt = terms.targets if targets is None else targets.reshape(terms.targets.shape)
+        if loss_kind in ("ce", "nll"):
+            tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
+        w = terms.active.to(terms.outputs.dtype)
+        return (w * term_losses(loss_kind, terms.outputs, tgt)).sum()
+
+    return f
+
+
+def example_outputs_fn(model: nn.Module, names: Sequence[str], loss_kind: str,
+                       loss_fn: nn.Module):
+    """``f(params, example) -> [T, C]`` outputs of one example's terms (``[1, C]`` for
+    MSE), the function whose Jacobian :func:`~workbench.curvature.per_term_jacobian`
+    takes."""
+    bind = _functional(model, names)
+
+    def f(params, example):
+        call = bind(params)
+        ex = add_example_dim(example)
+        if isinstance(ex, tuple):  # (x, y): outputs only, one row per term
+            out = call(model, ex[0])
+            return out.reshape(-1, out.shape[-1]) if loss_kind != "mse" else out.reshape(1, -1)
+        return batch_terms(model, ex, loss_kind, loss_fn, call=call, validate=False).outputs
+
+    return f

@@ -38,6 +38,7 @@ the sharpest direction, in ``(0, 1]``; scale-free).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any, Mapping
 
@@ -46,7 +47,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from workbench.core.checks import check_choice
+from workbench.core.checks import check_kwargs, check_range
+from workbench.curvature import _problem as P
+from workbench.curvature.diagonal import diagonal_fisher
+from workbench.curvature.kfac import KFAC, default_modules
+from workbench.curvature.products import curvature_matmat, num_params
+from workbench.curvature.registry import CURVATURE_MATRICES
+from workbench.curvature.spectrum import effective_rank, hutchinson_trace, lanczos_topk
 
 
 # ----------------------------------------------------------------------------- damage
@@ -121,22 +128,18 @@ def fisher_damage(
         **fisher_options: Passed to ``diagonal_fisher`` (``n_samples``, ``seed``,
             ``chunk_size``, ``granularity``, ...); unknown names are an error.
     """
-    import inspect
-
-    from workbench.core.checks import check_kwargs
-    from workbench.curvature.diagonal import diagonal_fisher
-    from workbench.curvature.kfac import default_modules
-
     allowed = set(inspect.signature(diagonal_fisher).parameters) - {
-        "model", "batches", "kind", "params"}
-    check_kwargs("fisher_damage", fisher_options, allowed)
+        "model", "batches", "fisher_type", "params"}
+    check_kwargs("fisher_damage", fisher_options, allowed,
+                 renamed={"kind": "fisher_type", "method": "backend"})
     names = list(params) if params is not None else [
         f"{n}.weight" for n in default_modules(model_a)]
-    fa = diagonal_fisher(model_a, tokens_a, kind=fisher_type, params=names, **fisher_options)
+    fa = diagonal_fisher(model_a, tokens_a, fisher_type=fisher_type, params=names,
+                         **fisher_options)
     fb = None
     if symmetric:
         fb = diagonal_fisher(model_b, tokens_a if tokens_b is None else tokens_b,
-                             kind=fisher_type, params=names, **fisher_options)
+                             fisher_type=fisher_type, params=names, **fisher_options)
     pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
     return fisher_weighted_damage(fa, {n: pa[n] for n in names}, {n: pb[n] for n in names},
                                   fisher_b=fb, symmetric=symmetric)
@@ -145,8 +148,6 @@ def fisher_damage(
 # ----------------------------------------------------------------------------- PAC-Bayes
 def _eigenvalues(curvature) -> tuple[np.ndarray, list[str]]:
     """Eigenvalues of a diagonal Fisher dict or a KFAC object, and the parameter names."""
-    from workbench.curvature.kfac import KFAC
-
     if isinstance(curvature, KFAC):
         vals = []
         for n, m in curvature.modules.items():
@@ -179,8 +180,6 @@ def pac_bayes(curvature, theta: Mapping[str, Tensor], *, n: int,
         ``{"kl", "complexity", "kl_curvature", "kl_norm", "n", "prior_precision"}``
         (``kl = kl_curvature + kl_norm``, ``kl_norm = delta / 2 ||theta||^2``).
     """
-    from workbench.core.checks import check_range
-
     check_range("n", n, 1, integer=True)
     check_range("prior_precision", prior_precision, 0, lo_open=True)
     check_range("confidence", confidence, 0, 1, lo_open=True, hi_open=True)
@@ -232,11 +231,6 @@ def sharpness(model: nn.Module, batches: Any, *, matrix: str = "ggn", params: An
     Returns:
         ``{"lambda_max", "trace", "normalized"}``.
     """
-    from workbench.curvature import _problem as P
-    from workbench.curvature.products import curvature_matmat, num_params
-    from workbench.curvature.registry import CURVATURE_MATRICES
-    from workbench.curvature.spectrum import hutchinson_trace, lanczos_topk
-
     CURVATURE_MATRICES.check(matrix)
     batches = P.as_batch_list(batches)
     D = num_params(model, params)
@@ -309,11 +303,6 @@ def capacity_summary(
         ``tokens``, ``fisher_trace``, ``fisher_effective_rank``, ``lambda_max``,
         ``sharpness_normalized``, ``pac_bayes_kl``, ``pac_bayes_complexity``.
     """
-    from workbench.curvature import _problem as P
-    from workbench.curvature.diagonal import diagonal_fisher
-    from workbench.curvature.kfac import default_modules
-    from workbench.curvature.spectrum import effective_rank
-
     if fisher is not None:
         names = list(fisher)
     else:
@@ -324,7 +313,7 @@ def capacity_summary(
     loss_fn = nn.CrossEntropyLoss()
     n_tok = sum(P.count_terms(b, "ce", loss_fn) for b in batches)
     diag = fisher if fisher is not None else diagonal_fisher(
-        model, batches, kind=fisher_type, params=names, seed=seed, chunk_size=chunk_size)
+        model, batches, fisher_type=fisher_type, params=names, seed=seed, chunk_size=chunk_size)
     values = torch.cat([t.double().reshape(-1) for t in diag.values()])
     sharp_trace = None  # the diagonal true Fisher's trace is the GGN's (softmax CE)
     if (sharpness_tokens is None and fisher_type == "true" and matrix in ("ggn", "true_fisher")

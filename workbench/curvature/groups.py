@@ -30,10 +30,19 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from workbench.core.checks import check_choice
+from workbench.curvature import _persample as PS
+from workbench.curvature import _problem as P
+from workbench.curvature import _storage
+from workbench.curvature.kfac import check_batch_tokens, resolve_modules
+from workbench.curvature.registry import check_fisher_type
+
 _QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def _head_config(model: nn.Module | None, num_heads, num_kv_heads, head_dim):
+def head_config(model: nn.Module | None, num_heads=None, num_kv_heads=None, head_dim=None):
+    """``(num_heads, num_kv_heads, head_dim)``: the given values, else read from
+    ``model.config`` (HF Llama style); ``num_kv_heads`` defaults to ``num_heads``."""
     cfg = getattr(model, "config", None)
     if num_heads is None and cfg is not None:
         num_heads = getattr(cfg, "num_attention_heads", None)
@@ -65,7 +74,7 @@ def group_fisher(
     Raises:
         ValueError: If a q/k/v/o projection's shape does not match the head layout.
     """
-    num_heads, num_kv_heads, head_dim = _head_config(model, num_heads, num_kv_heads, head_dim)
+    num_heads, num_kv_heads, head_dim = head_config(model, num_heads, num_kv_heads, head_dim)
     out: dict[str, Tensor] = {}
     rows, cols = {}, {}
     for name, f in fisher.items():
@@ -146,8 +155,6 @@ def _resolve_heads(model: nn.Module, heads, modules: dict[str, nn.Module]) -> li
 
 
 def _linear_modules(model: nn.Module, modules) -> dict[str, nn.Module]:
-    from workbench.curvature.kfac import resolve_modules
-
     out = resolve_modules(model, modules, supported=lambda m: isinstance(m, nn.Linear),
                           support_note="group Fisher collection supports nn.Linear layers only")
     if not out:
@@ -189,8 +196,10 @@ def collect_group_fisher(
     Args:
         model: A causal LM (token batches) or any model with ``nn.Linear`` layers.
         batches: As for :func:`~workbench.curvature.diagonal_fisher`.
-        fisher_type: ``"empirical"`` or ``"true"`` (labels sampled per example exactly
-            as :func:`~workbench.curvature.diagonal_fisher` does, same ``seed``).
+        fisher_type: ``"empirical"`` or ``"true"`` (labels of
+            :func:`~workbench.curvature._problem.sample_labels`: the same labels as
+            :func:`~workbench.curvature.diagonal_fisher` and
+            :class:`~workbench.curvature.KFAC` for the same ``seed``).
         modules: ``nn.Linear`` module names (default: all but the output head).
         heads: ``"auto"`` (every Llama-style attention module whose q/k/v/o projections
             are covered), a list of attention module names, or ``None``.
@@ -217,73 +226,49 @@ def collect_group_fisher(
             not ``nn.Linear`` (named), an attention module in ``heads`` without heads
             (named), a head layout that does not fit the projections.
     """
-    from workbench.core.checks import check_choice
-    from workbench.curvature import _persample as PS
-    from workbench.curvature import _problem as P
-    from workbench.curvature.diagonal import NORMALIZATIONS, _example, _n_examples, \
-        _sample_per_example
-    from workbench.curvature.registry import check_fisher_type
-
     fisher_type = check_fisher_type(fisher_type).value
-    if not isinstance(storage_dtype, torch.dtype) or not storage_dtype.is_floating_point:
-        raise TypeError(f"storage_dtype must be a floating torch.dtype, got {storage_dtype!r}")
+    _storage.check_storage_dtype(storage_dtype)
     check_choice("granularity", granularity, PS.GRANULARITIES)
-    check_choice("normalize", normalize, NORMALIZATIONS)
+    check_choice("normalize", normalize, PS.NORMALIZATIONS)
     if isinstance(n_samples, bool) or int(n_samples) < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    lkind = P.loss_kind(loss_fn)
+    lkind = P.loss_kind_of(loss_fn)
     mods = _linear_modules(model, modules)
     attn = _resolve_heads(model, heads, mods)
-    layout = _head_config(model, None, None, None) if attn else (None, None, None)
+    layout = head_config(model, None, None, None) if attn else (None, None, None)
     if attn and not layout[0]:
         raise ValueError("heads: the model has no config with num_attention_heads; pass "
                          "heads=None")
     batches = P.as_batch_list(batches)
-    from workbench.curvature.kfac import check_batch_tokens
-
     check_batch_tokens(model, batches)
-    S = int(n_samples) if fisher_type == "true" else 1
     ref = next(iter(mods.values())).weight
     dt = torch.promote_types(ref.dtype, torch.float32)
     rows = {n: torch.zeros(m.out_features, dtype=dt, device=ref.device) for n, m in mods.items()}
     cols = {n: torch.zeros(m.in_features, dtype=dt, device=ref.device) for n, m in mods.items()}
     names = list(mods)
-    n_terms = n_examples = 0
-    for batch in batches:
-        b = _n_examples(batch)
-        step = b if chunk_size is None else int(chunk_size)
-        for start in range(0, b, step):
-            ex = _example(batch, slice(start, start + step))
-            bc = _n_examples(ex)
-            terms, inputs, outputs = P.batch_terms_with_io(model, ex, lkind, loss_fn, mods)
-            used = [n for n in names if n in outputs]
-            Y = None
-            if fisher_type == "true":
-                Y = _sample_per_example(lkind, terms.outputs.detach(), bc, S, seed,
-                                        n_examples + start)
-            w = terms.active.to(terms.outputs.dtype)
-            for s in range(S):
-                tgt = terms.targets if Y is None else Y[s].reshape(terms.targets.shape)
-                if lkind in ("ce", "nll"):
-                    tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
-                loss = (w * P.term_losses(lkind, terms.outputs, tgt)).sum()
-                gs = torch.autograd.grad(loss, [outputs[n] for n in used],
-                                         retain_graph=s < S - 1, allow_unused=True,
-                                         materialize_grads=True)
-                for n, g in zip(used, gs):
-                    a = inputs[n].reshape(bc, -1, inputs[n].shape[-1]).to(dt)
-                    g = g.reshape(bc, -1, g.shape[-1]).to(dt)
-                    r, c = _row_col_squares(g, a, granularity)
-                    rows[n].add_(r, alpha=1.0 / S)
-                    cols[n].add_(c, alpha=1.0 / S)
-        n_terms += P.count_terms(batch, lkind, loss_fn)
-        n_examples += b
-    if n_terms == 0:
-        raise ValueError("batches: no active terms (all targets are padding/ignored)")
-    denom = {"token": n_terms, "example": n_examples, "none": 1}[normalize]
+
+    def record(ex):
+        """Forward pass recording the linear layers' inputs and outputs."""
+        terms, inputs, outputs = P.batch_terms_with_io(model, ex, lkind, loss_fn, mods)
+        return terms, {n: outputs[n] for n in names if n in outputs}, inputs
+
+    chunks = PS.PerExampleGradients(
+        model, batches, loss_kind=lkind, loss_fn=loss_fn, fisher_type=fisher_type,
+        n_samples=n_samples, seed=seed, chunk_size=chunk_size, record=record)
+    S = chunks.n_samples
+    for chunk in chunks:
+        bc, inputs = chunk.n_examples, chunk.record
+        for gs in chunk.output_gradients():
+            for n, g in gs.items():
+                a = inputs[n].reshape(bc, -1, inputs[n].shape[-1]).to(dt)
+                g = g.reshape(bc, -1, g.shape[-1]).to(dt)
+                r, c = _row_col_squares(g, a, granularity)
+                rows[n].add_(r, alpha=1.0 / S)
+                cols[n].add_(c, alpha=1.0 / S)
+    denom = chunks.denominator(normalize)
     out: dict[str, Tensor] = {}
     for n in names:
         P.check_finite(f"group Fisher of {n}", rows[n])
@@ -296,22 +281,7 @@ def collect_group_fisher(
         c = {k.split("|")[0]: v for k, v in out.items() if k.endswith("|input")
              and k.split("|")[0] in keep}
         out.update(_head_groups(r, c, *layout))
-    return _store(out, storage_dtype, device)
-
-
-def _store(out: dict[str, Tensor], storage_dtype: torch.dtype,
-           device: str | torch.device | None) -> dict[str, Tensor]:
-    """Cast the float32 group values to ``storage_dtype`` on ``device`` and warn when
-    more than 1 % of the entries underflow to zero."""
-    from workbench.curvature.diagonal import _is_low_precision, underflow_share, warn_underflow
-
-    if not isinstance(storage_dtype, torch.dtype) or not storage_dtype.is_floating_point:
-        raise TypeError(f"storage_dtype must be a floating torch.dtype, got {storage_dtype!r}")
-    stored = {k: v.to(device=device, dtype=storage_dtype) for k, v in out.items()}
-    if _is_low_precision(storage_dtype):
-        warn_underflow(underflow_share(out, {k: v.to(out[k].device) for k, v in stored.items()}),
-                       storage_dtype, "collect_group_fisher")
-    return stored
+    return _storage.store(out, storage_dtype, device, "collect_group_fisher")
 
 
 def _row_col_squares(g: Tensor, a: Tensor, granularity: str) -> tuple[Tensor, Tensor]:
@@ -388,8 +358,6 @@ def expand_groups(groups: Mapping[str, Tensor], model: nn.Module, *, group: str 
         ``{param name: float32 tensor of the parameter's shape}`` for every weight that
         has a ``"<name>|<group>"`` key.
     """
-    from workbench.core.checks import check_choice
-
     check_choice("group", group, GROUP_KINDS)
     check_choice("mode", mode, EXPAND_MODES)
     named = dict(model.named_parameters())

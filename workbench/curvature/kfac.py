@@ -35,7 +35,10 @@ Output-space vectors ``k`` (the Fisher type, :class:`~workbench.curvature.regist
   true Fisher = GGN, curvlinops' ``"type-2"``). Costs one backward pass per output
   dimension (the vocabulary for an LM): use it on small models only;
 * ``fisher_type="true"``, ``n_samples=S``: ``S`` labels per term sampled from the model's
-  predictive distribution (curvlinops' ``"mc"``), one backward pass per sample;
+  predictive distribution (curvlinops' ``"mc"``), one backward pass per sample; the labels
+  are those of :func:`~workbench.curvature._problem.sample_labels` (one generator per
+  example), the same as :func:`~workbench.curvature.diagonal_fisher` and
+  :func:`~workbench.curvature.collect_group_fisher` draw for the same ``seed``;
 * ``fisher_type="empirical"``: the data labels, one backward pass.
 
 The weight block (row-major ``vec(W)`` of ``W [out, in]``) is ``G (x) A``; a bias gets its
@@ -69,8 +72,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from workbench.core.checks import check_choice
-from workbench.core.models import is_conv1d
+from workbench.core.checks import check_choice, check_kwargs
+from workbench.core.models import check_model_tokens, is_conv1d, model_vocab_size
 from workbench.curvature import _problem as P
 from workbench.curvature.registry import check_fisher_type
 
@@ -149,8 +152,6 @@ def check_batch_tokens(model: nn.Module, batches: list, argument: str = "batches
         TypeError, ValueError: Naming ``argument[i]`` (see
             :func:`workbench.core.models.check_model_tokens`).
     """
-    from workbench.core.models import check_model_tokens, model_vocab_size
-
     if model_vocab_size(model) is None:
         return
     for i, batch in enumerate(batches):
@@ -177,12 +178,14 @@ class KFAC:
         n_samples: For ``"true"``: ``None`` = exact expectation over labels (one backward
             pass per output dimension), an int = Monte Carlo labels per term.
         flavour: ``"expand"`` (default) or ``"reduce"`` for layers with positions.
-        seed: Seed of the Monte Carlo labels.
+        seed: Seed of the Monte Carlo labels
+            (:func:`~workbench.curvature._problem.sample_labels`).
         modules: Names of the layers to cover (default :func:`default_modules`: all
             ``nn.Linear`` / ``Conv1D`` layers except the output head).
 
     Attributes:
         factors: ``{module name: (A [in, in], G [out, out])}``.
+        loss_kind: ``"ce"``, ``"nll"`` or ``"mse"`` (of ``loss_fn``).
         param_names: Covered parameter names in flat order (per module: weight, bias).
     """
 
@@ -198,7 +201,7 @@ class KFAC:
             n_samples = int(n_samples)
         self.n_samples = n_samples
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-        self.kind = P.loss_kind(self.loss_fn)
+        self.loss_kind = P.loss_kind_of(self.loss_fn)
         self.modules = resolve_modules(model, modules)
         self.param_names = []
         self._shapes = []
@@ -215,13 +218,13 @@ class KFAC:
 
     # ------------------------------------------------------------------ factors
     def _compute(self, model, batches, seed):
-        kind, loss_fn = self.kind, self.loss_fn
+        kind, loss_fn = self.loss_kind, self.loss_fn
         n_total = sum(P.count_terms(b, kind, loss_fn) for b in batches)
         A: dict[str, Any] = {n: 0.0 for n in self.modules}
         G: dict[str, Any] = {n: 0.0 for n in self.modules}
         rows = {n: 0 for n in self.modules}
-        gen = torch.Generator().manual_seed(int(seed))
         names = list(self.modules)
+        first = 0  # global index of the batch's first example (for the sampled labels)
         for batch in batches:
             terms, inputs, outputs = P.batch_terms_with_io(
                 model, batch, kind, loss_fn, self.modules,
@@ -241,7 +244,10 @@ class KFAC:
                 rows[n] += a.shape[0]
             z = terms.outputs.detach()
             scale = P.term_scale(kind, loss_fn, n_total, z.shape[1])
-            vectors, weight = self._output_vectors(z, terms.targets, terms.active, gen)
+            b = P.n_examples(batch)
+            vectors, weight = self._output_vectors(z, terms.targets, terms.active, b,
+                                                   first, seed)
+            first += b
             outs = [outputs[n] for n in names]
             for k, q in enumerate(vectors):
                 gs = torch.autograd.grad(terms.outputs, outs, q, allow_unused=True,
@@ -262,9 +268,11 @@ class KFAC:
             out[n] = (a_n.contiguous(), g_n.contiguous())
         return out
 
-    def _output_vectors(self, z, targets, active, gen) -> tuple[list[Tensor], float]:
-        """Output-space vectors ``[n, C]`` to backpropagate, and their common weight."""
-        kind = self.kind
+    def _output_vectors(self, z, targets, active, b, first, seed
+                        ) -> tuple[list[Tensor], float]:
+        """Output-space vectors ``[n, C]`` to backpropagate, and their common weight
+        (``b`` examples, the first of global index ``first``, for the sampled labels)."""
+        kind = self.loss_kind
         mask = active.to(z.dtype)[:, None]
         if self.fisher_type == "empirical":
             zr = z.clone().requires_grad_(True)
@@ -272,7 +280,7 @@ class KFAC:
             return [R * mask], 1.0
         if self.n_samples is not None:
             S = self.n_samples
-            Y = P.sample_targets(kind, z, S, gen)
+            Y = P.sample_labels(kind, z, b, S, seed, first).reshape(S, *targets.shape)
             zs = z.unsqueeze(0).expand(S, *z.shape).clone().requires_grad_(True)
             ls = P.term_losses(kind, zs.reshape(-1, z.shape[1]),
                                Y.reshape(S * z.shape[0], *Y.shape[2:])).sum()
@@ -424,7 +432,7 @@ def lm_gradient(model: nn.Module, batches: Any, names: list[str], *,
     ``batches`` w.r.t. the parameters ``names`` (the normalisation of
     :mod:`workbench.curvature._problem`)."""
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    kind = P.loss_kind(loss_fn)
+    kind = P.loss_kind_of(loss_fn)
     batches = P.as_batch_list(batches)
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
@@ -458,8 +466,6 @@ def natural_gradient(model: nn.Module, batches: Any, *, kfac: KFAC | None = None
         ``(direction, gradient, kfac)``: ``{param name: (K + damping I)^{-1} g}``, the
         gradient ``g`` itself, and the K-FAC object. A step is ``theta -= lr * direction``.
     """
-    from workbench.core.checks import check_kwargs
-
     _check_damping(damping)
     check_kwargs("natural_gradient", kfac_options,
                  ("fisher_type", "n_samples", "flavour", "seed", "modules"))
@@ -467,3 +473,28 @@ def natural_gradient(model: nn.Module, batches: Any, *, kfac: KFAC | None = None
         kfac = KFAC(model, batches, loss_fn=loss_fn, **kfac_options)
     grad = lm_gradient(model, batches, kfac.param_names, loss_fn=loss_fn)
     return kfac.natural_gradient(grad, damping, damping_mode=damping_mode), grad, kfac
+
+
+def modules_of_type(model: nn.Module, types: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The :func:`default_modules` (linear layers but the head) whose last name is in
+    ``types``.
+
+    Args:
+        model: The network.
+        types: Last components of module names, e.g. ``["q_proj", "o_proj"]``; ``None``
+            for all default modules.
+
+    Returns:
+        Module names in :meth:`~torch.nn.Module.named_modules` order.
+
+    Raises:
+        ValueError: If no default module has one of the ``types``.
+    """
+    names = default_modules(model)
+    if types is None:
+        return names
+    wanted = list(types)
+    out = [n for n in names if n.rsplit(".", 1)[-1] in set(wanted)]
+    if not out:
+        raise ValueError(f"types: no linear layer named {wanted} in the model")
+    return out

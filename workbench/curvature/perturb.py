@@ -45,11 +45,14 @@ perturbation (:attr:`GroupPerturbation.predicted_increase`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+
+from workbench.core.checks import check_choice, check_range
+from workbench.curvature.groups import head_config
 
 GROUP_KEYS = ("channel", "input", "head")
 RANKS = ("top", "random", "bottom")
@@ -59,7 +62,6 @@ _QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 @dataclass(frozen=True)
 class _Part:
     """One parameter slice of a group: ``param.select(dim, ...)[start:stop]``."""
-
     param: str
     dim: int  # 0: rows, 1: columns
     start: int
@@ -94,9 +96,7 @@ def _groups(model: nn.Module, group_fisher: Mapping[str, Tensor], key: str):
                 f = float(vals[i])
                 out.append((f"{k}:{i}", f, [_Part(name, dim, i, i + 1, f)]))
         return out
-    from workbench.curvature.groups import _head_config
-
-    n_heads, n_kv, head_dim = _head_config(model, None, None, None)
+    n_heads, n_kv, head_dim = head_config(model, None, None, None)
     modules = dict(model.named_modules())
     for k, v in group_fisher.items():
         prefix, _, kind = k.partition("|")
@@ -164,8 +164,6 @@ def group_risk(model: nn.Module, group_fisher: Mapping[str, Tensor], key: str = 
 
 
 def _check(**kw):
-    from workbench.core.checks import check_choice, check_range
-
     if "key" in kw:
         check_choice("key", kw["key"], GROUP_KEYS)
     if "rank" in kw:
@@ -200,7 +198,6 @@ class GroupPerturbation:
         key, rank, concentration, eps, seed: The arguments.
         n_groups: Number of groups of that kind in the model.
     """
-
     model: nn.Module
     groups: pd.DataFrame
     key: str

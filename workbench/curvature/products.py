@@ -22,7 +22,9 @@ Matrices are registered once in :data:`workbench.curvature.registry.CURVATURE_MA
   ``MSELoss``). With ``n_samples=None`` the expectation is exact (a sum over all classes;
   ``2 I`` in output space for MSE); with ``n_samples=S`` it is a Monte Carlo average over
   ``S`` labels per term, drawn with a generator seeded by ``seed`` and the batch index so
-  every column of a dense matrix uses the same labels.
+  every column of a dense matrix uses the same labels. (This per-batch generator is not
+  the per-example rule :func:`~workbench.curvature._problem.sample_labels` of the
+  diagonal, group and K-FAC Fishers: the same ``seed`` gives other labels here.)
 
 Products use double backward (``J v`` by the double-backward trick, Hessians by
 differentiating the gradient): Hugging Face models need ``attn_implementation="eager"``
@@ -36,14 +38,23 @@ the true Fisher is not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from torch.func import jacrev, vmap
+
 from workbench.curvature import _problem as P
-from workbench.curvature.registry import CURVATURE_MATRICES, FisherType
+from workbench.curvature.registry import (
+    CURVATURE_MATRICES,
+    BatchMatrix,
+    FisherType,
+    OutputSpaceMatrix,
+    output_space_matrices,
+    register_matrix,
+)
+
 
 def _default_loss(loss_fn: nn.Module | None) -> nn.Module:
     return nn.CrossEntropyLoss() if loss_fn is None else loss_fn
@@ -58,27 +69,10 @@ def _grad(outputs, inputs, grad_outputs, batched: bool, retain_graph=True, creat
 
 
 # ----------------------------------------------------------------------------- matrices
-# Each output-space matrix M = sum_t w_t J_t^T M_t J_t is one object with two views of
-# M_t: ``apply`` multiplies it onto J V ([K, n, C] -> [K, n, C], matrix-free) and
+# Each output-space matrix M = sum_t w_t J_t^T M_t J_t is one OutputSpaceMatrix with two
+# views of M_t: ``apply`` multiplies it onto J V ([K, n, C] -> [K, n, C], matrix-free) and
 # ``matrices`` returns the [n, C, C] matrices (dense Jacobian path). The Hessian is not
-# of this form and has its own batch product.
-@dataclass(frozen=True)
-class OutputSpaceMatrix:
-    """``M_t`` of a curvature matrix ``sum_t w_t J_t^T M_t J_t`` (see the module doc).
-
-    Attributes:
-        apply: ``(z, targets, w, lkind, JV, n_samples, generator) -> [K, n, C]``, the
-            weighted product ``w_t M_t (J_t v_k)``.
-        matrices: ``(z, targets, lkind, n_samples, generator) -> [n, C, C]``.
-    """
-
-    apply: Callable
-    matrices: Callable
-
-    def __call__(self, *args):
-        return self.apply(*args)
-
-
+# of this form: a BatchMatrix with its own batch product.
 def _residuals(lkind, z, tgt):
     zr = z.clone().requires_grad_(True)
     return _grad(P.term_losses(lkind, zr, tgt).sum(), zr, None, False)[0]  # [n, C]
@@ -156,19 +150,19 @@ def _hessian_batch(model, loss_fn, lkind, params, batch, V, scale):
     return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
 
 
-CURVATURE_MATRICES.register(
-    "hessian", _hessian_batch, label="Hessian", color="#CC79A7", psd=False, output_space=False,
+register_matrix(
+    "hessian", BatchMatrix(_hessian_batch), label="Hessian", psd=False,
     description="d^2 L / d theta^2 (double backward)")
-CURVATURE_MATRICES.register(
-    "ggn", OutputSpaceMatrix(_ggn_apply, _ggn_matrices), label="GGN", color="#009E73", psd=True,
+register_matrix(
+    "ggn", OutputSpaceMatrix(_ggn_apply, _ggn_matrices), label="GGN", psd=True,
     description="sum_t w_t J_t^T H_t J_t, H_t the loss Hessian w.r.t. the outputs")
-CURVATURE_MATRICES.register(
+register_matrix(
     "empirical_fisher", OutputSpaceMatrix(_ef_apply, _ef_matrices), label="Empirical Fisher",
-    color="#D55E00", psd=True, fisher_type=FisherType.EMPIRICAL.value,
+    psd=True, fisher_type=FisherType.EMPIRICAL.value,
     description="sum_t w_t g_t g_t^T at the data labels")
-CURVATURE_MATRICES.register(
+register_matrix(
     "true_fisher", OutputSpaceMatrix(_fisher_apply, _fisher_matrices), label="True Fisher",
-    color="#0072B2", psd=True, fisher_type=FisherType.TRUE.value,
+    psd=True, fisher_type=FisherType.TRUE.value,
     description="sum_t w_t E_{y ~ p_t}[g_t(y) g_t(y)^T], exact or n_samples labels")
 
 
@@ -177,9 +171,9 @@ def _batch_matmat(
     batch: Any, V: Tensor, scale: float, n_samples: int | None, generator: torch.Generator | None,
 ) -> Tensor:
     """One batch's contribution ``M_batch @ V^T`` as ``[K, D]`` (``V`` is ``[K, D]``)."""
-    entry = CURVATURE_MATRICES.get(matrix)
-    if not entry.props["output_space"]:
-        return entry.fn(model, loss_fn, lkind, params, batch, V, scale)
+    entry = CURVATURE_MATRICES.get(matrix).fn
+    if isinstance(entry, BatchMatrix):
+        return entry.product(model, loss_fn, lkind, params, batch, V, scale)
     terms = P.batch_terms(model, batch, lkind, loss_fn)
     out, tgt = terms.outputs, terms.targets
     w = terms.active.to(out.dtype) * scale  # [n]
@@ -187,7 +181,7 @@ def _batch_matmat(
     u = torch.zeros_like(out, requires_grad=True)
     jtu = _grad(out, params, u, False, create_graph=True)
     JV = _grad(jtu, u, P.unflat(V, params), True)[0]  # [K, n, C]
-    M = entry.fn(out.detach(), tgt, w, lkind, JV, n_samples, generator)
+    M = entry.apply(out.detach(), tgt, w, lkind, JV, n_samples, generator)
     res = _grad(out, params, M, True, retain_graph=False)
     return torch.cat([r.reshape(V.shape[0], -1) for r in res], 1)
 
@@ -242,7 +236,7 @@ def curvature_matmat(
     """
     _check_matrix(matrix, n_samples)
     loss_fn = _default_loss(loss_fn)
-    lkind = P.loss_kind(loss_fn)
+    lkind = P.loss_kind_of(loss_fn)
     batches = P.as_batch_list(batches)
     _, plist = P.resolve_params(model, params)
     D = sum(p.numel() for p in plist)
@@ -383,14 +377,10 @@ def per_term_jacobian(model: nn.Module, batch: Any, *, loss_fn: nn.Module | None
         ``(J, terms)``: ``J`` is ``[n, C, D]`` (``n`` terms, ``C`` outputs per term) and
         ``terms`` the detached :class:`~workbench.curvature._problem.Terms` of the batch.
     """
-    from torch.func import jacrev, vmap
-
-    from workbench.curvature.diagonal import _example_outputs_fn
-
     loss_fn = _default_loss(loss_fn)
-    lkind = P.loss_kind(loss_fn)
+    lkind = P.loss_kind_of(loss_fn)
     names, plist = P.resolve_params(model, params)
-    f = _example_outputs_fn(model, names, lkind, loss_fn)
+    f = P.example_outputs_fn(model, names, lkind, loss_fn)
     detached = {n: p.detach() for n, p in zip(names, plist)}
     ex_batch = batch
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
@@ -420,22 +410,23 @@ def dense_matrix_jacobian(
     ``sum_t w_t J_t^T M_t J_t`` with ``M_t`` the output-space matrix of ``matrix`` (loss
     Hessian, ``r r^T``, exact or Monte Carlo label expectation). An implementation
     independent of the matrix-free products (same labels for the same ``seed``).
-    Only the output-space matrices (``CURVATURE_MATRICES.names(output_space=True)``).
+    Only the output-space matrices
+    (:func:`~workbench.curvature.registry.output_space_matrices`).
     """
     _check_matrix(matrix, n_samples)
-    entry = CURVATURE_MATRICES.get(matrix)
-    if not entry.props["output_space"]:
-        raise ValueError(f"matrix must be one of {CURVATURE_MATRICES.names(output_space=True)}"
+    entry = CURVATURE_MATRICES.get(matrix).fn
+    if not isinstance(entry, OutputSpaceMatrix):
+        raise ValueError(f"matrix must be one of {output_space_matrices()}"
                          f" for dense_matrix_jacobian, got {matrix!r}")
     loss_fn = _default_loss(loss_fn)
-    lkind = P.loss_kind(loss_fn)
+    lkind = P.loss_kind_of(loss_fn)
     batches = P.as_batch_list(batches)
     n_total = sum(P.count_terms(b, lkind, loss_fn) for b in batches)
     out = None
     for bi, batch in enumerate(batches):
         J, terms = per_term_jacobian(model, batch, loss_fn=loss_fn, params=params)
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
-        M = entry.fn.matrices(terms.outputs.detach(), terms.targets, lkind, n_samples, gen)
+        M = entry.matrices(terms.outputs.detach(), terms.targets, lkind, n_samples, gen)
         scale = P.term_scale(lkind, loss_fn, n_total, terms.outputs.shape[1])
         w = terms.active.to(J.dtype) * scale
         MJ = torch.einsum("ncd,nde->nce", M * w[:, None, None], J)

@@ -85,7 +85,7 @@ def verify_fisher_ggn(
         tolerance), ``ggn_fp32_vs_fp64_rel_error``.
     """
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    lkind = P.loss_kind(loss_fn)
+    lkind = P.loss_kind_of(loss_fn)
     batches = P.as_batch_list(batches)
     n_terms = sum(P.count_terms(b, lkind, loss_fn) for b in batches)
     rows: list[dict] = []

@@ -1,6 +1,6 @@
 """One cell of the lottery grid, end to end: the protocol behind notebook 04.
 
-:func:`run_cell` takes a config (an :class:`~workbench.lottery.schema.IMPConfig` or a
+:func:`run` takes a config (an :class:`~workbench.lottery.schema.IMPConfig` or a
 plain dict of overrides, validated by :meth:`IMPConfig.from_params`) and a run folder,
 loads the model and the corpus the config names, detects the starting model's super
 weights, runs :func:`workbench.lottery.imp.run_imp` (resuming from the folder's
@@ -34,11 +34,18 @@ from typing import Any, Mapping
 
 import torch
 
+from workbench.core import heartbeat
+from workbench.core.data import load_corpus, token_blocks
+from workbench.core.models import load_model
+from workbench.core.repro import seed_everything
+from workbench.core.shards import VALIDATION_SEED, load_tokenizer, open_shards, shard_folder
 from workbench.lottery import budget, distributed
+from workbench.lottery import checkpoint as ckpt
 from workbench.lottery.imp import IMPResult, run_imp
 from workbench.lottery.rounds import EMERGENT_COLUMNS
 from workbench.lottery.schema import IMPConfig
 from workbench.lottery.superweights import find_super_weights, projection_module_name
+from workbench.lottery.train import input_tokens
 
 #: Columns notebook 04 shows of the records.
 DISPLAY_COLUMNS = ("round", "target_sparsity", "sparsity", "val_ppl_pruned", "val_ppl",
@@ -94,11 +101,6 @@ def load_inputs(cfg: IMPConfig):
     for every run); their offsets are in ``train_tokens.eval_windows`` and
     ``train_tokens.record()`` (for the run's manifest).
     """
-    from workbench.core.data import load_corpus, token_blocks
-    from workbench.core.models import load_model
-    from workbench.core.repro import seed_everything
-    from workbench.core.shards import VALIDATION_SEED, load_tokenizer, open_shards, shard_folder
-
     seed_everything(cfg.seed)
     device = None if cfg.device == "auto" else cfg.device
     folder = shard_folder(cfg.corpus)
@@ -176,8 +178,6 @@ def _nproc(nproc: int | None) -> int:
 
 def _finished_round(run_dir: str | os.PathLike | None) -> int | None:
     """Last finished round of the checkpoints in ``run_dir`` (``None``: none)."""
-    from workbench.lottery import checkpoint as ckpt
-
     if run_dir is None:
         return None
     path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints")
@@ -186,9 +186,9 @@ def _finished_round(run_dir: str | os.PathLike | None) -> int | None:
     return int(ckpt.read_checkpoint(path)[0]["round"])
 
 
-def run_cell(config: IMPConfig | Mapping[str, Any] | None,
-             run_dir: str | os.PathLike | None, *, progress: bool = True,
-             nproc: int | None = None) -> CellRun:
+def run(config: IMPConfig | Mapping[str, Any] | None,
+        run_dir: str | os.PathLike | None, *, progress: bool = True,
+        nproc: int | None = None) -> CellRun:
     """Run one cell (resuming from ``run_dir/checkpoints``); see the module docstring.
 
     Args:
@@ -222,8 +222,6 @@ def run_cell(config: IMPConfig | Mapping[str, Any] | None,
     joined = distributed.init_from_env(cfg.device)
     try:
         model, train_tokens, val_tokens, sw_input = load_inputs(cfg)
-        from workbench.lottery.train import input_tokens
-
         n_train = input_tokens(train_tokens)
         world = n if launched else distributed.world_size()
         if not launched:
@@ -256,8 +254,6 @@ def heartbeat_hooks(cfg: IMPConfig, world_size: int = 1) -> dict[str, Any]:
     Progress is counted in optimizer steps over all rounds (round ``r`` of ``n_rounds``,
     round 0 being the dense training): ``done = r * steps_per_round + step``.
     """
-    from workbench.core import heartbeat
-
     if not heartbeat.enabled() or not distributed.is_writer():
         return {}
     steps, n_rounds = int(cfg.steps_for(world_size)), len(cfg.round_targets())

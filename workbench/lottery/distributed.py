@@ -1,14 +1,14 @@
 """One lottery cell on N processes: torch.distributed (DDP) set-up, launch and rules.
 
-How a cell runs on N processes (:func:`workbench.lottery.cell.run_cell`):
+How a cell runs on N processes (:func:`workbench.lottery.cell.run`):
 
 * **Locally** (``workbench grid run SPEC --nproc N``; the grid passes N to the notebook's
   kernel in the environment variable :data:`NPROC_ENV`): notebook 04 runs under
-  papermill as for one process; its kernel's ``run_cell`` is the *launcher*: it starts N
+  papermill as for one process; its kernel's ``run`` is the *launcher*: it starts N
   worker processes through :func:`launch` (``torch.distributed.launcher.elastic_launch``,
   the API behind ``torchrun`` / ``torch.distributed.run``, standalone rendezvous on a
-  free local port, no restarts). Every worker runs ``python -m
-  workbench.lottery.distributed`` (:func:`main`): the same ``run_cell`` as rank k of N.
+  free local port, no restarts). Every worker runs ``python -m workbench.lottery.rank``
+  (:func:`workbench.lottery.rank.main`): the same ``run`` as rank k of N.
   When they are done the kernel reads the finished run back from the checkpoint rank 0
   wrote (``run_imp`` returns a completed checkpoint without training) and the notebook
   writes the tables and the executed notebook as for one process.
@@ -16,7 +16,7 @@ How a cell runs on N processes (:func:`workbench.lottery.cell.run_cell`):
   1): submitit starts one task per GPU and every task exports the distributed
   environment (``submitit.helpers.TorchDistributedEnvironment``); task 0 runs the
   notebook, whose kernel inherits that environment and joins as rank 0; the other tasks
-  run ``run_cell`` directly (:func:`workbench.experiments.running.slurm.run_leased_cell`).
+  run ``run`` directly (:func:`workbench.experiments.running.slurm.run_leased_cell`).
 
 Rules (each tested in ``tests/lottery/test_distributed.py``):
 
@@ -38,18 +38,19 @@ Rules (each tested in ``tests/lottery/test_distributed.py``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import uuid
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 #: Environment variable through which the grid asks a cell's kernel for N processes.
 NPROC_ENV = "WORKBENCH_NPROC"
+#: The module every launched rank runs (``python -m``; :mod:`workbench.lottery.rank`,
+#: which runs the cell and so sits above this module).
+RANK_MODULE = "workbench.lottery.rank"
 
 
 class RanksInterrupted(RuntimeError):
@@ -227,7 +228,7 @@ def launch(nproc: int, config: Mapping[str, Any], run_dir: str | os.PathLike | N
         config: The cell's config as a plain dict (``IMPConfig.to_dict()``).
         run_dir: The cell folder (rank 0 writes its checkpoints there).
         progress: Progress bars on rank 0.
-        extra_args: More arguments of :func:`main` (tests).
+        extra_args: More arguments of :func:`workbench.lottery.rank.main` (tests).
 
     Raises:
         RanksInterrupted: A rank was killed by a signal (nothing raised in Python).
@@ -242,7 +243,7 @@ def launch(nproc: int, config: Mapping[str, Any], run_dir: str | os.PathLike | N
                       run_id=f"wb-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
                       rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                       start_method="spawn")
-    args = ["-m", "workbench.lottery.distributed", "--config", json.dumps(dict(config))]
+    args = ["-m", RANK_MODULE, "--config", json.dumps(dict(config))]
     if run_dir is not None:
         args += ["--run-dir", str(run_dir)]
     if progress:
@@ -262,24 +263,3 @@ def launch(nproc: int, config: Mapping[str, Any], run_dir: str | os.PathLike | N
         detail = "; ".join(f"rank {r}: exit code {f.exitcode}, {f.message}"
                            for r, f in sorted(failures.items()))
         raise RanksFailed(f"a rank of the {nproc}-process cell failed: {detail}") from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """A rank's entry point (``python -m workbench.lottery.distributed --config JSON
-    [--run-dir D] [--progress]``), started by :func:`launch` or by torchrun."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.lottery.distributed")
-    parser.add_argument("--config", required=True, help="IMPConfig as JSON")
-    parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-    from workbench.lottery.cell import run_cell
-
-    if args.run_dir is not None and int(os.environ.get("RANK", "0")) > 0:
-        forbid_writes_under(Path(args.run_dir))
-    run_cell(json.loads(args.config), args.run_dir,
-             progress=args.progress and os.environ.get("RANK", "0") == "0", nproc=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -52,12 +52,13 @@ from torch import nn
 
 from workbench.core.checks import check_choice, check_range
 from workbench.core import heartbeat, protocols
-from workbench.core.data import Corpus, load_corpus
+from workbench.core.data import Corpus, calibration_windows, load_corpus, token_blocks
 from workbench.core.devices import model_device
 from workbench.core.evaluate import evaluate_perplexity
 from workbench.core.protocols import encode
 from workbench.core.zeroshot import evaluate_zeroshot
 from workbench.pruning.masks import parse_scope, prunable_modules, restore
+from workbench.pruning.methods import prune
 from workbench.pruning.registry import METHODS
 
 #: Columns every row of :func:`oneshot_sweep` has, in order.
@@ -277,8 +278,6 @@ def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n
     Returns:
         ``(corpus name, evaluation tokens, {seed: calibration windows}, protocol columns)``.
     """
-    import workbench as wb
-
     if eval_card is not None:
         w = protocols.perplexity_windows(eval_card, tokenizer, eval_seq_len, data=data,
                                          n_windows=n_eval, seed=eval_seed)
@@ -289,7 +288,7 @@ def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n
     if eval_card is None or calibration_card is None:
         text = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     if eval_card is None:
-        val = wb.token_blocks(tokenizer, text.validation, eval_seq_len, n_blocks=n_eval,
+        val = token_blocks(tokenizer, text.validation, eval_seq_len, n_blocks=n_eval,
                               seed=eval_seed)
         available = len(token_blocks_ids(tokenizer, text.validation)) // eval_seq_len
         protocol = dict(eval_card="wiki-excerpt" if text.name == "wiki-excerpt"
@@ -304,7 +303,7 @@ def _draw_tokens(tokenizer, corpus, seeds, n_calibration, calibration_seq_len, n
         protocol.update(calibration_card=protocols.calibration_card(calibration_card).name,
                         _calibration_source=next(iter(drawn.values())).source)
     else:
-        cals = {s: wb.calibration_windows(tokenizer, text.train, calibration_seq_len,
+        cals = {s: calibration_windows(tokenizer, text.train, calibration_seq_len,
                                           n_calibration, seed=s) for s in seeds}
         protocol["calibration_card"] = ("wiki-excerpt" if text.name == "wiki-excerpt"
                                         else f"corpus-windows:{text.name}")
@@ -394,8 +393,6 @@ class _Sweep:
     def prune_fresh(self, method: str, allocation: str, s: float, scope: str | None,
                     seed: int):
         """Restore the dense weights, then prune with seed ``seed``'s calibration draw."""
-        import workbench as wb
-
         restore(self.model, self.originals)
         options = dict(self.method_options.get(method, {}))
         if scope is None:  # unstructured: a scope in method_options replaces the default
@@ -403,8 +400,8 @@ class _Sweep:
         elif "scope" in options:
             raise ValueError(f"method_options[{method!r}] sets scope={options['scope']!r}, "
                              f"but the sparsity pattern {scope!r} fixes the scope")
-        return wb.prune(self.model, method, s, scope=scope, calibration_tokens=self.cals[seed],
-                        allocation=allocation, batch_size=self.batch_size, **options)
+        return prune(self.model, method, s, scope=scope, calibration_tokens=self.cals[seed],
+                     allocation=allocation, batch_size=self.batch_size, **options)
 
     def job_rows(self, method: str, allocation: str, label: str, s: float,
                  scope: str | None, seeds: Sequence[int], bar) -> list[dict]:

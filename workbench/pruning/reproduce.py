@@ -32,6 +32,7 @@ import pandas as pd
 
 from workbench.core import paths, protocols
 from workbench.core.checks import check_range
+from workbench.core.models import load_model
 from workbench.core.protocols import check_same_protocol
 from workbench.pruning.oneshot import oneshot_sweep
 from workbench.pruning.registry import METHODS
@@ -251,15 +252,13 @@ def reproduce(
         ValueError, FileNotFoundError: From :func:`check_reproduce_arguments`, before the
             model loads.
     """
-    import workbench as wb
-
     a = check_reproduce_arguments(table, data=data, seq_len=seq_len, n_eval=n_eval,
                                   n_calibration=n_calibration, seeds=seeds,
                                   batch_size=batch_size)
     t = a["table"]
     if isinstance(model, (str, os.PathLike)):
         name = model_name or os.fspath(model)
-        model, tokenizer = wb.load_model(model)
+        model, tokenizer = load_model(model)
     else:
         if tokenizer is None:
             raise TypeError("tokenizer is required when model is a loaded module")

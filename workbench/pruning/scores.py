@@ -41,12 +41,12 @@ from workbench.core.checks import check_choice, check_kwargs, renamed_keywords
 from workbench.core.devices import model_device
 from workbench.core.evaluate import causal_lm_loss
 from workbench.core.models import check_model_tokens, forward_logits, is_conv1d
+from workbench.curvature.registry import FISHER_TYPES
 from workbench.pruning.calibration import batches_of, collect_input_statistics
 from workbench.pruning.masks import prunable_modules
 from workbench.pruning.registry import SCORE_KINDS
 
 HYBRID_DEFAULT_WEIGHTS = {"magnitude": 0.5, "wanda": 0.5}
-FISHER_TYPES = ("empirical", "true")
 
 
 def __getattr__(name: str):
@@ -182,7 +182,7 @@ def taylor_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
 def _fisher_option_names() -> set[str]:
     from workbench.curvature.diagonal import diagonal_fisher
 
-    skip = {"model", "batches", "kind", "fisher_type", "params"}
+    skip = {"model", "batches", "fisher_type", "params"}
     return set(inspect.signature(diagonal_fisher).parameters) - skip
 
 
@@ -198,9 +198,9 @@ def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch
 
     check_choice("fisher_type", fisher_type, FISHER_TYPES)
     check_kwargs(f"importance(score_kind='obd_{fisher_type}')", fisher_options,
-                 _fisher_option_names())
+                 _fisher_option_names(), renamed={"method": "backend"})
     params = _weights(model, include, exclude)
-    diag = diagonal_fisher(model, batches_of(tokens, batch_size), kind=fisher_type,
+    diag = diagonal_fisher(model, batches_of(tokens, batch_size), fisher_type=fisher_type,
                            params=params, **fisher_options)
     return {n: 0.5 * p.detach().float() ** 2 * diag[n].float().to(p.device)
             for n, p in params.items()}

@@ -60,3 +60,43 @@ def test_figure_caption_states_the_sw_definition(tmp_path, monkeypatch):
     caption = findings.sw_definition(a, short=True)
     assert caption in seen["x_sparsity"]  # beside the suptitle with the scale
     assert ">= 1000" in caption and "2 val. blocks x 64 tokens" in caption
+
+
+def test_grid_figure_legends_say_what_the_error_bars_are(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from workbench.experiments.analysis import plots
+
+    a = _analysis(tmp_path)
+    seen = {}
+
+    def capture(fig, name, *, folder=None):
+        seen[name] = [ax.get_legend().get_title().get_text() for ax in fig.axes
+                      if ax.get_legend() is not None]
+        return {}
+
+    monkeypatch.setattr(plots, "save_figure", capture)
+    findings.figures(a, tmp_path / "figs", prefix="x")
+    # perplexity on a log axis, SW survival on a linear one
+    assert seen["x_sparsity"] == ["bars: geometric mean ×/÷ geometric sd over seeds",
+                                  "bars: mean ± sd over seeds"]
+
+
+def test_fewer_than_three_seeds_are_not_testable_and_the_findings_say_why(tmp_path):
+    root = make_runs(tmp_path / "runs", seeds=(0, 1))
+    write_spec_record(root)
+    a = findings.analyse(root, None, n_resamples=200)
+    tested = a.contrasts[a.contrasts.n > 0]
+    assert (tested.n == 2).all() and tested.p_t.isna().all() and tested.p_holm.isna().all()
+    assert not tested.significant.astype(bool).any()
+    reason = "not testable: n=2 pairs < 3 (a paired t-test on 2 pair(s) has 1 degree(s) of freedom)"
+    assert tested.note.str.contains(reason, regex=False).all()
+    verdicts = findings.verdicts(a)
+    has_data = verdicts[verdicts.contrast != "sweet_xavier"]  # critical_sparsity: no pairs
+    assert has_data.verdict.str.contains(reason, regex=False).all(), has_data.verdict.tolist()
+    text = findings.findings_markdown(a)
+    assert f"Verdict: inconclusive ({reason})." in text
+    # the n = 2 differences are not "zero variance" (they were never estimated)
+    assert "zero variance" not in text and "identically in every seed" not in text
+    assert f"comparisons are {reason}" in text  # the automatic pairs say it too

@@ -8,8 +8,6 @@ import pytest
 from scipy import stats as ss
 from statsmodels.stats.multitest import multipletests
 
-from tests.fixtures.runs import make_runs
-from workbench.experiments.analysis import aggregate
 from workbench.experiments.analysis import stats
 
 A = np.array([10.0, 12.0, 9.5, 11.0, 10.5, 13.0, 12.5])
@@ -70,63 +68,6 @@ def test_holm_matches_hand_computation():
     assert adj[0] == pytest.approx(0.02) and np.isnan(adj[1]) and not reject[1]
 
 
-@pytest.fixture
-def runs(tmp_path):
-    return aggregate.load_runs(make_runs(tmp_path / "runs"))
-
-
-def test_compare_factor_pairs_one_factor_at_a_time(runs):
-    t = stats.compare_factor(runs, "init", "val_ppl")
-    # only C2 vs B2 differ in init alone (A2 also differs in steps_per_round)
-    assert set(zip(t.experiment_a, t.experiment_b)) == {("B2", "C2")}
-    assert list(t.level) == pytest.approx([0.2, 0.36, 0.488])  # sparsity 0 excluded
-    for _, row in t.iterrows():
-        a = runs[(runs.experiment == "B2") & (runs.target_sparsity.round(3) == row.level)]
-        b = runs[(runs.experiment == "C2") & (runs.target_sparsity.round(3) == row.level)]
-        a, b = a.sort_values("seed").val_ppl.to_numpy(), b.sort_values("seed").val_ppl.to_numpy()
-        assert row.p_t == pytest.approx(ss.ttest_rel(b, a).pvalue)
-        assert row.mean_diff == pytest.approx((b - a).mean())
-    assert t.p_holm.to_numpy() == pytest.approx(multipletests(t.p_t, method="holm")[1])
-    assert t.significant.all()  # effect 40 * sparsity vs noise 0.3
-    assert (t.n == 3).all() and t.note.str.contains("cannot reach").all()
-    budget = stats.compare_factor(runs, "steps_per_round", "val_ppl", baseline=1)
-    assert set(zip(budget.experiment_a, budget.experiment_b)) == {("A2", "B2")}
-    text = stats.describe(pd.concat([t, budget], ignore_index=True))
-    assert "C2" in text and "significant" in text and "Wilcoxon" in text
-
-
-def test_compare_factor_matches_by_first_arrival_and_round(runs):
-    df = runs.copy()
-    # B2 reaches 0.2 in one round; a one-shot run stays at 0.2 and trains on
-    one = df[df.experiment == "B2"].copy()
-    one["experiment"], one["schedule"] = "I1", "oneshot"
-    one["target_sparsity"] = np.where(one["round"] > 0, 0.2, 0.0)
-    one["val_ppl"] = one["val_ppl"] + one["round"]
-    df = pd.concat([df, one], ignore_index=True)
-    # first arrival at 0.2: round 1 of both, the same procedure -> never compared
-    assert stats.compare_factor(df, "schedule", "val_ppl").empty
-    # last round at 0.2: I1 trained on for 3 rounds without rewinding -> compared
-    last = stats.compare_factor(df, "schedule", "val_ppl", take="last")
-    assert list(last.level) == [0.2] and last.experiment_b.iloc[0] == "I1"
-    b2 = df[(df.experiment == "B2") & (df["round"] == 1)].sort_values("seed").val_ppl
-    i1 = df[(df.experiment == "I1") & (df["round"] == 3)].sort_values("seed").val_ppl
-    assert last.mean_diff.iloc[0] == pytest.approx((i1.to_numpy() - b2.to_numpy()).mean())
-    by_round = stats.compare_factor(runs, "init", "val_ppl", at="round")
-    assert list(by_round.level) == [0, 1, 2, 3]
-
-
-def test_compare_factor_bad_arguments(runs):
-    with pytest.raises(ValueError, match="init"):
-        stats.compare_factor(runs, "colour", "val_ppl")
-    with pytest.raises(ValueError, match="val_ppl"):
-        stats.compare_factor(runs, "init", "accuracy")
-    with pytest.raises(ValueError, match="wilcoxon"):
-        stats.compare_factor(runs, "init", "val_ppl", test="mann-whitney")
-    with pytest.raises(ValueError, match="round"):
-        stats.compare_factor(runs, "init", "val_ppl", at="step")
-    assert stats.compare_factor(runs, "scope", "val_ppl").empty
-
-
 def test_below_three_pairs_is_not_testable():
     """n = 2: the means are given, no p-value, and the note says why (issue 20)."""
     res = stats.paired_test([1.0, 2.0], [1.5, 2.7])
@@ -134,3 +75,59 @@ def test_below_three_pairs_is_not_testable():
     assert np.isnan(res["p_t"]) and np.isnan(res["p_wilcoxon"]) and np.isnan(res["d_z"])
     assert "not testable: n=2 pairs < 3" in res["note"]
     assert not np.isnan(stats.paired_test([1.0, 2.0, 3.0], [1.5, 2.7, 3.2])["p_t"])
+
+
+def test_paired_by_level_pairs_by_seed_within_levels():
+    idx = pd.MultiIndex.from_product([[0.2, 0.5], [0, 1, 2, 3]], names=["level", "seed"])
+    a = pd.Series(np.arange(8.0) ** 1.5, index=idx)
+    b = pd.Series(np.arange(8.0) ** 1.6 + [0, 1, 0, 2, 1, 0, 3, 1], index=idx)
+    b = b.drop((0.5, 3))  # seed 3 missing at 0.5: paired on seeds 0-2 there
+    b[(0.2, 1)] = np.inf  # a non-finite value drops its pair
+    out = stats.paired_by_level(a.sample(frac=1, random_state=0), b, n_resamples=200)
+    assert list(out) == [0.2, 0.5]
+    for level, seeds in ((0.2, [0, 2, 3]), (0.5, [0, 1, 2])):
+        x = a.xs(level).loc[seeds].to_numpy()
+        y = b.xs(level).loc[seeds].to_numpy()
+        assert out[level]["n"] == 3
+        assert out[level]["p_t"] == pytest.approx(ss.ttest_rel(y, x).pvalue)
+        assert out[level]["sd_a"] == pytest.approx(np.std(x, ddof=1))
+        assert out[level]["sd_b"] == pytest.approx(np.std(y, ddof=1))
+    assert list(stats.paired_by_level(a, b, levels=[0.5], n_resamples=200)) == [0.5]
+
+
+def test_holm_table_is_one_family_of_the_chosen_test():
+    t = pd.DataFrame({"p_t": [0.01, 0.04, np.nan, 0.03], "p_wilcoxon": [0.2, 0.1, 0.3, 0.05]})
+    out = stats.holm_table(t, test="t")
+    assert out["p_holm"].to_numpy()[[0, 1, 3]] == pytest.approx(
+        multipletests([0.01, 0.04, 0.03], method="holm")[1])
+    assert np.isnan(out["p_holm"][2]) and not out["significant"][2]
+    assert (out["test"] == "t").all() and list(t.columns) == ["p_t", "p_wilcoxon"]
+    w = stats.holm_table(t, test="wilcoxon")
+    assert w["p_holm"].to_numpy() == pytest.approx(
+        multipletests(t["p_wilcoxon"], method="holm")[1])
+    with pytest.raises(ValueError, match="allowed.*wilcoxon"):
+        stats.holm_table(t, test="z")
+
+
+def _workbench_imports(path):
+    """Every module a file imports (top-level and function-local), resolved."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_stats_is_a_leaf():
+    """stats imports nothing of workbench.experiments (it would close a circle again)."""
+    from pathlib import Path
+
+    used = _workbench_imports(Path(stats.__file__))
+    assert not [n for n in used if n.startswith("workbench.experiments")], used
+    assert not [n for n in used if n.startswith("workbench.") and not
+                n.startswith("workbench.core")], used

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench.experiments.analysis import aggregate, findings, stats
+from workbench.experiments.analysis import aggregate, factors, findings
 
 from workbench.experiments.running import grid, runs
 
-from workbench.experiments.design import specs
+from workbench.experiments.design import procedures, specs
 from workbench.lottery import schema
 
 NOTEBOOK = '# %% tags=["parameters"]\nrun_dir = None\nconfig = {}\n'
@@ -46,7 +46,7 @@ def test_new_schema_field_flows_from_yaml_to_findings(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="design key.*dropout"):
         specs.load_spec(write(tmp_path, exps, {"p": {"set": {"dropout": 0.0}}}))
     spec = specs.load_spec(write(tmp_path, exps))
-    assert "dropout" in stats.design_columns()
+    assert "dropout" in procedures.design_keys()
     cells = grid.plan(spec, None, tmp_path / "runs")
     assert {c.parameters["config"].get("dropout") for c in cells} == {None, 0.1}
     # what notebook 04 does with the injected config (without running a kernel)
@@ -65,7 +65,7 @@ def test_new_schema_field_flows_from_yaml_to_findings(tmp_path, monkeypatch):
     (root / runs.SPEC_COPY).write_text(pd.Series(spec.to_record(None)).to_json())
     df = aggregate.load_runs(root)
     assert "dropout" in df and "dropout" not in aggregate.metric_columns(df)
-    auto = stats.compare_factor(df, "dropout", "val_nll")
+    auto = factors.compare_factor(df, "dropout", "val_nll")
     assert set(zip(auto.experiment_a, auto.experiment_b)) == {("B2", "DR")}
     a = findings.analyse(root, None, n_resamples=200)
     tested = a.contrasts[a.contrasts.n > 0]

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from workbench.experiments.design import profiles, specs
-from workbench.experiments.running.notebooks import notebook_source
+from workbench.experiments.design import procedures, profiles, specs
+from workbench.experiments.design.notebook_contract import notebook_source
 
 BASE = {
     "name": "t",
@@ -35,7 +35,7 @@ def test_seed002_has_no_duplicate_procedures_and_covers_the_table():
     table_rows = ["A1", "A2", "B1", "B2", "C1", "C2", "D1", "D2", "E1", "E2", "F1", "G1",
                   "H1", "I1"]
     assert set(table_rows) <= set(s.experiments)
-    design = specs.design_keys()
+    design = procedures.design_keys()
     seen = {}
     for name, exp in s.experiments.items():
         key = tuple(repr(exp.parameters.get(k)) for k in design)
@@ -74,9 +74,9 @@ def test_real_specs_match_the_lottery_notebook_when_present():
 def test_cpu_profile_scales_budget_and_keeps_design():
     s = specs.load_spec("seed002", check_notebook=False)
     cpu, gpu = s.resolve("cpu"), s.resolve("gpu")
-    scalable = set(specs._schema().scalable_keys())
+    scalable = set(procedures.scalable_keys())
     for name, params in cpu.items():
-        for key in set(specs.design_keys()) - scalable:
+        for key in set(procedures.design_keys()) - scalable:
             assert params.get(key) == s.experiments[name].parameters.get(key), (name, key)
         assert gpu[name]["steps_per_round"] == s.experiments[name].parameters["steps_per_round"]
     # order of budgets kept: 1k <= 3k < 5k < 10k < 20k

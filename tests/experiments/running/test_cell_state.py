@@ -16,7 +16,7 @@ def test_progress_fields_of_a_running_cell(tmp_path):
                                            **cell_state.owner_record()})
     assert cell_state.progress_fields(tmp_path, now=t_start + 90) == {
         "round": None, "step": None, "elapsed": 90, "heartbeat": None, "doing": None}
-    (tmp_path / cell_state.HEARTBEAT).write_text(json.dumps({
+    (tmp_path / runs.HEARTBEAT).write_text(json.dumps({
         "task": "IMP", "item": "round 2/5 training", "round": 2, "n_rounds": 5, "step": 40,
         "steps": 100, "done": 240, "done0": 0, "total": 600, "tokens_per_s": 1500,
         "task_started": t_start, "time": t_start + 60}))
@@ -33,6 +33,6 @@ def test_a_beat_from_an_earlier_attempt_is_not_shown(tmp_path):
     t_start = cell_state._parse_utc(started)
     io.write_json(tmp_path / runs.STATUS, {"status": "running", "started": started,
                                            **cell_state.owner_record()})
-    (tmp_path / cell_state.HEARTBEAT).write_text(json.dumps({"round": 4, "n_rounds": 5,
+    (tmp_path / runs.HEARTBEAT).write_text(json.dumps({"round": 4, "n_rounds": 5,
                                                             "time": t_start - 3600}))
     assert cell_state.progress_fields(tmp_path, now=t_start + 5)["round"] is None

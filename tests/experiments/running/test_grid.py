@@ -22,7 +22,7 @@ from workbench.experiments.running import grid
 
 from workbench.experiments.design import specs
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_grid.py"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "nb_grid.py"
 
 
 def write_spec(folder: Path, experiments: dict, seeds=(0, 1), **top) -> Path:

@@ -1,6 +1,9 @@
 """Run layout and the completion rule (workbench.experiments.running.runs)."""
 
+import ast
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,3 +104,21 @@ def test_names_and_temporary_files(tmp_path):
     (d / "params.json").write_text(json.dumps({"seed": 0}))
     assert runs.temporary_files(d) == sorted(leftovers)
     assert runs.read_params(d) == {"seed": 0}
+
+
+def test_every_file_name_of_a_run_is_spelled_in_runs_only():
+    """The other modules of the running layer (cell states, cells, notebooks, SLURM, the
+    grid) take every file name of a grid or cell folder from runs: no literal names one."""
+    looks_like_a_file = re.compile(r"\.(json|lock|ipynb|parquet|tmp)$|^\.jupyter-runtime$"
+                                   r"|^checkpoints$|^_submitit$")
+    folder = Path(runs.__file__).parent
+    spelled = [(p.name, node.value) for p in sorted(folder.glob("*.py")) if p.name != "runs.py"
+               for node in ast.walk(ast.parse(p.read_text()))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               and looks_like_a_file.search(node.value)]
+    assert spelled == []
+    names = [runs.HEARTBEAT, runs.KERNEL_RUNTIME_DIR, runs.LEASE, runs.LOCK, runs.PARAMS,
+             runs.STATUS, runs.NOTEBOOK, runs.CHECKPOINTS, runs.SUMMARY, runs.MANIFEST,
+             *runs.TABLES.values()]
+    assert len(set(names)) == len(names)
+    assert runs.source_copy(Path("d") / runs.NOTEBOOK).match(runs.TEMPORARY_PATTERNS[1])

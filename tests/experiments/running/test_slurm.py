@@ -22,10 +22,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from workbench.experiments.running import cell as grid_cell
 from workbench.experiments.running import cell_state, grid, scheduler, slurm
 from workbench.experiments.running import runs as runs_mod
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "nb_grid.py"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "nb_grid.py"
 DEAD = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
         "PREEMPTED", "BOOT_FAIL", "UNKNOWN"]
 
@@ -83,17 +84,17 @@ class Submitter:
 
 def write_lease(d: Path, job_id, **extra):
     d.mkdir(parents=True, exist_ok=True)
-    (d / slurm.LEASE).write_text(json.dumps({"job_id": job_id, **extra}))
+    (d / runs_mod.LEASE).write_text(json.dumps({"job_id": job_id, **extra}))
 
 
 def snapshot(d: Path) -> dict:
     """Every file under ``d`` (lock file excluded) -> bytes."""
     return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*"))
-            if p.is_file() and p.name != slurm.LOCK}
+            if p.is_file() and p.name != runs_mod.LOCK}
 
 
-def make_cell(d: Path, experiment="X", seed=0) -> grid.Cell:
-    return grid.Cell(experiment, seed, str(FIXTURE), {"seed": seed}, d)
+def make_cell(d: Path, experiment="X", seed=0) -> grid_cell.Cell:
+    return grid_cell.Cell(experiment, seed, str(FIXTURE), {"seed": seed}, d)
 
 
 def fake_complete_run(d: Path) -> None:
@@ -148,7 +149,7 @@ def test_adopt_releases_a_stale_lease_and_ignores_cells_without_one(tmp_path):
     write_lease(d, "7")
     job_id, released = slurm.adopt(d, sched)
     assert job_id is None and released["state"] == "TIMEOUT"
-    assert not (d / slurm.LEASE).exists()
+    assert not (d / runs_mod.LEASE).exists()
 
 
 def test_a_job_submitted_before_the_lease_was_written_is_found_by_name(tmp_path):
@@ -216,7 +217,8 @@ def test_a_duplicate_job_leaves_the_folder_of_the_job_in_flight_alone(tmp_path, 
     before = snapshot(d)
     sched = FakeScheduler({"41": "RUNNING", "42": "RUNNING"})
     assert slurm.claim(d, "42", sched) is None
-    monkeypatch.setattr(grid, "run_cell", lambda *a, **k: pytest.fail("a duplicate ran the cell"))
+    monkeypatch.setattr(grid_cell, "run_cell",
+                        lambda *a, **k: pytest.fail("a duplicate ran the cell"))
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     record = slurm.run_leased_cell(make_cell(d), scheduler=sched)
@@ -243,7 +245,7 @@ def test_the_job_of_the_lease_adds_host_and_start_and_releases_at_the_end(tmp_pa
                     omp=os.environ["OMP_NUM_THREADS"], mkl=os.environ["MKL_NUM_THREADS"])
         return {"status": "done"}
 
-    monkeypatch.setattr(grid, "run_cell", fake_run_cell)
+    monkeypatch.setattr(grid_cell, "run_cell", fake_run_cell)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     for var, value in {"SLURM_JOB_ID": "41", "SLURM_CPUS_PER_TASK": "1",
                        "OMP_NUM_THREADS": "64", "MKL_NUM_THREADS": "64",

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.experiments.running import runs
+from workbench.experiments.design.procedures import schema_fields
 from workbench.experiments.design.specs import Spec, load_spec
 
 #: Per-run tables :func:`load_runs` can read.
@@ -129,8 +130,6 @@ def _check_experiments(experiments: Any, source: Any, folder: Path) -> None:
         raise TypeError(f"experiments must be a list of experiment names, got "
                         f"{type(experiments).__name__} {experiments!r}")
     if isinstance(source, Spec) or not Path(str(source)).is_dir():
-        from workbench.experiments.design.specs import load_spec
-
         known = sorted(load_spec(source, check_notebook=False).experiments)
     else:
         known = sorted(p.name for p in Path(folder).iterdir() if p.is_dir()
@@ -143,9 +142,7 @@ def _check_experiments(experiments: Any, source: Any, folder: Path) -> None:
 
 def _config_fields() -> set[str]:
     """Names of the lottery configuration's fields (records carry them as columns)."""
-    from workbench.lottery import schema
-
-    return {f.name for f in schema.config_fields()}
+    return set(schema_fields())
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

@@ -7,9 +7,10 @@
 * the sweet spot per experiment: ``optimal_sparsity``, ``critical_sparsity`` and
   ``winning_ticket_score`` of each run (:func:`workbench.lottery.imp.robustness_summary`)
   aggregated as mean ± sd over seeds;
-* exactly the declared contrasts (:func:`workbench.experiments.design.contrasts.compute_contrasts`,
+* exactly the declared contrasts (:func:`workbench.experiments.analysis.contrasts.compute_contrasts`,
   one Holm family), and the automatic one-factor pairs of questions that ask for them
-  (``auto:``, :func:`workbench.experiments.analysis.stats.significance_table`, their own family);
+  (``auto:``, :func:`workbench.experiments.analysis.factors.significance_table`, their own
+  family);
 * the run-to-run variance of the ``describe:`` metrics (sd and coefficient of variation
   over seeds at each experiment's last round);
 * the scale actually run: the profile and the real steps per round next to the design's.
@@ -17,7 +18,7 @@
 :func:`findings_markdown` writes ``findings.md`` organised by the spec's questions: for
 each contrast and metric the numbers (mean ± sd, n per arm), the test, the effect size
 ``d_z``, the Holm-corrected p and a one-line verdict
-(:func:`workbench.experiments.design.contrasts.verdict`, with the power caveat for n = 3).
+(:func:`workbench.experiments.analysis.contrasts.verdict`, with the power caveat for n = 3).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from workbench.core import io
-from workbench.experiments.analysis import aggregate, stats
-from workbench.experiments.design import contrasts
+from workbench.experiments.analysis import aggregate, contrasts, plots
+from workbench.experiments.analysis.factors import describe, significance_table
 from workbench.experiments.design.specs import Spec, load_spec
 
 #: Metrics of the per-round summary table (those present are shown).
@@ -56,8 +57,9 @@ class Analysis:
         design: ``{experiment: parameters}`` as written in the spec.
         records, losses, summaries: From :mod:`workbench.experiments.analysis.aggregate`.
         summary: Wide per-round summary. sweet_spot: Wide per-experiment sweet spot.
-        contrasts: Declared contrasts (:data:`workbench.experiments.design.contrasts.COLUMNS`).
-        auto: Automatic one-factor pairs (:func:`stats.significance_table`).
+        contrasts: Declared contrasts (:data:`workbench.experiments.analysis.contrasts.COLUMNS`).
+        auto: Automatic one-factor pairs
+            (:func:`workbench.experiments.analysis.factors.significance_table`).
         variance: Run-to-run variance of the ``describe:`` metrics.
         alpha, test: Family-wise error rate and the test of the Holm family.
     """
@@ -150,15 +152,15 @@ def analyse(source: str | os.PathLike | Spec, profile: str | None = "cpu", *,
                                                   test=test, n_resamples=n_resamples)
     auto_qs = [q for q in questions.values() if q.auto]
     if auto_qs:
-        tables = [stats.significance_table(df, q.auto, [m for m in (q.metrics or metrics)
-                                                        if m in df], alpha=alpha, test=test,
-                                           n_resamples=n_resamples).assign(question=q.name)
+        tables = [significance_table(df, q.auto, [m for m in (q.metrics or metrics)
+                                                  if m in df], alpha=alpha, test=test,
+                                     n_resamples=n_resamples).assign(question=q.name)
                   for q in auto_qs]
         a.auto = pd.concat(tables, ignore_index=True)
     elif not questions:
         fs = [f for f in (factors or DEFAULT_FACTORS) if f in df]
-        a.auto = stats.significance_table(df, fs, [m for m in metrics if m in df],
-                                          alpha=alpha, test=test, n_resamples=n_resamples)
+        a.auto = significance_table(df, fs, [m for m in metrics if m in df],
+                                    alpha=alpha, test=test, n_resamples=n_resamples)
     described = sorted({m for q in questions.values() for m in q.describe})
     a.variance = variance_table(df, summaries, described or [m for m in metrics if m in df])
     return a
@@ -399,7 +401,7 @@ def question_section(a: Analysis, question) -> str:
                   "seeds, cv = sd / |mean|):", "", _markdown_table(v.round(4))]
     if question.auto and len(a.auto):
         t = a.auto[a.auto["question"] == question.name] if "question" in a.auto else a.auto
-        lines += ["", stats.describe(t, alpha=a.alpha)]
+        lines += ["", describe(t, alpha=a.alpha)]
     return "\n".join(lines)
 
 
@@ -432,7 +434,7 @@ def findings_markdown(a: Analysis) -> str:
     for q in a.questions.values():
         lines += [question_section(a, q), ""]
     if not a.questions:
-        lines += ["## One-factor pairs", "", stats.describe(a.auto, alpha=a.alpha), ""]
+        lines += ["## One-factor pairs", "", describe(a.auto, alpha=a.alpha), ""]
     lines += ["## Summary (mean ± sd over seeds, per experiment and round)", "",
               _markdown_table(a.summary), ""]
     return "\n".join(lines)
@@ -461,8 +463,6 @@ def figures(a: Analysis, out_dir: str | os.PathLike, *, prefix: str | None = Non
     """Sparsity vs perplexity and SW survival (controls as reference lines) and the loss
     curves, titled with the profile and real steps per round; saved as PDF + PNG."""
     import matplotlib.pyplot as plt
-
-    from workbench.experiments.analysis import plots
 
     prefix = prefix or a.name
     title = scale_title(a)

@@ -1,4 +1,4 @@
-"""Analysis of one-shot sweeps: summaries over seeds, paired tests, findings, figure.
+"""Analysis of one-shot sweeps: summaries over seeds, findings, figure.
 
 Reads the rows of :func:`workbench.pruning.oneshot.oneshot_sweep` (or rows of
 several grid cells concatenated, with an ``experiment`` column):
@@ -6,35 +6,29 @@ several grid cells concatenated, with an ``experiment`` column):
 * :func:`summarize` and :func:`results_table`: mean ± sd over calibration seeds per
   curve point; perplexity as geometric mean ×/÷ geometric sd (it is summarised on its
   logarithm, ``val_nll``).
-* :func:`paired_comparisons` and :func:`significance`: runs paired by calibration seed;
-  perplexity tested on its logarithm (paired differences are log perplexity ratios) and
-  accuracy as is, with :func:`workbench.experiments.analysis.stats.paired_test` (paired t,
-  Wilcoxon, d_z, bootstrap CI) and one Holm family
-  (:func:`workbench.experiments.analysis.stats.holm`).
-* :func:`findings`: the significant differences in sentences.
+* The paired tests (by calibration seed) are
+  :func:`workbench.experiments.analysis.factors.compare_oneshot` and
+  :func:`workbench.experiments.analysis.factors.oneshot_significance` (the engine of every
+  paired table, one Holm family); :func:`findings` puts their significant differences
+  in sentences.
 * :func:`curve_style` and :func:`plot_oneshot`: metric vs sparsity, one panel per
   pattern, in the methods' registered colours.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from workbench.core.checks import check_choice
 from workbench.experiments.analysis import stats
+from workbench.experiments.analysis.plots import bar_meaning, method_style, plot_sparsity_curve
 
 #: Identifies one curve point (a method configuration at one sparsity).
 KEYS = ("method", "allocation", "pattern", "sparsity")
-#: Factors compared by :func:`paired_comparisons` (``experiment``: grid cells of a spec).
-FACTORS = ("method", "allocation", "experiment")
-#: Metrics tested by :func:`significance` and which direction is better.
-METRICS = {"val_nll": "lower", "zeroshot_acc": "higher"}
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -93,110 +87,10 @@ def results_table(df: pd.DataFrame, *, digits: int = 2,
     return out
 
 
-# ----------------------------------------------------------------------------- statistics
-def paired_comparisons(df: pd.DataFrame, metric: str = "val_nll", factor: str = "method", *,
-                       baseline: str | None = None, alpha: float = 0.05, test: str = "t",
-                       **kwargs: Any) -> pd.DataFrame:
-    """Paired tests (by calibration seed) between levels of ``factor`` at every point.
-
-    Runs are compared when they agree on the other factors of :data:`FACTORS` present in
-    the rows and on the pattern and sparsity, and are paired by seed (only seeds present
-    in both). ``factor="method"`` compares every pair of methods (or each against
-    ``baseline``); ``factor="allocation"`` compares each allocation against ``baseline``
-    (default ``"uniform"``); ``factor="experiment"`` compares the experiments of a grid
-    (rows of several cells concatenated; the grid's seed is the calibration seed). Dense
-    rows are left out.
-
-    Args:
-        df: Rows of :func:`workbench.pruning.oneshot.oneshot_sweep`.
-        metric: ``"val_nll"`` (log perplexity: differences are log ratios) or
-            ``"zeroshot_acc"`` (or any numeric column).
-        factor: ``"method"``, ``"allocation"`` or ``"experiment"``.
-        baseline: Reference level (``a``); ``None``: all pairs for methods, ``"uniform"``
-            for allocations.
-        alpha: Family-wise error rate of the Holm correction over this table's rows.
-        test: ``"t"`` (paired t-test) or ``"wilcoxon"``: whose p-values are corrected.
-        **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`.
-
-    Returns:
-        The columns of :data:`workbench.experiments.analysis.stats.TABLE_COLUMNS` (so
-        :func:`workbench.experiments.analysis.stats.describe` reads it) plus ``pattern``,
-        ``context`` (the shared level of the other factor) and the ``paired_test`` fields.
-    """
-    check_choice("factor", factor, FACTORS)
-    check_choice("test", test, stats.TESTS)
-    if metric not in df:
-        raise ValueError(f"metric={metric!r} is not a column; allowed: "
-                         f"{sorted(df.select_dtypes('number').columns)}")
-    if factor not in df:
-        raise ValueError(f"factor={factor!r} is not a column of the rows")
-    data = df[(df["method"] != "dense") & df[metric].notna()]
-    if baseline is None and factor == "allocation":
-        baseline = "uniform"
-    others = [c for c in FACTORS if c != factor and c in data
-              and (c != "experiment" or data[c].nunique() > 1)]
-    rows = []
-    for key, part in data.groupby(others + ["pattern", "sparsity"], sort=False):
-        ctx = ", ".join(str(v) for v in key[:len(others)])
-        pattern, s = key[len(others):]
-        levels = list(dict.fromkeys(part[factor]))
-        if baseline is not None:
-            pairs = [(baseline, b) for b in levels if b != baseline and baseline in levels]
-        else:
-            pairs = list(itertools.combinations(levels, 2))
-        values = part.pivot_table(index="seed", columns=factor, values=metric, aggfunc="first")
-        for a, b in pairs:
-            both = values[[a, b]].dropna()
-            if len(both) == 0:
-                continue
-            res = stats.paired_test(both[a].to_numpy(), both[b].to_numpy(), alpha=alpha,
-                                    **kwargs)
-            rows.append(dict(factor=factor, baseline=a, level_b=b,
-                             experiment_a=f"{a} ({ctx}, {pattern})",
-                             experiment_b=f"{b} ({ctx}, {pattern})", metric=metric,
-                             at="sparsity", level=float(s), pattern=pattern, context=ctx,
-                             **res))
-    if not rows:
-        return pd.DataFrame(columns=list(stats.TABLE_COLUMNS) + ["pattern", "context"])
-    out = pd.DataFrame(rows)
-    reject, padj = stats.holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
-    out["test"], out["p_holm"], out["significant"] = test, padj, reject
-    front = list(stats.TABLE_COLUMNS)
-    return out[front + [c for c in out if c not in front]]
-
-
-def significance(df: pd.DataFrame, *, metrics: Sequence[str] = ("val_nll", "zeroshot_acc"),
-                 factors: Sequence[str] = FACTORS, alpha: float = 0.05,
-                 test: str = "t", allow_mixed_protocols: bool = False,
-                 **kwargs: Any) -> pd.DataFrame:
-    """:func:`paired_comparisons` for every factor x metric, Holm-corrected as one family.
-
-    Metrics with no values (zero-shot not run) and factors absent or with one level are
-    skipped. Rows evaluated on different tokens are refused (as :func:`summarize`) unless
-    ``allow_mixed_protocols``.
-    """
-    from workbench.core.protocols import check_same_protocol
-
-    check_same_protocol(df, allow_mixed=allow_mixed_protocols)
-    tables = []
-    for factor in factors:
-        if factor not in df or df.loc[df["method"] != "dense", factor].nunique() < 2:
-            continue
-        for metric in metrics:
-            if metric in df and df[metric].notna().any():
-                t = paired_comparisons(df, metric, factor, alpha=alpha, test=test, **kwargs)
-                if len(t):
-                    tables.append(t)
-    if not tables:
-        return pd.DataFrame(columns=list(stats.TABLE_COLUMNS) + ["pattern", "context"])
-    out = pd.concat(tables, ignore_index=True)
-    reject, padj = stats.holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
-    out["p_holm"], out["significant"] = padj, reject
-    return out
-
-
 def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
-    """One sentence per significant difference (and the count of the others).
+    """One sentence per significant difference (and the count of the others; those with
+    fewer than :data:`~workbench.experiments.analysis.stats.MIN_TEST_N` paired seeds are
+    named not testable, with the reason).
 
     Perplexity differences (``val_nll``) are reported as the ratio of geometric mean
     perplexities ``exp(mean paired difference)``; accuracy differences in points.
@@ -210,6 +104,8 @@ def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
                 f"{n} pairs has {max(n - 1, 0)} degree(s) of freedom and the exact Wilcoxon "
                 f"test cannot go below p = {stats.wilcoxon_min_p(n):.2g}); no p-values are "
                 "reported. Run with seeds=[0, 1, 2] or more.")
+    few = table[table["n"] < stats.MIN_TEST_N]
+    n = int(table.loc[table["n"] >= stats.MIN_TEST_N, "n"].min())
     sig = table[table["significant"].astype(bool)]
     parts = []
     for _, r in sig.iterrows():
@@ -231,9 +127,13 @@ def findings(table: pd.DataFrame, *, alpha: float = 0.05) -> str:
         text = head + f"{len(sig)} significant — " + "; ".join(parts) + "."
     else:
         text = head + "none is significant."
-    rest = len(table) - len(sig)
+    rest = len(table) - len(sig) - len(few)
     if parts and rest:
         text += f" The other {rest} are not significant."
+    if len(few):
+        reason = "; ".join(stats.not_testable_note(k) for k in sorted(set(few["n"])))
+        text += (f" {len(few)} comparisons are {reason}: they have fewer calibration seeds "
+                 "in common and no p-value.")
     if stats.wilcoxon_min_p(n) >= alpha:
         text += (f" (With n = {n} the exact Wilcoxon test cannot reach p < {alpha:g}; only "
                  "the t-test can.)")
@@ -245,8 +145,6 @@ def curve_style(method: str, allocation: str) -> tuple[str, str]:
     """``(colour, label)`` of a curve: the method's registered colour and label
     (:func:`workbench.experiments.analysis.plots.method_style`), ``+ OWL`` for non-uniform
     allocations; the dense model is black."""
-    from workbench.experiments.analysis.plots import method_style
-
     if method == "dense":
         return "#000000", "Dense"
     c, lab = method_style(method)
@@ -297,8 +195,6 @@ def plot_oneshot(df: pd.DataFrame, metric: str | Sequence[str] = "val_ppl", *, a
         ``(fig, axes)``: ``axes`` is a flat list for one metric, else a list of rows.
     """
     import matplotlib.pyplot as plt
-
-    from workbench.experiments.analysis.plots import bar_meaning, plot_sparsity_curve
 
     metrics = [metric] if isinstance(metric, str) else list(metric)
     metrics = [m for m in metrics if m in df and df[m].notna().any()] or metrics[:1]
@@ -363,5 +259,5 @@ def plot_oneshot(df: pd.DataFrame, metric: str | Sequence[str] = "val_ppl", *, a
     return fig, (rows[0] if len(rows) == 1 else rows)
 
 
-__all__ = ["summarize", "results_table", "paired_comparisons", "significance", "findings",
-           "curve_style", "plot_oneshot", "sweep_title"]
+__all__ = ["summarize", "results_table", "findings", "curve_style", "plot_oneshot",
+           "sweep_title"]

@@ -7,9 +7,10 @@ a 300-dpi PNG. Importing this module changes no matplotlib setting.
 
 **Colours follow names, never order.** :func:`style` gives every name (a pruning method,
 a score kind, an experiment id, a curve key) the same colour, marker and line style in
-every figure and in the explorer: the registered methods and score kinds have fixed
-slots of the colour-blind-safe :data:`PALETTE` (:data:`NAMED`), any other name takes the
-slot of a stable hash of its text (SHA-1, not Python's salted ``hash``), so an
+every figure and in the explorer: the registered methods and score kinds (and the
+curvature matrices ``hessian``, ``ggn``, ``empirical_fisher``, ``true_fisher``) have
+fixed slots of the colour-blind-safe :data:`PALETTE` (:data:`NAMED`), any other name
+takes the slot of a stable hash of its text (SHA-1, not Python's salted ``hash``), so an
 experiment is the same colour whichever figure, spec order or subset it is drawn in. Two
 names may share a colour; their markers and line styles (hashed independently) still
 tell them apart, so identical curves drawn on top of each other stay visible. A spec's
@@ -34,11 +35,15 @@ from workbench.core import paths
 #: Colour-blind-safe palette: Okabe & Ito (2008), then Paul Tol's "muted" scheme.
 PALETTE = ("#0072B2", "#D55E00", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000",
            "#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#DDCC77", "#117733")
-#: Fixed palette slots of the registered pruning methods / score kinds and the dense model.
+#: Fixed palette slots of the registered pruning methods / score kinds and the dense model,
+#: of the curvature matrices (``CURVATURE_MATRICES`` names; they never share a figure with
+#: the methods, so they reuse slots) and of the Fisher ranks of the percolation figure.
 NAMED: dict[str, int] = {
     "magnitude": 0, "wanda": 1, "wanda_obs": 2, "taylor": 3, "gradient_norm": 4,
     "gradprobe": 5, "dense": 6, "obd_empirical": 7, "obd_true": 8, "wanda_prac": 9,
     "sparsegpt": 10, "obs_kfac": 11, "hybrid": 12,
+    "true_fisher": 0, "empirical_fisher": 1, "ggn": 3, "hessian": 4,
+    "top": 1, "random": 9, "bottom": 0,
 }
 #: Markers and line styles (cycled by slot / hashed for other names).
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -1,11 +1,19 @@
-"""Significance tests for runs paired by seed.
+"""The paired test and the Holm table: statistics of runs paired by seed.
 
-Two experiments that differ in one factor and ran with the same seeds are compared on the
-paired differences ``d = b - a`` (one per seed): paired t-test
-(:func:`scipy.stats.ttest_rel`), Wilcoxon signed-rank (:func:`scipy.stats.wilcoxon`),
-effect size ``d_z = mean(d) / sd(d)`` and a percentile bootstrap CI of ``mean(d)``
-(:func:`scipy.stats.bootstrap`). p-values of a table are Holm-corrected with
-``statsmodels.stats.multitest.multipletests(method="holm")``.
+A leaf module (numpy, pandas, scipy and statsmodels only; nothing of
+``workbench.experiments``): every table of paired comparisons in the analysis (the
+declared contrasts, :mod:`workbench.experiments.analysis.contrasts`; the automatic
+one-factor pairs and the one-shot comparisons, :mod:`workbench.experiments.analysis.factors`)
+is built from
+
+* :func:`paired_by_level`: values of two conditions indexed by ``(level, seed)``, paired by
+  seed within each level, each level tested by :func:`paired_test`;
+* :func:`paired_test`: the paired differences ``d = b - a`` (one per seed): paired t-test
+  (:func:`scipy.stats.ttest_rel`), Wilcoxon signed-rank (:func:`scipy.stats.wilcoxon`),
+  effect size ``d_z = mean(d) / sd(d)`` and a percentile bootstrap CI of ``mean(d)``
+  (:func:`scipy.stats.bootstrap`); below :data:`MIN_TEST_N` pairs it is "not testable";
+* :func:`holm_table`: one family's p-values Holm-corrected
+  (``statsmodels.stats.multitest.multipletests(method="holm")``, :func:`holm`).
 
 With n paired seeds the smallest two-sided p the exact Wilcoxon test can give is
 ``2 / 2**n``; for n <= 5 that is >= 0.0625, so it can never reach p < 0.05. The results
@@ -16,38 +24,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+#: Tests whose p-values a Holm family corrects (``"t"``: paired t, ``"wilcoxon"``).
 TESTS = ("t", "wilcoxon")
+#: How :func:`matched_values` matches runs: same target sparsity or same round.
 AT = ("sparsity", "round")
-#: Leading columns of a :func:`compare_factor` table.
-TABLE_COLUMNS = ("factor", "baseline", "level_b", "experiment_a", "experiment_b", "metric", "at",
-                 "level", "n", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "d_z",
-                 "p_t", "p_wilcoxon", "test", "p_holm", "significant", "note")
-
-
-def design_columns() -> tuple[str, ...]:
-    """Columns that describe how a run was made: the lottery schema's design keys
-    (:func:`workbench.lottery.schema.design_keys`)."""
-    from workbench.experiments.design.specs import design_keys
-
-    return design_keys()
-
-
-def baseline_level(factor: str, levels) -> Any:
-    """Reference level of a factor: the schema's default for that field when some run has
-    it (``init=pretrained``, ``schedule=constant``, ``protect_sw=False``, ...), else the
-    smallest level."""
-    from workbench.experiments.design.specs import schema_fields
-
-    levels = list(levels)
-    spec = schema_fields().get(factor)
-    if spec is not None and str(spec.default) in {str(v) for v in levels}:
-        return next(v for v in levels if str(v) == str(spec.default))
-    return sorted(set(levels), key=str)[0]
 
 
 def wilcoxon_min_p(n: int) -> float:
@@ -57,8 +42,25 @@ def wilcoxon_min_p(n: int) -> float:
 
 #: Fewest pairs a paired test is run on: with n = 2 the t-test has one degree of freedom
 #: (its p-value rests on a single sd estimate from two differences, and Wilcoxon cannot
-#: go below p = 0.5), so below this the comparison is reported as not testable.
+#: go below p = 0.5), so below this the comparison is reported as not testable (our
+#: choice of threshold).
 MIN_TEST_N = 3
+
+
+def not_testable_note(n: int) -> str:
+    """Why a comparison of ``n < MIN_TEST_N`` pairs is not tested (the findings say it)."""
+    return (f"not testable: n={n} pairs < {MIN_TEST_N} (a paired t-test on {n} "
+            f"pair(s) has {max(n - 1, 0)} degree(s) of freedom)")
+
+
+def check_test(test: str) -> None:
+    """``test`` is one of :data:`TESTS`.
+
+    Raises:
+        ValueError: Naming the value and the allowed ones.
+    """
+    if test not in TESTS:
+        raise ValueError(f"test={test!r} is not allowed; allowed: {list(TESTS)}")
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
@@ -76,9 +78,11 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
 
     Returns:
         ``n, mean_a, mean_b, mean_diff, sd_diff, t, p_t, w, p_wilcoxon, wilcoxon_min_p,
-        wilcoxon_can_reach, d_z, ci_low, ci_high, note`` where diff = b - a. Below
-        :data:`MIN_TEST_N` pairs no test is run: the means are given, the statistics
-        and p-values are NaN and ``note`` says "not testable" and why.
+        wilcoxon_can_reach, d_z, ci_low, ci_high, sd_a, sd_b, note`` where diff = b - a
+        and ``sd_a``, ``sd_b`` are the sample sds (ddof=1) of each arm (NaN for n < 2).
+        Below :data:`MIN_TEST_N` pairs no test is run: the means are given, the
+        statistics and p-values are NaN and ``note`` says "not testable" and why
+        (:func:`not_testable_note`).
 
     Raises:
         ValueError: If ``a`` and ``b`` differ in length or hold non-finite values.
@@ -100,14 +104,15 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05,
         "t": math.nan, "p_t": math.nan, "w": math.nan, "p_wilcoxon": math.nan,
         "wilcoxon_min_p": wilcoxon_min_p(n), "wilcoxon_can_reach": wilcoxon_min_p(n) < alpha,
         "d_z": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+        "sd_a": float(a.std(ddof=1)) if n > 1 else math.nan,
+        "sd_b": float(b.std(ddof=1)) if n > 1 else math.nan,
     }
     notes = []
     if not out["wilcoxon_can_reach"]:
         notes.append(f"n={n}: exact Wilcoxon cannot reach p<{alpha:g} "
                      f"(smallest two-sided p = {wilcoxon_min_p(n):.3g})")
     if n < MIN_TEST_N:
-        notes.append(f"not testable: n={n} pairs < {MIN_TEST_N} (a paired t-test on {n} "
-                     f"pair(s) has {max(n - 1, 0)} degree(s) of freedom)")
+        notes.append(not_testable_note(n))
         out["note"] = "; ".join(notes)
         return out
     sd = out["sd_diff"]
@@ -156,6 +161,38 @@ def holm(pvalues: Iterable[float], alpha: float = 0.05) -> tuple[np.ndarray, np.
     return reject, adjusted
 
 
+def holm_table(table: pd.DataFrame, *, test: str = "t",
+               alpha: float = 0.05) -> pd.DataFrame:
+    """One Holm family: every row of ``table`` with a p-value of ``test``.
+
+    Args:
+        table: Rows with ``p_t`` and ``p_wilcoxon`` (from :func:`paired_test`); rows whose
+            p-value is NaN (not testable, no data) are not in the family.
+        test: ``"t"`` or ``"wilcoxon"``: whose p-values are corrected.
+        alpha: Family-wise error rate.
+
+    Returns:
+        ``table`` with ``test``, ``p_holm`` and ``significant`` set (replaced where present,
+        else appended), rows in the same order.
+
+    Raises:
+        ValueError: On a bad ``test``.
+    """
+    check_test(test)
+    reject, padj = holm(table["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
+    return table.assign(test=test, p_holm=padj, significant=reject)
+
+
+def minimal_detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |d_z| a two-sided paired t-test with ``n`` pairs detects with ``power``
+    (:class:`statsmodels.stats.power.TTestPower`); ``inf`` for n < 2."""
+    if n < 2:
+        return math.inf
+    from statsmodels.stats.power import TTestPower
+
+    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power))
+
+
 def matched_values(df: pd.DataFrame, experiment: str, metric: str, *, at: str = "sparsity",
                    decimals: int = 3, take: str = "first") -> pd.Series:
     """Values of ``metric`` of one experiment indexed by (matched level, seed).
@@ -186,256 +223,31 @@ def matched_values(df: pd.DataFrame, experiment: str, metric: str, *, at: str = 
     return out
 
 
-def compare_experiments(df: pd.DataFrame, a: str, b: str, metric: str, *,
-                        at: str = "sparsity", decimals: int = 3, exclude_dense: bool = True,
-                        take: str = "first", **kwargs: Any) -> pd.DataFrame:
-    """:func:`paired_test` of experiment ``b`` against ``a`` at every matched level.
+def paired_by_level(a: pd.Series, b: pd.Series, *, levels: Iterable[Any] | None = None,
+                    alpha: float = 0.05, **kwargs: Any) -> dict[Any, dict[str, Any]]:
+    """The paired comparison of condition ``b`` against ``a`` at every matched level.
 
-    Runs are paired by seed; only seeds and levels present in both are used. With
-    ``at="sparsity"`` and ``exclude_dense`` the unpruned level 0 is skipped.
-
-    Returns:
-        One row per level: ``experiment_a, experiment_b, at, level`` and the
-        :func:`paired_test` fields.
-    """
-    for name, e in (("a", a), ("b", b)):
-        if e not in set(df["experiment"]):
-            raise ValueError(f"{name}={e!r} is not an experiment of the runs; "
-                             f"allowed: {sorted(set(df['experiment']))}")
-    if metric not in df:
-        raise ValueError(f"metric={metric!r} is not a column; allowed: "
-                         f"{sorted(df.select_dtypes('number').columns)}")
-    va = matched_values(df, a, metric, at=at, decimals=decimals, take=take)
-    vb = matched_values(df, b, metric, at=at, decimals=decimals, take=take)
-    both = pd.concat({"a": va, "b": vb}, axis=1, join="inner").dropna()
-    rows = []
-    for level, part in both.groupby(level="level", sort=True):
-        if at == "sparsity" and exclude_dense and level == 0:
-            continue
-        res = paired_test(part["a"].to_numpy(), part["b"].to_numpy(), **kwargs)
-        rows.append({"experiment_a": a, "experiment_b": b, "at": at, "level": level, **res})
-    return pd.DataFrame(rows)
-
-
-def _experiment_parameters(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, dict]:
-    """``{experiment: {column: value}}`` from the first row of each experiment (list
-    columns stored as text are parsed back)."""
-    import ast
-
-    cols = [c for c in columns if c in df]
-    out = {}
-    for exp, row in df.groupby("experiment", sort=True).head(1).set_index("experiment")[
-            cols].iterrows():
-        params = {}
-        for c, v in row.items():
-            if isinstance(v, np.ndarray):  # list column read back from parquet
-                v = v.tolist()
-            if isinstance(v, str) and v[:1] in "[(":
-                try:
-                    v = ast.literal_eval(v)
-                except (ValueError, SyntaxError):
-                    pass
-            elif not isinstance(v, (list, tuple)) and pd.isna(v):
-                v = None
-            params[c] = v.item() if hasattr(v, "item") else v
-        out[str(exp)] = params
-    return out
-
-
-def one_factor_pair(factor: str, pa: Mapping[str, Any], pb: Mapping[str, Any]) -> bool:
-    """Do two runs differ in ``factor`` and in nothing else that matters?
-
-    Every other design column must be equal, except a schedule-shaping key
-    (:data:`workbench.experiments.design.contrasts.SCHEDULE_KEYS`) that one of the two runs
-    ignores: giving it the other run's value leaves that run's per-round targets
-    unchanged (``targets`` under a constant schedule, ``n_rounds`` under a gradual one).
-    That is what moves together with a factor, derived from the lottery's own
-    ``round_targets`` rather than listed here.
-    """
-    from workbench.experiments.design.contrasts import SCHEDULE_KEYS, round_targets
-
-    if str(pa.get(factor)) == str(pb.get(factor)):
-        return False
-
-    def ignores(params, key, value) -> bool:
-        try:
-            return round_targets({**params, key: value}) == round_targets(params)
-        except (TypeError, ValueError):
-            return False
-
-    for key in set(pa) | set(pb):
-        if key == factor or str(pa.get(key)) == str(pb.get(key)):
-            continue
-        if key not in SCHEDULE_KEYS:
-            return False
-        if not (ignores(pa, key, pb.get(key)) or ignores(pb, key, pa.get(key))):
-            return False
-    return True
-
-
-def compare_factor(df: pd.DataFrame, factor: str, metric: str, *, at: str = "sparsity",
-                   baseline: Any = None, test: str = "t", alpha: float = 0.05,
-                   decimals: int = 3, exclude_dense: bool = True, take: str = "first",
-                   design: Sequence[str] | None = None,
-                   parameters: Mapping[str, Mapping[str, Any]] | None = None,
-                   **kwargs: Any) -> pd.DataFrame:
-    """Does ``factor`` change ``metric`` at matched sparsity (or round)?
-
-    Experiments are paired when :func:`one_factor_pair` says they differ in ``factor``
-    alone; each pair is compared by :func:`compare_experiments` against the
-    ``baseline`` level, skipping levels at which the two are the same procedure
-    (:func:`workbench.experiments.design.contrasts.testable_levels`). All rows of the table form
-    one family for the Holm correction of ``test``'s p-values.
+    Values are paired by seed within each level (only seeds present in both with finite
+    values in both), and each level is tested by :func:`paired_test`.
 
     Args:
-        df: Runs from :func:`workbench.experiments.analysis.aggregate.load_runs`.
-        factor: Design column, e.g. ``"init"``, ``"schedule"``, ``"steps_per_round"``.
-        metric: Numeric column, e.g. ``"val_nll"``, ``"sw_survival"``.
-        at: ``"sparsity"`` (matched target sparsity) or ``"round"``.
-        baseline: Reference level (default :func:`baseline_level`).
-        test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the Holm family.
-        alpha: Family-wise error rate.
-        decimals: Rounding of the sparsity used for matching.
-        exclude_dense: Skip sparsity 0 (before pruning).
-        take: Round used when a run stays at one level (see :func:`matched_values`).
-        design: Columns that define an experiment's design (default
-            :func:`design_columns`).
-        parameters: ``{experiment: parameters}`` of the runs (default: read from ``df``).
+        a: Reference values indexed by ``(level, seed)`` (e.g. :func:`matched_values`).
+        b: The other condition, same index names.
+        levels: Levels to test (default: every level with a pair); one without a pair is
+            left out of the result.
+        alpha: Passed to :func:`paired_test`.
         **kwargs: Passed to :func:`paired_test` (confidence, n_resamples, random_state).
 
     Returns:
-        One row per (pair, level): ``factor, baseline, level_b, experiment_a,
-        experiment_b, at, level, n, mean_a, mean_b, mean_diff, ci_low, ci_high, d_z,
-        p_t, p_wilcoxon, p_holm, significant, note, ...``; empty when no pair exists.
-
-    Raises:
-        ValueError: Naming a bad ``factor``, ``metric``, ``test`` or ``at``.
+        ``{level: paired_test result}`` in ascending level order.
     """
-    from workbench.experiments.design.contrasts import Contrast, testable_levels
-
-    if test not in TESTS:
-        raise ValueError(f"test={test!r} is not allowed; allowed: {list(TESTS)}")
-    if at not in AT:
-        raise ValueError(f"at={at!r} is not allowed; allowed: {list(AT)}")
-    design = tuple(design) if design is not None else design_columns()
-    if factor not in df:
-        present = [c for c in design if c in df]
-        raise ValueError(f"factor={factor!r} is not a column of the runs; allowed: {present}")
-    if metric not in df:
-        raise ValueError(f"metric={metric!r} is not a column; allowed: "
-                         f"{sorted(df.select_dtypes('number').columns)}")
-    from_df = _experiment_parameters(df, design)
-    params = {e: {**from_df[e], **dict((parameters or {}).get(e, {}))} for e in from_df}
-    params = {e: {k: v for k, v in p.items() if k in design} for e, p in params.items()}
-    levels = df.groupby("experiment")[factor].first()
-    if baseline is None:
-        baseline = baseline_level(factor, levels)
-    tables = []
-    for ref in [e for e in levels.index if str(levels[e]) == str(baseline)]:
-        for other in levels.index:
-            if str(levels[other]) == str(baseline) or not one_factor_pair(
-                    factor, params[ref], params[other]):
-                continue
-            t = compare_experiments(df, ref, other, metric, at=at, decimals=decimals,
-                                    exclude_dense=exclude_dense, take=take, alpha=alpha,
-                                    **kwargs)
-            try:
-                keep = testable_levels(Contrast("auto", "auto", ref, other, at, (metric,),
-                                                None, take), params[ref], params[other])
-            except (TypeError, ValueError):
-                keep = None
-            if keep is not None and len(t):
-                t = t[[lv in keep or round(float(lv), decimals) in keep for lv in t["level"]]]
-            if len(t):
-                t.insert(0, "level_b", levels[other])
-                t.insert(0, "baseline", baseline)
-                t.insert(0, "factor", factor)
-                tables.append(t)
-    if not tables:
-        return pd.DataFrame(columns=list(TABLE_COLUMNS))
-    out = pd.concat(tables, ignore_index=True)
-    out.insert(len(out.columns), "metric", metric)
-    reject, padj = holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
-    out["test"] = test
-    out["p_holm"] = padj
-    out["significant"] = reject
-    front = list(TABLE_COLUMNS)
-    return out[front + [c for c in out if c not in front]]
-
-
-def describe(table: pd.DataFrame, *, alpha: float = 0.05, digits: int = 3) -> str:
-    """A findings paragraph generated from a :func:`compare_factor` table (or several).
-
-    Lists the comparisons significant after Holm with their effect sizes, then those that
-    are not, and the Wilcoxon caveat when n is too small.
-    """
-    if table is None or len(table) == 0:
-        return "No pairs of experiments differ in exactly one factor with shared seeds."
-
-    def fmt(r) -> str:
-        where = (f"sparsity {r['level']:.2f}" if r["at"] == "sparsity"
-                 else f"round {int(r['level'])}")
-        return (f"{r['experiment_b']} ({r['factor']}={r['level_b']}) vs {r['experiment_a']} "
-                f"({r['baseline']}) at {where}: {r['metric']} {r['mean_b']:.{digits}g} vs "
-                f"{r['mean_a']:.{digits}g}, mean paired difference {r['mean_diff']:+.{digits}g} "
-                f"[{r['ci_low']:.{digits}g}, {r['ci_high']:.{digits}g}], "
-                f"d_z = {r['d_z']:.2f}, Holm p = {r['p_holm']:.3g}")
-
-    sig = table[table["significant"].astype(bool)]
-    untested = table[table["p_holm"].isna()]
-    nonsig = table[~table["significant"].astype(bool) & table["p_holm"].notna()]
-    parts = [f"{len(table)} paired comparisons (runs paired by seed, "
-             f"{table['test'].iloc[0]}-test, Holm-corrected at alpha = {alpha:g})."]
-    if len(sig):
-        parts.append(f"{len(sig)} differ significantly: " + "; ".join(fmt(r) for _, r in
-                                                                    sig.iterrows()) + ".")
-    else:
-        parts.append("None is significant after Holm correction.")
-    if len(nonsig):
-        big = nonsig.reindex(nonsig["d_z"].abs().sort_values(ascending=False).index).head(3)
-        parts.append("Largest effects without significance: "
-                     + "; ".join(fmt(r) for _, r in big.iterrows()) + ".")
-    if len(untested):
-        same = untested[untested["mean_diff"] == 0]
-        const = untested[untested["mean_diff"] != 0]
-        if len(const):
-            parts.append("Untestable because every seed gave the same difference (zero "
-                         "variance): " + "; ".join(
-                             f"{r['experiment_b']} vs {r['experiment_a']} at {r['at']} "
-                             f"{r['level']:.2f}: {r['metric']} {r['mean_b']:.{digits}g} vs "
-                             f"{r['mean_a']:.{digits}g}" for _, r in const.iterrows()) + ".")
-        if len(same):
-            parts.append(f"{len(same)} comparisons had identical values in every seed.")
-    n_min = int(table["n"].min())
-    if wilcoxon_min_p(n_min) >= alpha:
-        parts.append(f"With n = {n_min} seeds per pair the exact Wilcoxon signed-rank test "
-                     f"cannot reach p < {alpha:g} (smallest p = {wilcoxon_min_p(n_min):.3g}), "
-                     "so only the t-test can detect a difference; more seeds are needed for a "
-                     "non-parametric confirmation.")
-    return " ".join(parts)
-
-
-def significance_table(df: pd.DataFrame, factors: Sequence[str], metrics: Sequence[str], *,
-                       alpha: float = 0.05, test: str = "t", **kwargs: Any) -> pd.DataFrame:
-    """:func:`compare_factor` for every factor x metric, Holm-corrected as one family.
-
-    Factors absent from the runs or with a single level are skipped.
-
-    Returns:
-        The concatenated tables; ``p_holm`` and ``significant`` are recomputed over all
-        rows together.
-    """
-    tables = []
-    for factor in factors:
-        if factor not in df or df[factor].astype(str).nunique() < 2:
+    both = pd.concat({"a": a, "b": b}, axis=1, join="inner")
+    both = both[np.isfinite(both.astype(float)).all(axis=1)]
+    wanted = None if levels is None else set(levels)
+    out = {}
+    for level, part in both.groupby(level="level", sort=True):
+        if wanted is not None and level not in wanted:
             continue
-        for metric in metrics:
-            t = compare_factor(df, factor, metric, alpha=alpha, test=test, **kwargs)
-            if len(t):
-                tables.append(t)
-    if not tables:
-        return pd.DataFrame(columns=list(TABLE_COLUMNS))
-    out = pd.concat(tables, ignore_index=True)
-    reject, padj = holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
-    out["p_holm"], out["significant"] = padj, reject
+        out[level] = paired_test(part["a"].to_numpy(dtype=float),
+                                 part["b"].to_numpy(dtype=float), alpha=alpha, **kwargs)
     return out

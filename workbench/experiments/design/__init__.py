@@ -1,1 +1,6 @@
-"""What a grid is: experiment specs, profiles, declared questions and the procedures they compare."""
+"""What a grid is: imports nothing of ``running`` or ``analysis``.
+
+``procedures`` (the procedure identity: reserved, schedule and design keys, per-round
+targets, same-procedure and one-factor rules) <- ``profiles`` (budget scaling) and
+``contrasts`` (declared questions and contrasts, their testable levels) <- ``specs``.
+"""

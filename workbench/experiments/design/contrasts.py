@@ -28,11 +28,12 @@ the verdict is judged against.
 
 **Identical procedures are refused.** Two runs are the same procedure up to round ``k``
 when every parameter that is not part of the pruning schedule is equal (the
-experiment's resolved parameters, the schedule keys :data:`SCHEDULE_KEYS` excepted),
-their per-round target sparsities (:meth:`workbench.lottery.schema.IMPConfig.round_targets`)
-agree on rounds ``1..k`` and, for ``k > 1``, the schedule is the same (round 1 of every
-schedule prunes the dense-trained model to its first target and rewinds; later rounds of
-a one-shot schedule do not rewind). Comparing them tests noise against itself (e.g. I1
+experiment's resolved parameters, the schedule keys
+:data:`~workbench.experiments.design.procedures.SCHEDULE_KEYS` excepted), their
+per-round target sparsities (:meth:`workbench.lottery.schema.IMPConfig.round_targets`)
+agree on rounds ``1..k`` and, for ``k > 1``, the schedule is the same
+(:func:`workbench.experiments.design.procedures.procedure_key`). Comparing them tests
+noise against itself (e.g. I1
 vs B2 at sparsity 0.20 with ``take: first``: same mask, same rewind, same batches).
 Levels where the two procedures are identical are dropped; a contrast left with no
 level is an error when the spec is loaded (as written) and a reported, untested row
@@ -41,30 +42,24 @@ when a profile makes them identical (e.g. 1k and 3k steps both scaled to 1 step)
 Every name is checked when the spec is loaded, before anything runs: unknown
 experiments, keys, ``at``/``take``/``expect`` values and metrics are ``ValueError`` s
 naming the contrast and the allowed values.
+
+This module only declares: the contrasts are computed, tested and judged by
+:mod:`workbench.experiments.analysis.contrasts`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
-
 from workbench.core.checks import check_keys
+from workbench.experiments.design.procedures import procedure_key, round_targets
 
 AT = ("sparsity", "round", "run")
 TAKE = ("first", "last")
 EXPECT = ("differ", "higher", "lower")
 QUESTION_KEYS = ("question", "metrics", "contrasts", "describe", "auto", "notes")
 CONTRAST_KEYS = ("a", "b", "at", "metrics", "levels", "take", "expect", "notes")
-#: Parameters that only shape the per-round target sparsities (compared through
-#: ``round_targets`` instead of directly).
-SCHEDULE_KEYS = ("schedule", "prune_pct", "targets", "n_rounds", "control",
-                 "negative_prune_pct")
-#: Parameters that name or place a run, never part of its procedure.
-IDENTITY_KEYS = ("experiment", "seed", "output_dir", "run_dir")
 #: Per-run summary scalars usable with ``at: run``.
 RUN_METRICS = ("winning_ticket_score", "optimal_sparsity", "critical_sparsity")
 #: Decimals of the sparsity used to match levels.
@@ -272,26 +267,7 @@ def questions_to_raw(questions: Mapping[str, Question]) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------- procedures
-def round_targets(params: Mapping[str, Any]) -> list[float]:
-    """Cumulative target sparsity of rounds 1..R of a run with these parameters, from
-    :meth:`workbench.lottery.schema.IMPConfig.round_targets` (the lottery's own rule)."""
-    from workbench.lottery import schema
-
-    names = {f.name for f in schema.config_fields()}
-    cfg = {k: v for k, v in params.items() if k in names and k not in IDENTITY_KEYS}
-    return list(schema.IMPConfig.from_params(cfg).round_targets())
-
-
-def _procedure_key(params: Mapping[str, Any], rnd: int) -> tuple:
-    """Everything that determines a run up to round ``rnd`` (see the module docstring)."""
-    other = tuple(sorted((k, repr(v)) for k, v in params.items()
-                         if k not in SCHEDULE_KEYS and k not in IDENTITY_KEYS))
-    targets = tuple(round(t, 9) for t in round_targets(params)[:rnd])
-    schedule = params.get("schedule") if rnd > 1 else None
-    return other, targets, schedule
-
-
+# ----------------------------------------------------------------------------- levels
 def planned_rounds(params: Mapping[str, Any], at: str, take: str = "first") -> dict:
     """``{level: round}`` a run reaches: sparsity levels (rounded to :data:`DECIMALS`,
     dense excluded) with the first or last round at each, or rounds 0..R."""
@@ -315,7 +291,7 @@ def testable_levels(contrast: Contrast, params_a: Mapping[str, Any],
     identical). Levels where they are the same procedure are left out."""
     if contrast.at == "run":
         ra, rb = len(round_targets(params_a)), len(round_targets(params_b))
-        same = _procedure_key(params_a, ra) == _procedure_key(params_b, rb)
+        same = procedure_key(params_a, ra) == procedure_key(params_b, rb)
         return {} if same else {"run": (ra, rb)}
     pa = planned_rounds(params_a, contrast.at, contrast.take)
     pb = planned_rounds(params_b, contrast.at, contrast.take)
@@ -323,155 +299,4 @@ def testable_levels(contrast: Contrast, params_a: Mapping[str, Any],
     if contrast.levels is not None:
         levels = [lv for lv in levels if lv in contrast.levels]
     return {lv: (pa[lv], pb[lv]) for lv in levels
-            if _procedure_key(params_a, pa[lv]) != _procedure_key(params_b, pb[lv])}
-
-
-# ----------------------------------------------------------------------------- analysis
-#: Leading columns of :func:`compute_contrasts`.
-COLUMNS = ("question", "contrast", "a", "b", "metric", "at", "level", "round_a", "round_b",
-           "n", "mean_a", "sd_a", "mean_b", "sd_b", "mean_diff", "ci_low", "ci_high", "d_z",
-           "p_t", "p_wilcoxon", "test", "p_holm", "significant", "expect", "note")
-
-
-def _run_values(summaries: pd.DataFrame, experiment: str, metric: str) -> pd.Series:
-    sub = summaries[summaries["experiment"] == experiment]
-    s = sub.set_index("seed")[metric].astype(float)
-    s.index = pd.MultiIndex.from_arrays([["run"] * len(s), s.index], names=["level", "seed"])
-    return s
-
-
-def compute_contrasts(df: pd.DataFrame, questions: Mapping[str, Question],
-                      parameters: Mapping[str, Mapping[str, Any]], *,
-                      summaries: pd.DataFrame | None = None, alpha: float = 0.05,
-                      test: str = "t", **kwargs: Any) -> pd.DataFrame:
-    """Exactly the declared contrasts, on runs paired by seed, Holm-corrected as one family.
-
-    Args:
-        df: Records from :func:`workbench.experiments.analysis.aggregate.load_runs`.
-        questions: From the spec (:attr:`workbench.experiments.design.specs.Spec.questions`).
-        parameters: ``{experiment: parameters}`` the runs were made with (the spec under
-            the analysed profile), used to drop identical-procedure levels.
-        summaries: Per-run summaries (:func:`workbench.experiments.analysis.aggregate.load_summaries`)
-            for ``at='run'`` contrasts.
-        alpha: Family-wise error rate of the Holm correction (over every tested row).
-        test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the Holm family.
-        **kwargs: Passed to :func:`workbench.experiments.analysis.stats.paired_test`.
-
-    Returns:
-        One row per (contrast, metric, level), columns :data:`COLUMNS` first. A contrast
-        without data or identical under this profile gets one row with ``n = 0`` and a
-        note saying why (never silently missing).
-
-    Raises:
-        ValueError: On a bad ``test`` or a metric missing from the runs (naming it).
-    """
-    from workbench.experiments.analysis import stats
-
-    if test not in stats.TESTS:
-        raise ValueError(f"test={test!r} is not allowed; allowed: {list(stats.TESTS)}")
-    rows = []
-    present = set(df["experiment"]) if "experiment" in df else set()
-    for q in questions.values():
-        for c in q.contrasts:
-            base = dict(question=q.name, contrast=c.name, a=c.a, b=c.b, at=c.at,
-                        expect=c.expect)
-            levels = testable_levels(c, parameters[c.a], parameters[c.b])
-            for metric in c.metrics:
-                missing = [e for e in (c.a, c.b) if e not in present]
-                if missing or not levels:
-                    why = (f"no finished runs of {missing}" if missing else
-                           "identical procedures under this profile at every level")
-                    rows.append({**base, "metric": metric, "n": 0, "note": why})
-                    continue
-                if c.at == "run":
-                    if summaries is None or metric not in summaries:
-                        raise ValueError(f"contrast {c.name}: per-run metric {metric!r} needs "
-                                         "summaries with that column")
-                    va, vb = (_run_values(summaries, e, metric) for e in (c.a, c.b))
-                else:
-                    if metric not in df:
-                        raise ValueError(f"contrast {c.name}: metric {metric!r} is not a "
-                                         f"column of the runs; available: "
-                                         f"{sorted(df.select_dtypes('number').columns)}")
-                    va, vb = (stats.matched_values(df, e, metric, at=c.at, decimals=DECIMALS,
-                                                   take=c.take) for e in (c.a, c.b))
-                both = pd.concat({"a": va, "b": vb}, axis=1, join="inner")
-                both = both[np.isfinite(both).all(axis=1)]
-                for level, (ra, rb) in levels.items():
-                    if level not in both.index.get_level_values("level"):
-                        rows.append({**base, "metric": metric, "level": level, "round_a": ra,
-                                     "round_b": rb, "n": 0, "note": "no paired seeds"})
-                        continue
-                    part = both.xs(level, level="level")
-                    res = stats.paired_test(part["a"].to_numpy(), part["b"].to_numpy(),
-                                            alpha=alpha, **kwargs)
-                    rows.append({**base, "metric": metric, "level": level, "round_a": ra,
-                                 "round_b": rb, **res,
-                                 "sd_a": float(part["a"].std(ddof=1)) if len(part) > 1
-                                 else math.nan,
-                                 "sd_b": float(part["b"].std(ddof=1)) if len(part) > 1
-                                 else math.nan})
-    out = pd.DataFrame(rows)
-    for col in COLUMNS:
-        if col not in out:
-            out[col] = np.nan
-    if len(out):
-        reject, padj = stats.holm(out["p_t" if test == "t" else "p_wilcoxon"], alpha=alpha)
-        out["p_holm"], out["significant"], out["test"] = padj, reject, test
-    return out[list(COLUMNS) + [c for c in out if c not in COLUMNS]]
-
-
-def minimal_detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest |d_z| a two-sided paired t-test with ``n`` pairs detects with ``power``
-    (:class:`statsmodels.stats.power.TTestPower`); ``inf`` for n < 2."""
-    if n < 2:
-        return math.inf
-    from statsmodels.stats.power import TTestPower
-
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power))
-
-
-def verdict(rows: pd.DataFrame, expect: str = "differ", *, alpha: float = 0.05) -> str:
-    """One-line verdict for the rows of one contrast and metric (or one question).
-
-    * ``supported``: a Holm-significant difference in the expected direction and none
-      against it;
-    * ``not supported``: a Holm-significant difference against the expected direction,
-      or no significant difference with enough seeds to detect ``|d_z| >= 1`` with 80 %
-      power;
-    * ``inconclusive``: nothing significant and too few seeds (the power caveat gives
-      the smallest effect the test could detect), or nothing testable.
-    """
-    tested = rows[rows["p_holm"].notna()] if len(rows) else rows
-    if not len(tested):
-        const = rows[(rows.get("n", 0) > 1) & rows.get("mean_diff", np.nan).notna()
-                     & (rows.get("mean_diff", 0) != 0)] if len(rows) and "n" in rows else rows[:0]
-        if len(const):
-            diffs = ", ".join(f"{d:+.3g}" for d in const["mean_diff"].astype(float))
-            return (f"inconclusive (untestable): b - a = {diffs} identically in every seed "
-                    f"(zero variance, n={int(const['n'].min())})")
-        notes = sorted({str(n) for n in rows.get("note", pd.Series([], dtype=object)).dropna()
-                        if str(n)})
-        return "inconclusive: nothing testable" + (f" ({'; '.join(notes)})" if notes else "")
-    sig = tested[tested["significant"].astype(bool)]
-    sign = np.sign(sig["mean_diff"].astype(float))
-    want = {"higher": 1, "lower": -1}.get(expect)
-    if len(sig):
-        if want is None:
-            ups, downs = int((sign > 0).sum()), int((sign < 0).sum())
-            way = ("higher" if ups and not downs else "lower" if downs and not ups
-                   else "higher and lower")
-            return (f"supported: b is {way} than a ({len(sig)} of {len(tested)} tests "
-                    f"significant after Holm)")
-        if (sign == want).all():
-            return f"supported: b is {expect} ({len(sig)} of {len(tested)} tests, Holm)"
-        if (sign == -want).all():
-            return (f"not supported: b is significantly "
-                    f"{'lower' if want == 1 else 'higher'}, against the expectation")
-        return "inconclusive: significant differences in both directions"
-    n = int(tested["n"].min())
-    mde = minimal_detectable_effect(n, alpha)
-    if mde <= 1.0:
-        return f"not supported: no significant difference (n={n} detects |d_z| >= {mde:.2f})"
-    return (f"inconclusive: no significant difference, but with n={n} seeds the paired "
-            f"t-test only detects |d_z| >= {mde:.1f} with 80 % power")
+            if procedure_key(params_a, pa[lv]) != procedure_key(params_b, pb[lv])}

@@ -3,9 +3,9 @@
 A profile (``data/experiments/profiles.yaml``, or a ``profiles:`` section of a spec) has
 ``scale`` (multiply numeric parameters, ``steps_per_round: {factor: 0.0004, min: 1}``)
 and ``set`` (override, e.g. ``batch_size``). **A profile may not touch a design key** of
-the lottery schema (:func:`workbench.lottery.schema.design_keys`): it may not set one,
-and it may scale only those the schema marks ``scalable`` (steps per round: scaling keeps
-the design's ordering 3k < 10k < 20k). Runs of different profiles never mix: the runs
+the lottery schema (:func:`workbench.experiments.design.procedures.design_keys`): it may
+not set one, and it may scale only those the schema marks ``scalable`` (steps per round:
+scaling keeps the design's ordering 3k < 10k < 20k). Runs of different profiles never mix: the runs
 folder hashes the resolved parameters.
 """
 
@@ -21,6 +21,7 @@ import yaml
 
 from workbench.core import paths
 from workbench.core.checks import check_keys
+from workbench.experiments.design.procedures import RESERVED_KEYS, design_keys, scalable_keys
 
 #: Keys of a profile.
 PROFILE_KEYS = ("description", "scale", "set")
@@ -79,9 +80,6 @@ def validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: Naming the profile, the section, the key and what is allowed.
     """
-    from workbench.experiments.design.specs import RESERVED_KEYS
-    from workbench.lottery import schema
-
     if profiles is None:
         return {}
     if not isinstance(profiles, Mapping):
@@ -93,8 +91,8 @@ def validate_profiles(profiles: Any, where: str) -> dict[str, dict[str, Any]]:
         for section in ("scale", "set"):
             if prof.get(section) is not None and not isinstance(prof[section], Mapping):
                 raise ValueError(f"{w}.{section} must be a mapping of parameter -> value")
-        design = set(schema.design_keys())
-        scalable = set(schema.scalable_keys())
+        design = set(design_keys())
+        scalable = set(scalable_keys())
         for section in ("scale", "set"):
             touched = set(prof.get(section) or {}) & design
             if section == "scale":

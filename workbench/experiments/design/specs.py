@@ -52,40 +52,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from workbench.core import paths
 from workbench.core.checks import check_keys
+from workbench.experiments.design.contrasts import (RUN_METRICS, parse_questions,
+                                                    questions_to_raw)
+from workbench.experiments.design.notebook_contract import notebook_parameters
+from workbench.experiments.design.procedures import (RESERVED_KEYS, from_params, renamed_keys,
+                                                     schema_fields)
 from workbench.experiments.design.profiles import (DEFAULT_PROFILES_FILE, apply_profile,
-                                            load_profiles, profiles_path, read_yaml,
-                                            validate_profiles)
+                                                   load_profiles, profiles_path, read_yaml,
+                                                   validate_profiles)
+
 SPEC_KEYS = ("name", "description", "notebook", "seeds", "defaults", "experiments",
              "profiles", "slurm", "notes", "questions")
 #: Keys of an experiment that are metadata, not notebook parameters (``label`` and
 #: ``color`` are its display name and colour in figures; ``reference`` marks a control
 #: drawn as a reference line).
 EXPERIMENT_META_KEYS = ("purpose", "tracked", "notes", "seeds", "label", "color", "reference")
-#: Parameters the grid fills in per cell (a spec may not set them).
-RESERVED_KEYS = ("experiment", "seed", "output_dir", "run_dir", "config")
-
-
-def _schema():
-    """The lottery schema module (imported on use: it loads torch)."""
-    from workbench.lottery import schema
-
-    return schema
-
-
-def schema_fields() -> dict[str, Any]:
-    """``{name: FieldSpec}`` of the lottery schema's fields."""
-    return {f.name: f for f in _schema().config_fields()}
-
-
-def design_keys() -> tuple[str, ...]:
-    """Design factors of the lottery schema (:func:`workbench.lottery.schema.design_keys`)."""
-    return tuple(_schema().design_keys())
-
-
 
 
 @dataclass
@@ -127,8 +110,6 @@ class Spec:
         """What the grid stores as the runs folder's ``spec.json``: the spec under
         ``profile`` (``experiments``), as written (``design``), seeds, metadata and
         questions. :meth:`from_record` reads it back without the spec file."""
-        from workbench.experiments.design.contrasts import questions_to_raw
-
         return {"name": self.name, "profile": profile, "hash": self.hash(profile),
                 "notebook": self.notebook, "experiments": self.resolve(profile),
                 "design": self.resolve(None),
@@ -141,8 +122,6 @@ class Spec:
         """A :class:`Spec` from a :meth:`to_record` dict (profiles are not kept: its
         ``experiments`` are the design, its parameters under the recorded profile stay
         in ``record["experiments"]``)."""
-        from workbench.experiments.design.contrasts import parse_questions
-
         design = record.get("design") or record.get("experiments") or {}
         meta, seeds = record.get("meta") or {}, record.get("seeds") or {}
         exps = {n: Experiment(n, dict(p), list(seeds.get(n, [0])), dict(meta.get(n, {})))
@@ -243,10 +222,10 @@ def check_values(params: Mapping[str, Any], where: str,
     if strict:
         check_keys(params, set(fields) - set(RESERVED_KEYS),
                    f"{where} (parameters: fields of the lottery schema)",
-                   renamed=_schema().RENAMED_KEYS)
+                   renamed=renamed_keys())
     known = {k: v for k, v in params.items() if k in fields and k not in RESERVED_KEYS}
     try:
-        _schema().IMPConfig.from_params(known)
+        from_params(known)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from None
     for key, value in params.items():
@@ -323,8 +302,7 @@ def known_metrics() -> tuple[str, ...]:
     """Metric names a question may use: the lottery records' columns
     (:data:`workbench.lottery.imp.RECORD_COLUMNS`), ``val_nll`` (log perplexity, added
     when runs are loaded) and the per-run summary scalars."""
-    from workbench.experiments.design.contrasts import RUN_METRICS
-    from workbench.lottery.imp import RECORD_COLUMNS
+    from workbench.lottery.imp import RECORD_COLUMNS  # loads torch: imported on use
 
     return tuple(dict.fromkeys((*RECORD_COLUMNS, "val_nll", *RUN_METRICS)))
 
@@ -429,8 +407,6 @@ def parse_spec(raw: Mapping[str, Any], *, where: str = "spec",
         check_values(params, w, notebook_defaults, strict=strict)
         exps[name] = Experiment(name=name, parameters=params, seeds=exp_seeds, meta=meta)
 
-    from workbench.experiments.design.contrasts import parse_questions
-
     questions = parse_questions(raw.get("questions"),
                                 {n: e.parameters for n, e in exps.items()},
                                 where=f"{where}: questions",
@@ -505,8 +481,6 @@ def load_spec(name: str | os.PathLike | Spec, *, check_notebook: bool = True,
         shared = load_profiles(profiles_file)
     defaults = None
     if check_notebook:
-        from workbench.experiments.running.notebooks import notebook_parameters
-
         nb = raw.get("notebook") if isinstance(raw, Mapping) else None
         if isinstance(nb, str):
             defaults = notebook_parameters(_notebook_ref(nb, path))

@@ -1,8 +1,8 @@
 """The state of a grid cell's folder, how a dead owner is detected, and what a killed
 attempt leaves behind.
 
-A cell (one (experiment, seed) of a grid, :class:`workbench.experiments.running.grid.Cell`) is in
-one of :data:`STATES`, read from its folder alone by :func:`cell_state`:
+A cell (one (experiment, seed) of a grid, :class:`workbench.experiments.running.cell.Cell`)
+is in one of :data:`STATES`, read from its folder alone by :func:`cell_state`:
 
 * ``done``: :func:`workbench.experiments.running.runs.is_complete` (the completion rule);
 * ``running``: ``status.json`` says so and its owner process is alive, or runs on
@@ -21,13 +21,17 @@ to another process (a recycled pid: another start time). On another host, or wit
 recorded pid, it cannot be told and the cell reads as running.
 
 **Leftovers.** :func:`clean_cell` removes what a killed attempt left (temporary files of
-atomic writes and papermill, the kernel's connection files in :data:`KERNEL_RUNTIME_DIR`,
-a records file that is not complete) and keeps the checkpoints, so the cell resumes.
+atomic writes and papermill, the kernel's connection files in
+:data:`~workbench.experiments.running.runs.KERNEL_RUNTIME_DIR`, a records file that is not
+complete) and keeps the checkpoints, so the cell resumes. Every file name comes from
+:mod:`workbench.experiments.running.runs`.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -36,15 +40,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from workbench.core import io, processes
+from workbench.core.heartbeat import eta_seconds
 from workbench.experiments.running import runs
 
 #: Cell states (see :func:`cell_state`).
 STATES = ("done", "running", "interrupted", "failed", "incomplete", "pending")
-#: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
-KERNEL_RUNTIME_DIR = ".jupyter-runtime"
-#: The cell's heartbeat file, rewritten by the kernel while it works
-#: (:mod:`workbench.core.heartbeat`); kept after the cell ends (its last state).
-HEARTBEAT = "heartbeat.json"
 
 
 def cell_state(directory: str | os.PathLike) -> str:
@@ -115,7 +115,7 @@ def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[P
         The paths removed.
     """
     d = Path(directory)
-    gone = runs.temporary_files(d) + [d / KERNEL_RUNTIME_DIR]
+    gone = runs.temporary_files(d) + [d / runs.KERNEL_RUNTIME_DIR]
     if not runs.is_complete(d):
         gone.append(d / runs.RECORDS)
     if restart:
@@ -135,11 +135,11 @@ def clean_cell(directory: str | os.PathLike, *, restart: bool = False) -> list[P
 @contextlib.contextmanager
 def kernel_files_in(directory: str | os.PathLike) -> Iterator[Path]:
     """Put the Jupyter connection file of the cell's kernel in the cell's
-    :data:`KERNEL_RUNTIME_DIR` (removed at the end, and by :func:`clean_cell` after a
-    kill): jupyter_client writes it with :func:`tempfile.mkstemp` (``/tmp/tmp*.json``) or
-    under ``JUPYTER_RUNTIME_DIR``; both point into the cell folder while the notebook
-    runs."""
-    folder = Path(directory) / KERNEL_RUNTIME_DIR
+    :data:`~workbench.experiments.running.runs.KERNEL_RUNTIME_DIR` (removed at the end,
+    and by :func:`clean_cell` after a kill): jupyter_client writes it with
+    :func:`tempfile.mkstemp` (``/tmp/tmp*.json``) or under ``JUPYTER_RUNTIME_DIR``; both
+    point into the cell folder while the notebook runs."""
+    folder = Path(directory) / runs.KERNEL_RUNTIME_DIR
     folder.mkdir(parents=True, exist_ok=True)
     previous_env, previous_tmp = os.environ.get("JUPYTER_RUNTIME_DIR"), tempfile.tempdir
     os.environ["JUPYTER_RUNTIME_DIR"] = str(folder)
@@ -157,10 +157,8 @@ def kernel_files_in(directory: str | os.PathLike) -> Iterator[Path]:
 
 def read_heartbeat(directory: str | os.PathLike) -> dict[str, Any]:
     """The cell's last heartbeat record (:mod:`workbench.core.heartbeat`), ``{}`` if none."""
-    import json
-
     try:
-        return json.loads((Path(directory) / HEARTBEAT).read_text())
+        return json.loads((Path(directory) / runs.HEARTBEAT).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -170,8 +168,6 @@ def progress_fields(directory: str | os.PathLike, now: float | None = None) -> d
     (``"40/100"``), ``elapsed`` (seconds since the attempt started, from ``status.json``),
     ``heartbeat`` (seconds since the kernel's last beat) and ``doing`` (the beat's item,
     tokens/s and ETA as text). Missing values are ``None``."""
-    from workbench.core.heartbeat import eta_seconds
-
     now = time.time() if now is None else now
     st, hb = read_status(directory), read_heartbeat(directory)
     started = _parse_utc(st.get("started"))
@@ -201,8 +197,6 @@ def progress_fields(directory: str | os.PathLike, now: float | None = None) -> d
 
 def _parse_utc(text: Any) -> float | None:
     """Unix time of a ``YYYY-MM-DDTHH:MM:SSZ`` string (:func:`utc_now`), else ``None``."""
-    import calendar
-
     try:
         return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:

@@ -19,7 +19,11 @@ Liveness: ``status.json`` records the host, pid and process start time of the pr
 running the cell. On the next :func:`status` or :func:`run_grid` a "running" cell whose
 process is gone (same host) becomes ``interrupted``, with the time it was found so. The
 states, the dead-owner check and the cleaning of leftovers live in
-:mod:`workbench.experiments.running.cell_state`.
+:mod:`workbench.experiments.running.cell_state`; the cell itself, running it once
+(:func:`~workbench.experiments.running.cell.run_cell`) and recording a lost attempt
+(:func:`~workbench.experiments.running.cell.record_failure`) live in
+:mod:`workbench.experiments.running.cell`, shared with
+:mod:`workbench.experiments.running.slurm`.
 
 Budgets: before anything is dispatched, every lottery cell's plan is checked against its
 training split (:func:`check_budgets`, :mod:`workbench.lottery.budget`: refused above
@@ -43,55 +47,26 @@ and in-process executors, for tests and debugging).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
-import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from workbench.core import io, paths
-from workbench.experiments.running import notebooks, runs
-from workbench.experiments.running.cell_state import (HEARTBEAT, cell_state, clean_cell,
-                                              kernel_files_in, owner_record, progress_fields,
-                                              read_status, refresh_state, utc_now)
-from workbench.experiments.design.specs import Spec, load_spec
+from workbench.experiments.design.notebook_contract import check_parameters, notebook_parameters
+from workbench.experiments.design.specs import Spec, load_spec, takes_config
+from workbench.experiments.running import notebooks, runs, slurm
+from workbench.experiments.running.cell import Cell, record_failure, run_cell
+from workbench.experiments.running.cell_state import progress_fields, read_status, refresh_state
 
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
 #: Columns of :func:`status` read from a cell's heartbeat
 #: (:func:`workbench.experiments.running.cell_state.progress_fields`).
 PROGRESS_COLUMNS = ("round", "step", "elapsed", "heartbeat", "doing")
-
-
-@dataclass
-class Cell:
-    """One (experiment, seed) of a grid.
-
-    Attributes:
-        experiment: Experiment id.
-        seed: Seed.
-        notebook: Notebook name or path.
-        parameters: Everything injected into the notebook: ``{run_dir, config: {...,
-            experiment, seed}}`` for a notebook that takes a config dict (notebook 04),
-            else the flat parameters with ``experiment``, ``seed`` and ``output_dir``.
-        directory: The cell's folder.
-    """
-
-    experiment: str
-    seed: int
-    notebook: str
-    parameters: dict[str, Any] = field(repr=False)
-    directory: Path
-
-    @property
-    def state(self) -> str:
-        """The cell's state (:func:`workbench.experiments.running.cell_state.cell_state`)."""
-        return cell_state(self.directory)
 
 
 def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
@@ -123,6 +98,7 @@ def plan(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
 
 def _check_shard_folders(resolved: Mapping[str, Mapping[str, Any]]) -> None:
     """A corpus that names a token-shard folder must exist (cheap; before any model)."""
+    # Imported on use: these modules load torch.
     from workbench.core.shards import shard_folder
     from workbench.lottery import budget
 
@@ -153,6 +129,7 @@ def check_budgets(cells: list[Cell], world_size: int = 1, *,
     Raises:
         workbench.lottery.budget.BudgetExceeded: Naming every refused cell's numbers.
     """
+    # Imported on use: the lottery modules load torch.
     from workbench.lottery import budget
     from workbench.lottery.schema import IMPConfig
 
@@ -180,10 +157,8 @@ def check_budgets(cells: list[Cell], world_size: int = 1, *,
 def _takes_config(notebook: str | os.PathLike) -> bool:
     """Does the notebook take ``run_dir`` + ``config`` (see
     :func:`workbench.experiments.design.specs.takes_config`)? ``False`` when it cannot be read."""
-    from workbench.experiments.design.specs import takes_config
-
     try:
-        return takes_config(notebooks.notebook_parameters(notebook))
+        return takes_config(notebook_parameters(notebook))
     except (FileNotFoundError, ValueError):
         return False
 
@@ -209,105 +184,6 @@ def status(spec: str | os.PathLike | Spec, profile: str | None = "cpu",
     return pd.DataFrame(rows, columns=["experiment", "seed", "state", "seconds", "error",
                                        "notebook", "directory", "resumed",
                                        "interrupted_found", *PROGRESS_COLUMNS])
-
-
-def run_cell(cell: Cell, *, kernel_name: str = paths.KERNEL_NAME, threads: int | None = None,
-             timeout: int | None = None, nproc: int = 1,
-             allow_repeats: bool = False) -> dict[str, Any]:
-    """Run one cell in this process (the kernel is a child process); never raises.
-
-    An unfinished folder is cleaned (:func:`clean_cell`), not emptied: its checkpoints
-    stay and the notebook resumes after the last finished round; a failed cell restarts
-    from round 0. ``status.json`` says ``running`` (with host, pid and the process start
-    time) while the notebook runs and ``done`` or ``failed`` (with error, traceback and
-    notebook path) afterwards. The kernel's connection files live in the cell's
-    ``.jupyter-runtime/`` folder, removed when the cell ends or on the next attempt.
-
-    Args:
-        cell: The cell.
-        kernel_name: Jupyter kernel.
-        threads: Torch/OpenMP threads of the kernel (``None``: leave the default).
-        timeout: Per-notebook-cell timeout in seconds.
-        nproc: Ranks the cell's kernel launches (:mod:`workbench.lottery.distributed`).
-        allow_repeats: Let the cell run a plan over ``max_epochs``.
-
-    Returns:
-        The final status record.
-    """
-    d = Path(cell.directory)
-    state = refresh_state(d)
-    if state == "done":
-        return {**read_status(d), "status": "done", "skipped": True}
-    clean_cell(d, restart=state == "failed")
-    d.mkdir(parents=True, exist_ok=True)
-    if threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    nb_path = d / runs.NOTEBOOK
-    ckdir = d / runs.CHECKPOINTS
-    record: dict[str, Any] = {
-        "experiment": cell.experiment, "seed": cell.seed, "notebook": str(nb_path),
-        "source": str(cell.notebook), **owner_record(), "threads": threads,
-        "started": utc_now(), "resumed": ckdir.is_dir() and any(ckdir.iterdir()),
-    }
-    io.write_json(d / runs.PARAMS, cell.parameters)
-    io.write_json(d / runs.STATUS, {**record, "status": "running"})
-    if nproc > 1:
-        record["nproc"] = nproc
-    t0 = time.perf_counter()
-    try:
-        with kernel_files_in(d), _cell_env(nproc, allow_repeats):
-            notebooks.run_notebook(cell.notebook, nb_path, cell.parameters,
-                                   kernel_name=kernel_name, timeout=timeout,
-                                   heartbeat=d / HEARTBEAT)
-        problem = runs.completion_problem(d)
-        if problem is not None:
-            raise RuntimeError(f"the notebook finished but the run is not complete: {problem}")
-        record.update(status="done", error=None)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, the grid goes on
-        # A rank killed by a signal is an interruption (resume), not a failure (restart).
-        lost = getattr(exc, "ename", None) == "RanksInterrupted"
-        record.update(status="interrupted" if lost else "failed",
-                      error=f"{type(exc).__name__}: {_short(exc)}",
-                      traceback=traceback.format_exc(limit=5))
-        if lost:
-            record["interrupted_found"] = utc_now()
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    record["finished"] = utc_now()
-    io.write_json(d / runs.STATUS, record)
-    return record
-
-
-@contextlib.contextmanager
-def _cell_env(nproc: int, allow_repeats: bool):
-    """The environment the cell's kernel inherits: ranks to launch, repeats allowed."""
-    from workbench.lottery.budget import ALLOW_REPEATS_ENV
-    from workbench.lottery.distributed import NPROC_ENV
-
-    values = {NPROC_ENV: str(int(nproc)) if nproc > 1 else None,
-              ALLOW_REPEATS_ENV: "1" if allow_repeats else None}
-    before = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _short(exc: Exception, limit: int = 2000) -> str:
-    if getattr(exc, "ename", None):  # papermill: the exception raised inside the notebook
-        return f"{exc.evalue} (in the notebook, {exc.ename})"
-    text = str(exc).strip()
-    # Papermill's message holds the whole cell source and traceback; keep the tail.
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _threads_per_job(jobs: int) -> int | None:
@@ -378,14 +254,14 @@ def run_grid(
     cells = plan(spec, profile, runs_dir)
     # Names checked against the parameters cell before anything runs (papermill only warns).
     for c in cells:  # names and declared types, each cell's values
-        notebooks.check_parameters(spec.notebook, c.parameters)
+        check_parameters(spec.notebook, c.parameters)
     slurm_params = {**spec.slurm, **dict(slurm or {})}
     world = cell_world_size(executor, nproc, slurm_params)
     check_budgets(cells, world, allow_repeats=allow_repeats)
     logger = _mlflow_logger(mlflow, spec.name) if mlflow else None
 
     root = spec.runs_dir(profile, runs_dir)
-    for leftover in root.glob(".*.tmp"):  # atomic writes of a killed driver
+    for leftover in root.glob(runs.ATOMIC_TEMPORARY):  # atomic writes of a killed driver
         shutil.rmtree(leftover, ignore_errors=True)
     io.write_json(root / runs.SPEC_COPY, spec.to_record(profile))
     skip = {"done", "running"} if rerun_failed else {"done", "running", "failed"}
@@ -417,7 +293,7 @@ def run_grid(
     watcher = None
     if progress:  # the work inside the running cells, from their heartbeat files
         watcher = notebooks.HeartbeatBars(lambda: {
-            f"{c.experiment}/seed{c.seed}": Path(c.directory) / HEARTBEAT for c in todo
+            f"{c.experiment}/seed{c.seed}": Path(c.directory) / runs.HEARTBEAT for c in todo
             if read_status(c.directory).get("status") == "running"}, position=1).start()
     if nproc > 1:
         kwargs["nproc"] = nproc
@@ -458,17 +334,8 @@ def _run_pool(todo, jobs, finished, **kwargs) -> None:
                 try:
                     record = fut.result()
                 except Exception as exc:  # noqa: BLE001 - a dead worker is a failed cell
-                    record = _record_failure(cell, exc)
+                    record = record_failure(cell, exc)
                 finished(cell, record)
-
-
-def _record_failure(cell: Cell, exc: BaseException) -> dict[str, Any]:
-    record = {**read_status(cell.directory), "status": "failed",
-              "error": f"{type(exc).__name__}: {exc}", "experiment": cell.experiment,
-              "seed": cell.seed, "notebook": str(Path(cell.directory) / runs.NOTEBOOK)}
-    if Path(cell.directory).is_dir():
-        io.write_json(Path(cell.directory) / runs.STATUS, record)
-    return record
 
 
 def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
@@ -477,8 +344,6 @@ def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
 
     folder = Path(folder)
     if executor == "slurm":  # leases, adoption, threads: workbench.experiments.running.slurm
-        from workbench.experiments.running import slurm
-
         return slurm.drive(todo, jobs, finished, folder, params, cells=cells,
                            kernel_name=kernel_name, timeout=timeout,
                            allow_repeats=allow_repeats)
@@ -502,7 +367,7 @@ def _run_submitit(todo, jobs, finished, executor, folder, params, *, timeout,
             try:
                 record = job.result()
             except Exception as exc:  # noqa: BLE001 - a lost job is a failed cell
-                record = _record_failure(cell, exc)
+                record = record_failure(cell, exc)
             finished(cell, record)
         if running:
             time.sleep(0.5)

@@ -5,12 +5,19 @@ A **grid** folder (``data/runs/<spec hash>/``) holds::
     spec.json                    resolved spec the grid ran (SPEC_COPY)
     _submitit/                   submitit job folders (SUBMITIT_DIR)
     <experiment>/seed<k>/        one run per (experiment, seed)
+    .*.tmp                       leftovers of a killed atomic write (ATOMIC_TEMPORARY)
 
-A **run** folder holds::
+A **run** folder (a grid's *cell*) holds::
 
     params.json                  parameters the grid injected (PARAMS)
     status.json                  running / done / failed / interrupted (STATUS)
     notebook.ipynb               the executed notebook (NOTEBOOK)
+    .notebook.src.ipynb          papermill's converted source while it runs (source_copy)
+    heartbeat.json               the kernel's last beat, kept after the end (HEARTBEAT)
+    .jupyter-runtime/            the kernel's connection files while it runs
+                                 (KERNEL_RUNTIME_DIR)
+    lease.json                   the SLURM job holding the cell (LEASE)
+    .lease.lock                  flock of every lease update, never removed (LOCK)
     checkpoints/                 per-round checkpoints written while it runs (CHECKPOINTS)
     losses.parquet               training loss per step          (TABLES["losses"])
     layer_sparsity.parquet       sparsity per tensor and round   (TABLES["layer_sparsity"])
@@ -34,11 +41,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from workbench.core import io
+
+if TYPE_CHECKING:  # pandas is imported on use: the names here load nothing heavy
+    import pandas as pd
 
 # ----------------------------------------------------------------------------- names
 #: Per-run tables: name -> file.
@@ -55,14 +63,27 @@ STATUS = "status.json"
 PARAMS = "params.json"
 NOTEBOOK = "notebook.ipynb"
 CHECKPOINTS = "checkpoints"
+#: The cell's heartbeat file, rewritten by the kernel while it works
+#: (:mod:`workbench.core.heartbeat`); kept after the cell ends (its last state).
+HEARTBEAT = "heartbeat.json"
+#: Folder (inside a cell) holding the Jupyter connection files of the cell's kernel.
+KERNEL_RUNTIME_DIR = ".jupyter-runtime"
+#: Lease file of a cell handed to SLURM (:mod:`workbench.experiments.running.slurm`).
+LEASE = "lease.json"
+#: Lock file of the lease (``flock``; never removed while cells may run).
+LOCK = ".lease.lock"
 #: Grid-level files.
 SPEC_COPY = "spec.json"
 SUBMITIT_DIR = "_submitit"
 #: Prefix of a run folder's seed part (``seed0``).
 SEED_PREFIX = "seed"
+#: Glob pattern of the temporary folders of atomic writes (:func:`workbench.core.io.atomic_path`).
+ATOMIC_TEMPORARY = ".*.tmp"
+#: Suffix of papermill's converted source notebook (:func:`source_copy`).
+SOURCE_COPY_SUFFIX = ".src.ipynb"
 #: Glob patterns of temporary files a killed run can leave in its folder (atomic writes,
 #: papermill's converted source notebook).
-TEMPORARY_PATTERNS = (".*.tmp", ".*.src.ipynb")
+TEMPORARY_PATTERNS = (ATOMIC_TEMPORARY, f".*{SOURCE_COPY_SUFFIX}")
 
 
 def run_dir(grid_dir: str | os.PathLike, experiment: str, seed: int) -> Path:
@@ -80,6 +101,20 @@ def parse_run_dir(path: str | os.PathLike) -> tuple[str, int]:
     if not p.name.startswith(SEED_PREFIX) or not p.name[len(SEED_PREFIX):].isdigit():
         raise ValueError(f"run folder {str(p)!r} is not named <experiment>/seed<k>")
     return p.parent.name, int(p.name[len(SEED_PREFIX):])
+
+
+def source_copy(notebook: str | os.PathLike) -> Path:
+    """Where the converted source of an executed notebook lives while papermill runs it:
+    ``.<stem>.src.ipynb`` beside it (a run's ``.notebook.src.ipynb``)."""
+    p = Path(notebook)
+    return p.with_name(f".{p.stem}{SOURCE_COPY_SUFFIX}")
+
+
+def heartbeat_beside(notebook: str | os.PathLike) -> Path:
+    """The default heartbeat file of a notebook run outside a grid cell:
+    ``.<stem>.heartbeat.json`` beside the executed notebook."""
+    p = Path(notebook)
+    return p.with_name(f".{p.stem}.heartbeat.json")
 
 
 def table_path(directory: str | os.PathLike, table: str) -> Path:
@@ -111,6 +146,8 @@ def write_run(run_dir: str | os.PathLike, tables: Mapping[str, pd.DataFrame],
         ValueError: On an unknown table name, a missing or empty ``records`` table, or a
             table that is not a DataFrame.
     """
+    import pandas as pd
+
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
         raise ValueError(f"unknown table(s) {unknown}; allowed: {list(TABLES)}")
@@ -129,7 +166,7 @@ def write_run(run_dir: str | os.PathLike, tables: Mapping[str, pd.DataFrame],
                  for name, frame in tables.items()}
     full = dict(manifest)
     if "environment" not in full:
-        from workbench.core.repro import environment_record
+        from workbench.core.repro import environment_record  # on use: it loads torch
 
         full["environment"] = environment_record()
     full["tables"] = described
@@ -209,6 +246,8 @@ def finished_runs(grid_dir: str | os.PathLike) -> Iterator[Path]:
 
 def read_table(directory: str | os.PathLike, table: str = "records") -> pd.DataFrame | None:
     """One table of a run (``None`` when that file is absent)."""
+    import pandas as pd
+
     path = table_path(directory, table)
     return pd.read_parquet(path) if path.is_file() else None
 

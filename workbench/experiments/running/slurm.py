@@ -1,13 +1,17 @@
 """SLURM cells exactly once: leases, their adoption and release, and the driver loop.
 
-The grid (:mod:`workbench.experiments.running.grid`, ``executor="slurm"``) submits each cell as
-one submitit job. This module makes that safe to interrupt and re-run:
+The grid (:mod:`workbench.experiments.running.grid`, ``executor="slurm"``) submits each cell
+as one submitit job through :func:`drive`. This module makes that safe to interrupt and
+re-run; it runs a cell with :mod:`workbench.experiments.running.cell` and never imports the
+grid:
 
-**Lease.** A cell handed to SLURM carries ``lease.json`` (:data:`LEASE`) in its folder:
+**Lease.** A cell handed to SLURM carries ``lease.json``
+(:data:`~workbench.experiments.running.runs.LEASE`) in its folder:
 the job id, the job name, the submitit folder, the submitting host and process and the
 submit time; the job adds its execution host, pid and start time when it starts. Every
 read-modify-write of the lease happens under an exclusive ``fcntl.flock`` on the cell's
-``.lease.lock`` (:data:`LOCK`), shared by the drivers and the jobs.
+``.lease.lock`` (:data:`~workbench.experiments.running.runs.LOCK`), shared by the drivers
+and the jobs.
 
 **Driver** (:func:`acquire`, called for every unfinished cell before it is submitted):
 
@@ -26,7 +30,7 @@ read-modify-write of the lease happens under an exclusive ``fcntl.flock`` on the
 it claims the lease under the lock. If the lease names another job that is still active,
 this job is a duplicate: it returns ``{"status": "duplicate", ...}`` and leaves the folder
 alone (it never cleans or writes anything there). Otherwise it writes its own id, host
-and start time into the lease, runs :func:`workbench.experiments.running.grid.run_cell` and
+and start time into the lease, runs :func:`workbench.experiments.running.cell.run_cell` and
 removes the lease when the cell ends (done or failed; both recorded in ``status.json``).
 Its torch/OpenMP/MKL threads are capped to its CPU allocation
 (:func:`workbench.experiments.running.scheduler.allocated_cpus`).
@@ -39,7 +43,7 @@ TorchDistributedEnvironment().export()``: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE
 ``MASTER_ADDR``, ``MASTER_PORT``). Task 0 does everything above (lease, cleaning, status,
 the notebook, whose kernel inherits the environment and joins as rank 0); the other tasks
 wait until the lease names their job (else they are duplicates and leave), then run
-:func:`workbench.lottery.cell.run_cell` as their rank, forbidden to write into the cell
+:func:`workbench.lottery.cell.run` as their rank, forbidden to write into the cell
 folder (:func:`workbench.lottery.distributed.forbid_writes_under`).
 
 Job states come from a :class:`workbench.experiments.running.scheduler.Scheduler` (``squeue``,
@@ -53,6 +57,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
+import logging
 import os
 import re
 import socket
@@ -61,16 +67,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from workbench.core import io
+from workbench.experiments.running import cell as grid_cell
 from workbench.experiments.running import runs
 from workbench.experiments.running.cell_state import read_status
 from workbench.experiments.running.scheduler import (Scheduler, SchedulerError, SlurmScheduler,
-                                             allocated_cpus, current_job_id, is_active,
-                                             limit_threads)
-
-#: Lease file inside a cell folder.
-LEASE = "lease.json"
-#: Lock file inside a cell folder (``flock``; never removed while cells may run).
-LOCK = ".lease.lock"
+                                                     allocated_cpus, current_job_id, is_active,
+                                                     limit_threads)
 
 
 # ----------------------------------------------------------------------------- lease
@@ -89,29 +91,28 @@ def job_name(directory: str | os.PathLike) -> str:
 
 def read_lease(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The cell's lease (``None`` when there is none or it does not parse)."""
-    import json
-
     try:
-        lease = json.loads((Path(directory) / LEASE).read_text())
+        lease = json.loads((Path(directory) / runs.LEASE).read_text())
     except (OSError, ValueError):
         return None
     return lease if isinstance(lease, dict) else None
 
 
 def _write_lease(directory: Path, lease: Mapping[str, Any]) -> None:
-    io.write_json(directory / LEASE, dict(lease))
+    io.write_json(directory / runs.LEASE, dict(lease))
 
 
 def _drop_lease(directory: Path) -> None:
-    (directory / LEASE).unlink(missing_ok=True)
+    (directory / runs.LEASE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def cell_lock(directory: str | os.PathLike) -> Iterator[None]:
-    """Exclusive ``flock`` on the cell's :data:`LOCK` (creates the folder if needed)."""
+    """Exclusive ``flock`` on the cell's :data:`~workbench.experiments.running.runs.LOCK`
+    (creates the folder if needed)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / LOCK, "a+") as fh:
+    with open(d / runs.LOCK, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -229,22 +230,20 @@ def lease_alive(directory: str | os.PathLike, scheduler: Scheduler | None = None
 
 
 # ----------------------------------------------------------------------------- job
-def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: Any
-                    ) -> dict[str, Any]:
+def run_leased_cell(cell: grid_cell.Cell, *, scheduler: Scheduler | None = None,
+                    **kwargs: Any) -> dict[str, Any]:
     """What a SLURM job runs: claim the lease, cap threads, run the cell, release.
 
     Args:
-        cell: A :class:`workbench.experiments.running.grid.Cell`.
+        cell: A :class:`workbench.experiments.running.cell.Cell`.
         scheduler: Default :class:`SlurmScheduler`.
-        **kwargs: Passed to :func:`workbench.experiments.running.grid.run_cell` (``kernel_name``,
-            ``timeout``); ``threads`` is set from :func:`allocated_cpus`.
+        **kwargs: Passed to :func:`workbench.experiments.running.cell.run_cell`
+            (``kernel_name``, ``timeout``); ``threads`` is set from :func:`allocated_cpus`.
 
     Returns:
         The record of ``run_cell`` (with ``slurm_job_id``), or ``{"status": "duplicate",
         "job_id": <the job in flight>, ...}`` when another job holds the cell.
     """
-    from workbench.experiments.running import grid  # grid imports this module
-
     scheduler = scheduler or SlurmScheduler()
     job_id = current_job_id() or f"local-{socket.gethostname()}-{os.getpid()}"
     d = Path(cell.directory)
@@ -259,7 +258,7 @@ def run_leased_cell(cell: Any, *, scheduler: Scheduler | None = None, **kwargs: 
     threads = allocated_cpus()
     limit_threads(threads)
     try:
-        record = grid.run_cell(cell, threads=threads, **kwargs)
+        record = grid_cell.run_cell(cell, threads=threads, **kwargs)
     finally:
         release(d, job_id)
     return {**record, "slurm_job_id": job_id}
@@ -277,10 +276,11 @@ def _export_distributed_env(environ: Mapping[str, str] | None = None) -> int:
     return int(dist_env.rank)
 
 
-def _run_other_rank(cell: Any, job_id: str, task: int, *, wait_s: float = 600.0,
+def _run_other_rank(cell: grid_cell.Cell, job_id: str, task: int, *, wait_s: float = 600.0,
                     poll: float = 1.0) -> dict[str, Any]:
     """Rank ``task`` > 0 of a multi-task job: wait for task 0 to hold the lease, then run
     the cell's IMP as this rank (no writes into the folder)."""
+    # Imported on use: the lottery modules load torch, which the driver does not need.
     from workbench.lottery import cell as lottery_cell
     from workbench.lottery.distributed import forbid_writes_under
 
@@ -293,7 +293,7 @@ def _run_other_rank(cell: Any, job_id: str, task: int, *, wait_s: float = 600.0,
         time.sleep(poll)
     limit_threads(allocated_cpus())
     forbid_writes_under(d)
-    lottery_cell.run_cell(cell.parameters["config"], d, progress=False, nproc=1)
+    lottery_cell.run(cell.parameters["config"], d, progress=False, nproc=1)
     return {"status": "done", "experiment": cell.experiment, "seed": cell.seed, "rank": task,
             "slurm_job_id": job_id}
 
@@ -308,7 +308,7 @@ def adopt(directory: str | os.PathLike, scheduler: Scheduler
         SchedulerError: If the scheduler cannot be asked (nothing is released then).
     """
     d = Path(directory)
-    if not (d / LEASE).exists():
+    if not (d / runs.LEASE).exists():
         return None, None
     with cell_lock(d):
         lease = read_lease(d)
@@ -337,7 +337,7 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
     for.
 
     Args:
-        todo: Unfinished :class:`~workbench.experiments.running.grid.Cell` objects to run.
+        todo: Unfinished :class:`~workbench.experiments.running.cell.Cell` objects to run.
         jobs: Jobs queued or running at once (adopted jobs count).
         finished: ``finished(cell, record)``, called once per cell when its job ends.
         folder: The submitit folder (``<grid>/_submitit``); each job in ``<folder>/<id>``.
@@ -345,7 +345,7 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
             set per cell (:func:`job_name`).
         cells: Every cell of the grid: those not in ``todo`` that carry a lease (a job of
             an earlier driver may still run them) are adopted or released too.
-        kernel_name, timeout: Passed to :func:`workbench.experiments.running.grid.run_cell`.
+        kernel_name, timeout: Passed to :func:`workbench.experiments.running.cell.run_cell`.
         scheduler: Default :class:`SlurmScheduler`.
         executor: A submitit executor (default ``submitit.AutoExecutor(cluster="slurm")``).
         job_class: Builds a job handle from ``(folder=..., job_id=...)`` for adopted jobs
@@ -354,10 +354,6 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
             ``sacct`` calls).
         allow_repeats: Let cells run plans over ``max_epochs``.
     """
-    import logging
-
-    from workbench.experiments.running import grid
-
     log = logging.getLogger(__name__)
     scheduler = scheduler or SlurmScheduler()
     pattern = Path(folder) / "%j"
@@ -369,7 +365,8 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
             executor.update_parameters(**{"timeout_min": 24 * 60, **dict(params)})
         job_class = job_class or submitit.SlurmJob
     in_todo = {id(c) for c in todo}
-    leased = [c for c in cells if id(c) not in in_todo and (Path(c.directory) / LEASE).exists()]
+    leased = [c for c in cells
+              if id(c) not in in_todo and (Path(c.directory) / runs.LEASE).exists()]
     running: dict[str, tuple[Any, Any]] = {}  # job id -> (job handle, cell)
     queue = []
 
@@ -420,7 +417,7 @@ def drive(todo: list, jobs: int, finished: Callable[[Any, Mapping[str, Any]], No
                 if holder and str(holder) != job_id:  # ...unless another job holds it now
                     record = {"status": "duplicate", "job_id": str(holder)}
                 else:
-                    record = grid._record_failure(cell, exc)
+                    record = grid_cell.record_failure(cell, exc)
             if record.get("status") == "duplicate":
                 holder = record.get("job_id")
                 if holder and holder not in running and is_active(scheduler.state(holder)):

@@ -1,18 +1,23 @@
-"""Tables, probes and figures of notebook 08 (uses of the Fisher: percolation, forgetting).
+"""Notebook ``08_fisher_uses``: uses of the Fisher (percolation, forgetting) as tables,
+probes, figures and sections.
 
-* :func:`percolation_table`: perplexity after :func:`~.perturb.perturb_groups` at each
-  concentration ``C`` for top / random / bottom groups and several noise seeds (the model
-  is restored after every evaluation), next to the predicted increase (sum of risk
-  scores); :func:`plot_percolation` draws mean perplexity vs ``C`` with error bars of
-  one standard deviation over the seeds.
+* :func:`percolation_table`: perplexity after :func:`~workbench.curvature.perturb_groups`
+  at each concentration ``C`` for top / random / bottom groups and several noise seeds
+  (the model is restored after every evaluation), next to the predicted increase (sum of
+  risk scores); :func:`plot_percolation` draws mean perplexity vs ``C`` with error bars of
+  one standard deviation over the seeds (colours:
+  :func:`~workbench.experiments.analysis.plots.style` of ``top`` / ``random`` /
+  ``bottom``).
 * Forgetting (train on corpus A, then on corpus B): :class:`FisherProbe` is a
   ``train_masked(callback=...)`` callback that folds the diagonal Fisher of a batch of
-  A-tokens into a :class:`~.diagonal.FisherAccumulator` every ``every`` steps;
+  A-tokens into a :class:`~workbench.curvature.accumulator.FisherAccumulator` every ``every`` steps;
   :class:`DamageProbe` is the callback during training on B that records, every
   ``every`` steps, the Fisher-weighted damage ``sum_i F_A,i (theta_i - theta_A,i)^2``
-  (:func:`~.capacity.fisher_weighted_damage`) and the measured loss increase on held-out
-  A-tokens; :func:`forgetting_correlation` gives Pearson and Spearman correlations
-  (``scipy.stats``) and :func:`plot_forgetting` the scatter.
+  (:func:`~workbench.curvature.capacity.fisher_weighted_damage`) and the measured loss
+  increase on held-out A-tokens; :func:`forgetting_correlation` gives Pearson and
+  Spearman correlations (``scipy.stats``) and :func:`plot_forgetting` the scatter.
+* Sections (:class:`~workbench.notebooks.section.Section`): :func:`percolation_section`,
+  :func:`forgetting_section`.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from workbench.core.evaluate import evaluate_perplexity
+from workbench.curvature.capacity import fisher_weighted_damage
+from workbench.curvature.perturb import perturb_groups
+from workbench.experiments.analysis.plots import style
+from workbench.notebooks.section import Section
+
 
 def mean_loss(model: nn.Module, tokens: Tensor, *, batch_size: int = 8) -> float:
     """Mean next-token NLL (nats/token) of ``model`` on ``tokens [n, seq]`` (no grad)."""
-    from workbench.core.evaluate import evaluate_perplexity
-
     was = model.training
     try:
         return math.log(evaluate_perplexity(model, tokens, batch_size=batch_size,
@@ -51,8 +60,6 @@ def percolation_table(model: nn.Module, group_fisher: Mapping[str, Tensor], toke
         (measured loss increase, nats/token) and ``predicted`` (sum of the selected
         groups' risk scores, nats/token).
     """
-    from workbench.curvature.perturb import perturb_groups
-
     base = mean_loss(model, tokens, batch_size=batch_size)
     rows = [dict(rank="none", concentration=0.0, seed=-1, n_groups=0, ppl=math.exp(base),
                  loss=base, increase=0.0, predicted=0.0)]
@@ -68,9 +75,6 @@ def percolation_table(model: nn.Module, group_fisher: Mapping[str, Tensor], toke
     return pd.DataFrame(rows)
 
 
-RANK_COLOURS = {"top": "#c0392b", "random": "#7f8c8d", "bottom": "#2e86c1"}
-
-
 def plot_percolation(table: pd.DataFrame, title: str):
     """Mean perplexity vs concentration per rank, error bars = 1 sd over the seeds."""
     import matplotlib.pyplot as plt
@@ -83,7 +87,7 @@ def plot_percolation(table: pd.DataFrame, title: str):
         g = d.groupby("concentration").ppl
         m, sd = g.mean(), g.std(ddof=1).fillna(0.0)
         ax.errorbar(m.index * 100, m.values, yerr=sd.values, marker="o", capsize=3,
-                    color=RANK_COLOURS.get(rank), label=f"{rank} groups (mean ± 1 sd, "
+                    color=style(rank).color, label=f"{rank} groups (mean ± 1 sd, "
                                                         f"{n_seeds} noise seeds)")
     if len(base):
         ax.axhline(float(base.iloc[0]), color="k", ls=":", lw=1, label="unperturbed")
@@ -103,7 +107,8 @@ def plot_percolation(table: pd.DataFrame, title: str):
 class FisherProbe:
     """``train_masked`` callback: every ``every`` steps (and at the last step ``steps-1``
     when given), fold the diagonal empirical Fisher of the next ``batch`` rows of
-    ``tokens`` (cycled) into ``accumulator`` (:meth:`FisherAccumulator.update`)."""
+    ``tokens`` (cycled) into ``accumulator``
+    (:meth:`~workbench.curvature.accumulator.FisherAccumulator.update`)."""
 
     def __init__(self, accumulator, model: nn.Module, tokens: Tensor, *, every: int,
                  batch: int = 2, params: Any = None, task: str = "A",
@@ -144,8 +149,6 @@ class DamageProbe:
     def __call__(self, step: int) -> None:
         if (step + 1) % self.every:
             return
-        from workbench.curvature.capacity import fisher_weighted_damage
-
         named = {n: p.detach() for n, p in self.model.named_parameters() if n in self.fisher_a}
         d = fisher_weighted_damage(self.fisher_a, self.theta_a, named)
         loss = mean_loss(self.model, self.tokens_a)
@@ -185,7 +188,8 @@ def plot_forgetting(table: pd.DataFrame, corr: Mapping[str, float], title: str):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run, d in table.groupby("run", sort=False):
-        ax.plot(d.damage, d.increase, marker="o", label=f"{run} (points: every probe step)")
+        ax.plot(d.damage, d.increase, marker="o", color=style(run).color,
+                label=f"{run} (points: every probe step)")
     ax.set_xlabel("Fisher-weighted damage  Σ F_A (θ − θ_A)²  (F_A: EMA during training on A)")
     ax.set_ylabel("measured loss increase on A (nats/token)")
     ax.set_title(f"{title}\nPearson r = {corr['pearson_r']:.2f}, Spearman ρ = "
@@ -204,3 +208,46 @@ def restore_parameters(model: nn.Module, saved: Mapping[str, Tensor]) -> None:
         raise ValueError(f"saved: names not in the model: {missing[:3]}")
     for n, t in saved.items():
         named[n].copy_(t)
+
+
+# ----------------------------------------------------------------------------- sections
+def percolation_section(table: pd.DataFrame, title: str) -> Section:
+    """Perplexity vs concentration for top / random / bottom groups.
+
+    Args:
+        table: Output of :func:`percolation_table`.
+        title: Figure title (model, corpus, noise).
+
+    Returns:
+        Perplexity and predicted increase per concentration and rank (pivot);
+        :func:`plot_percolation`; a sentence with the mean perplexities at the largest
+        concentration.
+    """
+    pivot = table.pivot_table(index="concentration", columns="rank",
+                              values=["ppl", "predicted"])
+    fig, _ = plot_percolation(table, title)
+    pert = table[table["rank"] != "none"]
+    c = pert.concentration.max()
+    at = pert[pert.concentration == c].groupby("rank", sort=False).ppl.mean()
+    base = table[table["rank"] == "none"].ppl
+    parts = ", ".join(f"{at[r]:.1f} ({r})" for r in at.index)
+    unperturbed = f" (unperturbed {float(base.iloc[0]):.1f})" if len(base) else ""
+    return Section(pivot, fig, f"At C = {c:.1%} of the groups, mean perplexity {parts}"
+                               f"{unperturbed}.")
+
+
+def forgetting_section(table: pd.DataFrame, corr: Mapping[str, float], title: str) -> Section:
+    """Fisher-weighted damage vs measured loss increase on A during training on B.
+
+    Args:
+        table: The :attr:`DamageProbe.rows` of all runs as a DataFrame.
+        corr: Its :func:`forgetting_correlation`.
+        title: Figure title (first line; the correlations are added).
+
+    Returns:
+        ``table`` itself, :func:`plot_forgetting` and a sentence with the correlations.
+    """
+    fig, _ = plot_forgetting(table, corr, title)
+    return Section(table, fig, f"Fisher-weighted damage vs measured loss increase on A over "
+                               f"{corr['n']} probes: Pearson r = {corr['pearson_r']:.2f}, "
+                               f"Spearman ρ = {corr['spearman_rho']:.2f}.")
