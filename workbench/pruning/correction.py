@@ -68,7 +68,7 @@ def obs_correct(
     W = weight.detach().float().clone()
     prune = ~keep.to(W.device)
     U, dead = inverse_hessian_factor(hessian.to(W.device), damp, dtype=torch.float32,
-                                     method="OBS correction")
+                                     caller="OBS correction")
     W[:, dead] = 0.0
     obs_sweep(W, U, lambda w, _d, start: prune[:, start:start + w.shape[1]],
               block_size=block_size)

@@ -41,7 +41,7 @@ Chooser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01, *,
                            dtype: torch.dtype = torch.float32,
-                           method: str = "OBS") -> tuple[torch.Tensor, torch.Tensor]:
+                           caller: str = "OBS") -> tuple[torch.Tensor, torch.Tensor]:
     """Dampened ``H``'s inverse as its upper Cholesky factor ``U`` (``H^-1 = U^T U``).
 
     Args:
@@ -49,7 +49,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01, *,
         damp: Fraction of ``mean(diag(H))`` added to the diagonal (SparseGPT's
             ``percdamp``), after dead inputs got a unit diagonal.
         dtype: Computation dtype (``float32`` or ``float64``).
-        method: Named in the error message (``"SparseGPT"``, ``"OBS correction"``).
+        caller: Named in the error message (``"SparseGPT"``, ``"OBS correction"``).
 
     Returns:
         ``(U, dead)``: ``U [in, in]`` upper triangular, ``dead [in]`` bool (inputs with
@@ -70,7 +70,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01, *,
         return torch.linalg.cholesky(Hinv, upper=True), dead
     except torch.linalg.LinAlgError as err:
         raise ValueError(
-            f"{method}: the dampened Hessian X^T X + damp * mean(diag) * I ([{H.shape[0]}, "
+            f"{caller}: the dampened Hessian X^T X + damp * mean(diag) * I ([{H.shape[0]}, "
             f"{H.shape[0]}], damp={damp}) is not positive definite ({err}). Hint: damp must "
             "be a finite number > 0 (SparseGPT's percdamp, default 0.01); raise it (e.g. 0.1) "
             "or give more calibration tokens (rows of X) than inputs, and check the "

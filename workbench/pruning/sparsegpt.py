@@ -94,7 +94,7 @@ def sparsegpt_layer(
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     W = weight.detach().to(dtype).clone()
     U, dead = inverse_hessian_factor(hessian.to(W.device), damp, dtype=dtype,
-                                     method="SparseGPT")
+                                     caller="SparseGPT")
     W[:, dead] = 0.0
 
     def choose(w, d, _start):
