@@ -43,7 +43,7 @@ from workbench.core.evaluate import causal_lm_loss
 from workbench.core.models import check_model_tokens, forward_logits, is_conv1d
 from workbench.curvature.registry import FISHER_TYPES
 from workbench.pruning.calibration import batches_of, collect_input_statistics
-from workbench.pruning.masks import prunable_modules
+from workbench.pruning.params import prunable_modules, prunable_parameters
 from workbench.pruning.registry import SCORE_KINDS
 
 HYBRID_DEFAULT_WEIGHTS = {"magnitude": 0.5, "wanda": 0.5}
@@ -150,22 +150,18 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
     return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
 
 
-def _weights(model, include, exclude) -> dict[str, nn.Parameter]:
-    return {n: m.weight for n, m in prunable_modules(model, include, exclude).items()}
-
-
 @SCORE_KINDS.register("magnitude", label="Magnitude", needs_calibration=False,
                       description="|w|")
 def magnitude_scores(model, *, tokens=None, include=None, exclude=None, batch_size=8):
     """``|w|`` (``tokens`` unused)."""
-    return {n: p.detach().float().abs() for n, p in _weights(model, include, exclude).items()}
+    return {n: p.detach().float().abs() for n, p in prunable_parameters(model, include, exclude).items()}
 
 
 @SCORE_KINDS.register("gradient_norm", label="Gradient norm", needs_calibration=True,
                       description="sqrt(mean_b g_b^2), RMS of per-batch gradients")
 def gradient_norm_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
     """``sqrt(mean_b g_b^2)`` over the calibration batches."""
-    params = _weights(model, include, exclude)
+    params = prunable_parameters(model, include, exclude)
     _, g_sq, n_b = gradient_moments(model, params, tokens, batch_size=batch_size)
     return {n: (g_sq[n] / n_b).sqrt() for n in params}
 
@@ -174,7 +170,7 @@ def gradient_norm_scores(model, *, tokens, include=None, exclude=None, batch_siz
                       description="|w * mean_b g_b|, first-order loss change")
 def taylor_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
     """``|w * g|`` with ``g`` the mean batch gradient."""
-    params = _weights(model, include, exclude)
+    params = prunable_parameters(model, include, exclude)
     g_sum, _, n_b = gradient_moments(model, params, tokens, batch_size=batch_size)
     return {n: (p.detach().float() * g_sum[n] / n_b).abs() for n, p in params.items()}
 
@@ -199,7 +195,7 @@ def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch
     check_choice("fisher_type", fisher_type, FISHER_TYPES)
     check_kwargs(f"importance(score_kind='obd_{fisher_type}')", fisher_options,
                  _fisher_option_names(), renamed={"method": "backend"})
-    params = _weights(model, include, exclude)
+    params = prunable_parameters(model, include, exclude)
     diag = diagonal_fisher(model, batches_of(tokens, batch_size), fisher_type=fisher_type,
                            params=params, **fisher_options)
     return {n: 0.5 * p.detach().float() ** 2 * diag[n].float().to(p.device)
@@ -254,7 +250,7 @@ def hybrid_scores(model, *, tokens=None, include=None, exclude=None, batch_size=
     if bad or not weights:
         raise ValueError(f"weights keys must be among {allowed}, got {list(weights)}")
     out = {n: torch.zeros_like(p, dtype=torch.float32)
-           for n, p in _weights(model, include, exclude).items()}
+           for n, p in prunable_parameters(model, include, exclude).items()}
     for k, a in weights.items():
         part = importance(model, k, tokens=tokens, include=include, exclude=exclude,
                           batch_size=batch_size)
