@@ -32,7 +32,7 @@ everywhere below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -370,22 +370,24 @@ def n_examples(batch: Any) -> int:
     return batch[0].shape[0]
 
 
+def map_batch(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to every tensor of a batch (token tensor, dict, or ``(x, y)`` pair),
+    same format."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: fn(v) for k, v in batch.items()}
+    return (fn(batch[0]), fn(batch[1]))
+
+
 def example_rows(batch: Any, rows: slice | int) -> Any:
     """Rows ``rows`` of a batch (token tensor, dict, or ``(x, y)`` pair), same format."""
-    if isinstance(batch, Tensor):
-        return batch[rows]
-    if isinstance(batch, Mapping):
-        return {k: v[rows] for k, v in batch.items()}
-    return (batch[0][rows], batch[1][rows])
+    return map_batch(batch, lambda t: t[rows])
 
 
 def add_example_dim(example: Any) -> Any:
     """A single example (one row, without its leading dimension) as a batch of one."""
-    if isinstance(example, Tensor):
-        return example[None]
-    if isinstance(example, Mapping):
-        return {k: v[None] for k, v in example.items()}
-    return (example[0][None], example[1][None])
+    return map_batch(example, lambda t: t[None])
 
 
 def probe_example(batch: Any) -> Any:

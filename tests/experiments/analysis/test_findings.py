@@ -42,7 +42,9 @@ def test_settings_come_from_the_runs_and_differences_are_shown(tmp_path):
     assert "sw_threshold = 250/500" in text and "3 validation blocks" in text
 
 
-def test_figure_caption_states_the_sw_definition(tmp_path, monkeypatch):
+def _saved_figures(tmp_path, monkeypatch) -> tuple[object, dict]:
+    """Run ``findings.figures`` on a small analysis with ``save_figure`` replaced by a
+    capture: ``(analysis, {figure name: figure})``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,35 +54,29 @@ def test_figure_caption_states_the_sw_definition(tmp_path, monkeypatch):
     seen = {}
 
     def capture(fig, name, *, folder=None):
-        seen[name] = [t.get_text() for t in fig.texts]
+        seen[name] = fig
         return {}
 
     monkeypatch.setattr(plots, "save_figure", capture)
     findings.figures(a, tmp_path / "figs", prefix="x")
+    return a, seen
+
+
+def test_figure_caption_states_the_sw_definition(tmp_path, monkeypatch):
+    a, seen = _saved_figures(tmp_path, monkeypatch)
     caption = findings.sw_definition(a, short=True)
-    assert caption in seen["x_sparsity"]  # beside the suptitle with the scale
+    # beside the suptitle with the scale
+    assert caption in [t.get_text() for t in seen["x_sparsity"].texts]
     assert ">= 1000" in caption and "2 val. blocks x 64 tokens" in caption
 
 
 def test_grid_figure_legends_say_what_the_error_bars_are(tmp_path, monkeypatch):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from workbench.experiments.analysis import plots
-
-    a = _analysis(tmp_path)
-    seen = {}
-
-    def capture(fig, name, *, folder=None):
-        seen[name] = [ax.get_legend().get_title().get_text() for ax in fig.axes
-                      if ax.get_legend() is not None]
-        return {}
-
-    monkeypatch.setattr(plots, "save_figure", capture)
-    findings.figures(a, tmp_path / "figs", prefix="x")
+    _, seen = _saved_figures(tmp_path, monkeypatch)
+    titles = [ax.get_legend().get_title().get_text() for ax in seen["x_sparsity"].axes
+              if ax.get_legend() is not None]
     # perplexity on a log axis, SW survival on a linear one
-    assert seen["x_sparsity"] == ["bars: geometric mean ×/÷ geometric sd over seeds",
-                                  "bars: mean ± sd over seeds"]
+    assert titles == ["bars: geometric mean ×/÷ geometric sd over seeds",
+                      "bars: mean ± sd over seeds"]
 
 
 def test_fewer_than_three_seeds_are_not_testable_and_the_findings_say_why(tmp_path):
