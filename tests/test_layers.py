@@ -146,7 +146,8 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path):
         "pruning/__init__.py": "", "pruning/masks.py": "",
         "experiments/__init__.py": "", "experiments/analysis/__init__.py": "",
         "experiments/design/__init__.py": "",
-        "experiments/analysis/stats.py": "def g():\n    from workbench.experiments.analysis import specs\n",
+        "experiments/analysis/stats.py":
+            "def g():\n    from workbench.experiments.analysis import specs\n",
         "experiments/analysis/specs.py": "from workbench.experiments.analysis.stats import g\n",
     }
     for rel, text in files.items():

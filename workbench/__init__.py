@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from workbench.core.version import __version__
+from workbench.core.version import __version__ as __version__
 
 #: public name -> module that defines it
 _EXPORTS = {

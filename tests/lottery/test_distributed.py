@@ -23,7 +23,6 @@ import torch
 import yaml
 
 from tests.lottery.ddp_worker import TRAIN, TinySampler, tiny_inputs
-from workbench.lottery import distributed
 from workbench.lottery.train import sampler_seed, train_masked
 
 pytestmark = pytest.mark.usefixtures("one_thread")

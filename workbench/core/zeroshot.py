@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 from torch import nn
 
 from workbench.core import io, paths
@@ -593,7 +592,6 @@ def evaluate_zeroshot(
     _quiet_lm_eval()
     sandbox_lm_eval_templates()
     built = build_task(cfg, task_path(task))
-    from lm_eval.api.task import ConfigurableTask
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 

@@ -92,7 +92,7 @@ from workbench.lottery import checkpoint as ckpt
 from workbench.lottery import distributed
 from workbench.lottery.init import init_model, reinit_weights  # noqa: F401  (re-exported)
 from workbench.lottery.rounds import (
-    EMERGENT_COLUMNS, TRAIN_LOSS_TAIL, emergent_fields, emergent_super_weights, layer_rows,
+    EMERGENT_COLUMNS, emergent_fields, emergent_super_weights, layer_rows,
     prune_step, ranked_parameters, rewind, rewinds_in, round_record, sw_fields,
 )
 from workbench.lottery.summary import robustness_summary  # noqa: F401  (re-exported)

@@ -12,8 +12,8 @@ unit diagonal and their weights are irrelevant to the output. This is the OBS en
 SparseGPT's ``fasterprune``) instead of chosen by SparseGPT's saliency; always computed
 in float32.
 
-:func:`prac_correct` is the PRAC variant (project design notes): the same update with ``H`` built from
-a limited number of stored input rows, while the Wanda scores still use all tokens. With
+:func:`prac_correct` is the PRAC variant (project design notes): the same update with
+``H`` built from a limited number of stored input rows, while the Wanda scores still use all tokens. With
 every row stored it equals :func:`obs_correct` up to rounding.
 
 :func:`james_stein_mean` is the James-Stein estimator of the per-feature input means that

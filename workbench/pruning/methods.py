@@ -71,7 +71,8 @@ class PruneRequest:
         calibration_tokens: Token ids ``LongTensor[n, seq]`` or ``None``.
         batch_size: Calibration sequences per forward.
         device: Device each block runs on in sequential calibration (``None``: its own).
-        scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
+        scores: Precomputed scores (score methods skip scoring; used by
+            :func:`workbench.pruning.sweeps.sweep`).
         layer_sparsity: ``{param name: sparsity}`` from a non-uniform allocation, or
             ``None`` (every layer at ``sparsity``).
         threshold_algorithm: How a ``global`` scope finds its threshold
@@ -274,7 +275,8 @@ def prune(
             ``lam``; see :func:`workbench.pruning.allocation.owl_sparsities`).
         batch_size: Calibration sequences per forward.
         device: Device each block runs on during sequential calibration.
-        scores: Precomputed scores (score methods skip scoring; used by :func:`workbench.pruning.sweeps.sweep`).
+        scores: Precomputed scores (score methods skip scoring; used by
+            :func:`workbench.pruning.sweeps.sweep`).
         threshold_algorithm: ``scope="global"`` only: ``"exact"`` (default),
             ``"statistical"`` or ``"histogram"`` (approximate, within a stated tolerance
             of the target count or an error; :mod:`workbench.pruning.threshold`), for

@@ -7,9 +7,9 @@ only the weight matrices of the transformer blocks' linear layers are scored (se
 Each score kind is one function registered in
 :data:`workbench.pruning.registry.SCORE_KINDS` right next to it (adding a score kind = one
 function + one ``SCORE_KINDS.register(...)`` + one test); :func:`importance` only
-dispatches, an unknown ``score_kind`` is an error listing the registered ones. Kinds defined here (``g_b`` is the gradient of the mean next-token
-cross-entropy of calibration batch ``b``, ``B`` the number of batches,
-``g = mean_b g_b``):
+dispatches, an unknown ``score_kind`` is an error listing the registered ones. Kinds
+defined here (``g_b`` is the gradient of the mean next-token cross-entropy of calibration
+batch ``b``, ``B`` the number of batches, ``g = mean_b g_b``):
 
 * ``magnitude``: ``|w|``.
 * ``gradient_norm``: ``sqrt(mean_b g_b^2)``, the RMS over batches of the per-batch
@@ -154,7 +154,8 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
                       description="|w|")
 def magnitude_scores(model, *, tokens=None, include=None, exclude=None, batch_size=8):
     """``|w|`` (``tokens`` unused)."""
-    return {n: p.detach().float().abs() for n, p in prunable_parameters(model, include, exclude).items()}
+    weights = prunable_parameters(model, include, exclude)
+    return {n: p.detach().float().abs() for n, p in weights.items()}
 
 
 @SCORE_KINDS.register("gradient_norm", label="Gradient norm", needs_calibration=True,

@@ -87,7 +87,8 @@ def capture_block_inputs(model: nn.Module, batches: Sequence[torch.Tensor], *,
     try:
         for batch in batches:
             try:
-                model(batch.to(device), use_cache=False) if is_hf_model(model) else model(batch.to(device))
+                (model(batch.to(device), use_cache=False) if is_hf_model(model)
+                 else model(batch.to(device)))
             except _Stop:
                 pass
     finally:

@@ -32,7 +32,8 @@ thresholds with ``<=`` and may prune a few extra tied entries.
 
 :func:`sparsegpt_layer` is the numerical kernel: steps 1-3 are the one OBS engine of
 :mod:`workbench.pruning.obs` (shared with the fixed-mask corrections), with the saliency
-rule above as its mask choice; :func:`sparsegpt` is the registered pruning method (sequential calibration, :mod:`workbench.pruning.layerwise`).
+rule above as its mask choice; :func:`sparsegpt` is the registered pruning method
+(sequential calibration, :mod:`workbench.pruning.layerwise`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One tidy frame over a spec's runs and its summaries (workbench.experiments.analysis.aggregate)."""
+"""One tidy frame over a spec's runs and its summaries
+(workbench.experiments.analysis.aggregate)."""
 
 import numpy as np
 import pandas as pd

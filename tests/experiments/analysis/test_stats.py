@@ -1,4 +1,5 @@
-"""Paired tests against scipy / statsmodels / hand computations (workbench.experiments.analysis.stats)."""
+"""Paired tests against scipy / statsmodels / hand computations
+(workbench.experiments.analysis.stats)."""
 
 import math
 

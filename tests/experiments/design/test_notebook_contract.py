@@ -46,7 +46,7 @@ def test_choices_are_the_registries():
 
     # the same names (a registry's order follows which provider module was imported first)
     assert sorted(notebook_contract.choice_names("method")) == sorted(METHODS.names())
-    assert sorted(notebook_contract.choice_names("kind")) == sorted(SCORE_KINDS.names())
+    assert sorted(notebook_contract.choice_names("score_kind")) == sorted(SCORE_KINDS.names())
     assert set(notebook_contract.choice_names("allocation")) == {
         a for e in METHODS for a in e.props["allocations"]}
     with pytest.raises(ValueError, match="@method"):

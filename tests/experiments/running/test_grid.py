@@ -1,4 +1,5 @@
-"""Grid runner: resumability, failures, parameter checks, executors (workbench.experiments.running.grid).
+"""Grid runner: resumability, failures, parameter checks, executors
+(workbench.experiments.running.grid).
 
 Uses the fixture notebook tests/fixtures/nb_grid.py (a few seconds per cell, mostly
 kernel start), never the real experiment notebook.

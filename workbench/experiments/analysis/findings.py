@@ -7,8 +7,8 @@
 * the sweet spot per experiment: ``optimal_sparsity``, ``critical_sparsity`` and
   ``winning_ticket_score`` of each run (:func:`workbench.lottery.imp.robustness_summary`)
   aggregated as mean ± sd over seeds;
-* exactly the declared contrasts (:func:`workbench.experiments.analysis.contrasts.compute_contrasts`,
-  one Holm family), and the automatic one-factor pairs of questions that ask for them
+* exactly the declared contrasts
+  (:func:`workbench.experiments.analysis.contrasts.compute_contrasts`, one Holm family), and the automatic one-factor pairs of questions that ask for them
   (``auto:``, :func:`workbench.experiments.analysis.factors.significance_table`, their own
   family);
 * the run-to-run variance of the ``describe:`` metrics (sd and coefficient of variation

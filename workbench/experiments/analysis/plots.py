@@ -20,7 +20,6 @@ grey reference lines.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path

@@ -127,13 +127,13 @@ def _declared(path: str, mtime_ns: int) -> dict[str, Declared]:
             default = ast.unparse(node.value)
         comment = comments.get(node.end_lineno, "")
         m = _TYPE_COMMENT.match(comment)
-        kind = m["type"] if m else None
-        if kind is None and isinstance(node, ast.AnnAssign):
-            kind = ast.unparse(node.annotation).strip("'\"")
+        declared_type = m["type"] if m else None
+        if declared_type is None and isinstance(node, ast.AnnAssign):
+            declared_type = ast.unparse(node.annotation).strip("'\"")
         help_text = m["help"] if m else comment.lstrip("# ")
         for t in targets:
             if isinstance(t, ast.Name):
-                out[t.id] = Declared(t.id, default, kind, help_text.strip())
+                out[t.id] = Declared(t.id, default, declared_type, help_text.strip())
     return out
 
 
@@ -152,7 +152,7 @@ def declared_parameters(name: str | os.PathLike) -> dict[str, Declared]:
 #: property)``; property ``None``: the registry's names, else the union of that property.
 CHOICES: dict[str, tuple[str, str, str | None]] = {
     "method": ("workbench.pruning.registry", "METHODS", None),
-    "kind": ("workbench.pruning.registry", "SCORE_KINDS", None),
+    "score_kind": ("workbench.pruning.registry", "SCORE_KINDS", None),
     "allocation": ("workbench.pruning.registry", "METHODS", "allocations"),
 }
 
@@ -217,8 +217,8 @@ def _is_number(value: Any, integer: bool) -> bool:
     return isinstance(value, int) if integer else isinstance(value, (int, float))
 
 
-def value_problem(kind: str, value: Any) -> str | None:
-    """Why ``value`` is not of the declared type ``kind``, or ``None`` when it is.
+def value_problem(declared: str, value: Any) -> str | None:
+    """Why ``value`` is not of the declared type ``declared``, or ``None`` when it is.
 
     The types a ``# type:`` comment declares (one token, no spaces; papermill's syntax):
 
@@ -230,62 +230,62 @@ def value_problem(kind: str, value: Any) -> str | None:
     * ``list[T]``: a list whose items are ``T``; ``T|U``: either (``int|None``);
       ``None``: only None;
     * ``{a,b,c}``: one of these strings; ``@name``: one of the names of a registry
-      (:data:`CHOICES`: ``@method``, ``@kind``, ``@allocation``).
+      (:data:`CHOICES`: ``@method``, ``@score_kind``, ``@allocation``).
     """
-    kind = kind.strip()
-    alternatives = _split_top(kind, "|")
+    declared = declared.strip()
+    alternatives = _split_top(declared, "|")
     if len(alternatives) > 1:
         problems = [value_problem(a, value) for a in alternatives]
         if any(p is None for p in problems):
             return None
         return f"must be {' or '.join(_describe(a) for a in alternatives)}"
-    if kind in ("None", "NoneType"):
+    if declared in ("None", "NoneType"):
         return None if value is None else "must be None"
-    if kind == "any":
+    if declared == "any":
         return None
-    if kind.startswith("list[") and kind.endswith("]"):
+    if declared.startswith("list[") and declared.endswith("]"):
         if not isinstance(value, (list, tuple)):
-            return f"must be a list of {_describe(kind[5:-1])}"
+            return f"must be a list of {_describe(declared[5:-1])}"
         for i, item in enumerate(value):
-            p = value_problem(kind[5:-1], item)
+            p = value_problem(declared[5:-1], item)
             if p is not None:
                 return f"item {i} ({item!r}) {p}"
         return None
-    if kind.startswith("{") and kind.endswith("}"):
-        allowed = [c.strip() for c in kind[1:-1].split(",")]
+    if declared.startswith("{") and declared.endswith("}"):
+        allowed = [c.strip() for c in declared[1:-1].split(",")]
         return None if value in allowed else f"must be one of {allowed}"
-    if kind.startswith("@"):
-        allowed = choice_names(kind[1:])
+    if declared.startswith("@"):
+        allowed = choice_names(declared[1:])
         return None if value in allowed else (
-            f"must be one of {list(allowed)} (registered: {CHOICES[kind[1:]][1]})")
-    m = _BOUND.match(kind)
+            f"must be one of {list(allowed)} (registered: {CHOICES[declared[1:]][1]})")
+    m = _BOUND.match(declared)
     if m:
         if not _is_number(value, m["base"] == "int"):
-            return f"must be {_describe(kind)}"
+            return f"must be {_describe(declared)}"
         ok = ((not m["lo"] or value >= float(m["lo"]))
               and (not m["hi"] or value <= float(m["hi"])))
-        return None if ok else f"must be {_describe(kind)}"
-    if kind in ("int", "float"):
-        return None if _is_number(value, kind == "int") else f"must be {_describe(kind)}"
-    if kind == "frac":
+        return None if ok else f"must be {_describe(declared)}"
+    if declared in ("int", "float"):
+        return None if _is_number(value, declared == "int") else f"must be {_describe(declared)}"
+    if declared == "frac":
         return None if _is_number(value, False) and 0 <= value <= 1 else (
-            f"must be {_describe(kind)}")
-    if kind == "sparsity":
+            f"must be {_describe(declared)}")
+    if declared == "sparsity":
         if _is_number(value, False) and 0 <= value < 1:
             return None
         nm = _NM.match(value) if isinstance(value, str) else None
         if nm and 0 < int(nm[1]) < int(nm[2]):
             return None
-        return f"must be {_describe(kind)}"
+        return f"must be {_describe(declared)}"
     types = {"str": str, "bool": bool, "dict": dict, "list": (list, tuple)}
-    if kind in types:
-        return None if isinstance(value, types[kind]) else f"must be {_describe(kind)}"
-    raise ValueError(f"unknown type {kind!r} in a notebook's '# type:' comment; see "
+    if declared in types:
+        return None if isinstance(value, types[declared]) else f"must be {_describe(declared)}"
+    raise ValueError(f"unknown type {declared!r} in a notebook's '# type:' comment; see "
                      "workbench.experiments.design.notebook_contract.value_problem")
 
 
-def _describe(kind: str) -> str:
-    m = _BOUND.match(kind)
+def _describe(declared: str) -> str:
+    m = _BOUND.match(declared)
     if m:
         what = "an integer" if m["base"] == "int" else "a number"
         if m["lo"] and m["hi"]:
@@ -295,7 +295,7 @@ def _describe(kind: str) -> str:
             "true or false", "dict": "a mapping", "list": "a list", "None": "None",
             "frac": "a number in [0, 1]",
             "sparsity": "a fraction in [0, 1) or an 'N:M' pattern such as '2:4'"}.get(
-        kind, kind)
+        declared, declared)
 
 
 def check_parameters(name: str | os.PathLike, parameters: Mapping[str, Any], *,
@@ -323,10 +323,11 @@ def check_parameters(name: str | os.PathLike, parameters: Mapping[str, Any], *,
     if not values:
         return
     for key, value in parameters.items():
-        kind = declared[key].type
-        if kind is None:
+        declared_type = declared[key].type
+        if declared_type is None:
             continue
-        problem = value_problem(kind, value)
+        problem = value_problem(declared_type, value)
         if problem is not None:
             raise ValueError(f"notebook {Path(str(name)).stem} parameter {key}={value!r} "
-                             f"{problem} (declared '# type: {kind}' in its parameters cell)")
+                             f"{problem} (declared '# type: {declared_type}' in its "
+                             f"parameters cell)")

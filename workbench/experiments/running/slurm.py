@@ -217,8 +217,8 @@ def lease_alive(directory: str | os.PathLike, scheduler: Scheduler | None = None
     """Is the job named in the cell's lease still pending or running?
 
     ``None`` when the cell has no lease (or it names no job) or the scheduler cannot be
-    asked; for :func:`workbench.experiments.running.cell_state.cell_state` to tell a dead SLURM cell on
-    another host from a running one.
+    asked; for :func:`workbench.experiments.running.cell_state.cell_state` to tell a dead
+    SLURM cell on another host from a running one.
     """
     lease = read_lease(directory)
     if not lease or not lease.get("job_id"):
