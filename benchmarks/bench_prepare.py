@@ -36,7 +36,7 @@ from workbench.core import data, shards
 
 def bench_prepare(tokenizer_spec: str, copies: int, batch_documents: int, repeats: int):
     tok = shards.load_tokenizer(tokenizer_spec)
-    docs = [d for d in data._wiki_documents() if d.strip()] * copies
+    docs = [d for d in data.wiki_documents() if d.strip()] * copies
     batches = [docs[i : i + batch_documents] for i in range(0, len(docs), batch_documents)]
     n_chars = sum(map(len, docs))
     plain_s, prep_s, n_text = [], [], None

@@ -151,11 +151,11 @@ def test_path_or_hub_id(text, is_path):
     import os
 
     from workbench.core import paths
-    from workbench.core.models import _looks_like_path
+    from workbench.core.models import looks_like_path
     cwd = os.getcwd()
     os.chdir(paths.ROOT)  # "tests/" exists relative to the project root
     try:
-        assert _looks_like_path(text) is is_path
+        assert looks_like_path(text) is is_path
     finally:
         os.chdir(cwd)
 

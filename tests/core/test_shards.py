@@ -72,7 +72,7 @@ def wiki_shards(tmp_path_factory):
 
 def test_embedded_corpus_token_for_token(wiki_shards):
     tok, sh = wiki_shards
-    source = [d for d in data._wiki_documents() if d.strip()]
+    source = [d for d in data.wiki_documents() if d.strip()]
     assert len(set(source)) == len(source)
     corpus = data.load_corpus("wiki-excerpt", seed=0)
     eos = tok.eos_token_id
@@ -108,10 +108,10 @@ def test_manifest_records_tokenizer_source_and_version(wiki_shards):
     assert m["tokenizer"]["files"]["tokenizer.json"] == hashlib.sha256(
         (tok_dir / "tokenizer.json").read_bytes()).hexdigest()
     h = hashlib.sha256()
-    for doc in data._wiki_documents():
+    for doc in data.wiki_documents():
         h.update(doc.encode("utf-8") + b"\x00")
     assert m["source"]["sha256"] == h.hexdigest() and m["source"]["kind"] == "builtin"
-    assert sum(s["documents"] for s in m["splits"].values()) == len(data._wiki_documents())
+    assert sum(s["documents"] for s in m["splits"].values()) == len(data.wiki_documents())
     assert m["timing"]["tokens_per_second"] > 0
 
 

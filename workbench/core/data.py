@@ -172,7 +172,7 @@ def _cached_documents(key: str, build) -> list[str]:
     return docs
 
 
-def _wiki_documents() -> list[str]:
+def wiki_documents() -> list[str]:
     path = gensim_test_data() / _WIKI_FILE
 
     def build():
@@ -186,7 +186,7 @@ def _wiki_documents() -> list[str]:
     return _cached_documents(f"wiki-excerpt-v{_CLEANER_VERSION}", build)
 
 
-def _lee_documents() -> list[str]:
+def lee_documents() -> list[str]:
     path = gensim_test_data() / _LEE_FILE
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return [re.sub(r"\s+", " ", ln).strip() for ln in lines if ln.strip()]
@@ -292,9 +292,9 @@ def load_corpus(name: str = DEFAULT_CORPUS, *, seed: int = 0) -> Corpus:
     check_range("seed", seed, 0, integer=True)
     name = os.fspath(name)
     if name == "wiki-excerpt":
-        docs = _wiki_documents()
+        docs = wiki_documents()
     elif name == "lee":
-        docs = _lee_documents()
+        docs = lee_documents()
     elif name.endswith((".txt", ".jsonl")) or Path(name).suffix in (".txt", ".jsonl"):
         docs = _file_documents(Path(name))
     elif Path(name).is_dir() and is_shard_folder(name):

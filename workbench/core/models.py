@@ -398,7 +398,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".ckpt")
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
     """True when ``text`` reads as a filesystem path rather than a hub id ``owner/name``."""
     if text.startswith((".", "/", "~")) or "\\" in text or Path(text).is_absolute():
         return True
@@ -476,7 +476,7 @@ def load_model(
     if name in ("tiny-llama", "tiny-gpt2", "random-smollm2-135m", "random-gpt2-124m"):
         model = _random_model(name, seed)
         if name == "random-smollm2-135m":
-            tokenizer = _smollm2_tokenizer_or_bytes()
+            tokenizer = smollm2_tokenizer_or_bytes()
         elif name == "random-gpt2-124m":
             tokenizer = _gpt2_tokenizer()
         else:
@@ -500,7 +500,7 @@ def load_model(
             path.parent, gguf_file=path.name, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         raise FileNotFoundError(
             f"model_name: path {name!r} does not exist (relative paths are relative to the "
             f"working directory {Path.cwd()}); known names: {', '.join(KNOWN_MODELS)}"
@@ -536,7 +536,7 @@ def _gpt2_tokenizer():
                          "Hugging Face cache (hub downloads are off)") from err
 
 
-def _smollm2_tokenizer_or_bytes():
+def smollm2_tokenizer_or_bytes():
     cache = paths.MODELS_DIR / DEFAULT_MODEL
     if (cache / "tokenizer.json").is_file():
         from transformers import AutoTokenizer

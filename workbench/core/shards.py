@@ -121,7 +121,7 @@ def load_tokenizer(model_name: str | os.PathLike):
     if name in ("tiny-llama", "tiny-gpt2"):
         return ByteTokenizer()
     if name == "random-smollm2-135m":
-        return models._smollm2_tokenizer_or_bytes()
+        return models.smollm2_tokenizer_or_bytes()
     from transformers import AutoTokenizer
 
     if name == models.DEFAULT_MODEL:
@@ -140,7 +140,7 @@ def load_tokenizer(model_name: str | os.PathLike):
             raise ValueError(f"tokenizer: {path} is a file but not a .gguf file; pass a .gguf "
                              "file or a model/tokenizer directory")
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    if models._looks_like_path(name):
+    if models.looks_like_path(name):
         raise FileNotFoundError(f"tokenizer: path {name!r} does not exist (relative to "
                                 f"{Path.cwd()}); known names: {', '.join(models.KNOWN_MODELS)}")
     if models._HUB_ID.fullmatch(name):
@@ -414,9 +414,9 @@ def _resolve_source(source, text_field: str, hf_config: str | None, hf_split: st
     spec = os.fspath(source)
     path = Path(spec).expanduser()
     if spec == "wiki-excerpt":
-        return _Source(spec=spec, kind="builtin", docs=data._wiki_documents())
+        return _Source(spec=spec, kind="builtin", docs=data.wiki_documents())
     if spec == "lee":
-        return _Source(spec=spec, kind="builtin", docs=data._lee_documents())
+        return _Source(spec=spec, kind="builtin", docs=data.lee_documents())
     if path.suffix.lower() in SOURCE_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"source: file {path} does not exist")
@@ -439,13 +439,13 @@ def _resolve_source(source, text_field: str, hf_config: str | None, hf_split: st
     from workbench.core import models
 
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) and not \
-            models._looks_like_path(spec):
+            models.looks_like_path(spec):
         ds = _hf_dataset(spec, hf_config, hf_split)
         if text_field not in ds.column_names:
             raise ValueError(f"source: dataset {spec!r} has no column {text_field!r} "
                              f"(columns: {ds.column_names}); pass text_field=")
         return _Source(spec=spec, kind="huggingface", hf=ds, text_field=text_field)
-    if models._looks_like_path(spec):
+    if models.looks_like_path(spec):
         raise FileNotFoundError(f"source: path {spec!r} does not exist (relative to "
                                 f"{Path.cwd()}); accepted: {_accepted_sources()}")
     raise ValueError(f"source: unknown corpus {spec!r}; accepted: {_accepted_sources()}")
@@ -683,7 +683,7 @@ def shard_folder(spec: Any) -> Path | None:
     for cand in (paths.resolve(text), Path(text).expanduser()):
         if cand.is_dir():
             return cand
-    if models._looks_like_path(text):
+    if models.looks_like_path(text):
         return paths.resolve(text)
     return None
 

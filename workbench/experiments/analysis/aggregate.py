@@ -189,7 +189,7 @@ def load_summaries(source: str | os.PathLike | Spec, profile: str | None = "cpu"
 def run_info(source: str | os.PathLike | Spec, profile: str | None = "cpu",
              runs_dir: str | os.PathLike | None = None) -> dict:
     """The ``spec.json`` the grid wrote into the runs folder (empty if missing)."""
-    return runs._read_json(runs_folder(source, profile, runs_dir) / runs.SPEC_COPY)
+    return runs.read_spec_copy(runs_folder(source, profile, runs_dir))
 
 
 def summarize(df: pd.DataFrame, metrics: Sequence[str] = ("val_ppl", "sw_survival"),

@@ -207,6 +207,12 @@ def read_status(directory: str | os.PathLike) -> dict[str, Any]:
     return _read_json(Path(directory) / STATUS)
 
 
+def read_spec_copy(folder: str | os.PathLike) -> dict[str, Any]:
+    """The spec record a grid leaves in its runs folder (:data:`SPEC_COPY`; empty dict
+    when missing or unreadable)."""
+    return _read_json(Path(folder) / SPEC_COPY)
+
+
 def completion_problem(directory: str | os.PathLike) -> str | None:
     """Why the run is not finished (``None`` when it is); see the completion rule.
 
