@@ -29,6 +29,7 @@ def test_forgetting_correlation_by_hand():
     assert np.isclose(c["predicted_over_measured"], np.median(0.5 * x / y))
     few = fu.forgetting_correlation(t.iloc[:2])
     assert math.isnan(few["pearson_r"]) and few["n"] == 2
+    assert fu.correlation_text(few).startswith("no correlation: n = 2 points")
     sec = fu.forgetting_section(t.assign(run="r"), c, "title")
     assert sec.table["run"].tolist() == ["r"] * 4 and f"{c['pearson_r']:.2f}" in sec.sentence
     plt.close(sec.figure)

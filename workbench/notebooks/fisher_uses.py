@@ -182,6 +182,16 @@ def forgetting_correlation(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def correlation_text(corr: Mapping[str, float]) -> str:
+    """``"Pearson r = 0.93, Spearman ρ = 0.90, n = 12"``, or why there is no correlation
+    (fewer than 3 points, or no spread in one of the two)."""
+    if corr["pearson_r"] != corr["pearson_r"]:  # NaN
+        return (f"no correlation: n = {corr['n']} points (needs >= 3 with spread in both "
+                f"damage and increase)")
+    return (f"Pearson r = {corr['pearson_r']:.2f}, Spearman ρ = {corr['spearman_rho']:.2f}, "
+            f"n = {corr['n']}")
+
+
 def plot_forgetting(table: pd.DataFrame, corr: Mapping[str, float], title: str):
     """Scatter of the Fisher-weighted damage vs the measured loss increase on A, per run."""
     import matplotlib.pyplot as plt
@@ -192,8 +202,7 @@ def plot_forgetting(table: pd.DataFrame, corr: Mapping[str, float], title: str):
                 label=f"{run} (points: every probe step)")
     ax.set_xlabel("Fisher-weighted damage  Σ F_A (θ − θ_A)²  (F_A: EMA during training on A)")
     ax.set_ylabel("measured loss increase on A (nats/token)")
-    ax.set_title(f"{title}\nPearson r = {corr['pearson_r']:.2f}, Spearman ρ = "
-                 f"{corr['spearman_rho']:.2f}, n = {corr['n']}", fontsize=9)
+    ax.set_title(f"{title}\n{correlation_text(corr)}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig, ax
@@ -248,6 +257,5 @@ def forgetting_section(table: pd.DataFrame, corr: Mapping[str, float], title: st
         ``table`` itself, :func:`plot_forgetting` and a sentence with the correlations.
     """
     fig, _ = plot_forgetting(table, corr, title)
-    return Section(table, fig, f"Fisher-weighted damage vs measured loss increase on A over "
-                               f"{corr['n']} probes: Pearson r = {corr['pearson_r']:.2f}, "
-                               f"Spearman ρ = {corr['spearman_rho']:.2f}.")
+    return Section(table, fig, f"Fisher-weighted damage vs measured loss increase on A: "
+                               f"{correlation_text(corr)}.")
