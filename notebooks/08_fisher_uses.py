@@ -59,8 +59,8 @@ from workbench import curvature as cv
 from workbench.core import io, paths
 from workbench.curvature.kfac import modules_of_type
 from workbench.experiments.analysis.plots import save_figure
-from workbench.notebooks import fisher_uses as fu
 from workbench.lottery.train import train_masked
+from workbench.notebooks import fisher_uses as fu
 
 if threads:
     torch.set_num_threads(int(threads))
@@ -156,9 +156,9 @@ wb.write_manifest(out / "manifest.json", seed=seed, parameters=dict(
 print(f"At C = {max(concentrations):.0%} of the {group_key} groups (noise {eps:g} × sd, "
       f"{len(seeds)} seeds), perplexity is {top:.1f} for the top-Fisher groups vs {rnd:.1f} "
       f"random and {bot:.1f} bottom (unperturbed {summary['base_ppl']:.1f}). Across "
-      f"{corr['n']} probes of training on {corpus_b}, the Fisher-weighted damage correlates "
-      f"with the measured loss increase on {corpus} with Pearson r = {corr['pearson_r']:.2f} "
-      f"(Spearman ρ = {corr['spearman_rho']:.2f}); 0.5 × damage / measured increase has "
-      f"median {corr['predicted_over_measured']:.3g} (1 = the quadratic model is exact). "
+      f"{corr['n']} probes of training on {corpus_b}, Fisher-weighted damage vs the measured "
+      f"loss increase on {corpus}: {fu.correlation_text(corr)}; 0.5 × damage / measured "
+      f"increase has median {corr['predicted_over_measured']:.3g} (1 = the quadratic model "
+      "is exact). "
       "The probes of one run are ordered in time, so part of the correlation is shared "
       "drift of both quantities with the number of steps.")

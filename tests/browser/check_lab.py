@@ -50,6 +50,10 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 TINY = {
     "00_quickstart": dict(model="tiny-llama", corpus="lee", seq_len=32, n_blocks=2,
                           batch_size=2),
+    "08_fisher_uses": dict(model="tiny-llama", corpus="lee", corpus_b="wiki-excerpt",
+                           seq_len=16, fisher_tokens=32, eval_tokens=32,
+                           concentrations=[0.1, 0.5], seeds=[0, 1], steps_a=4,
+                           fisher_every=1, steps_b=4, lrs_b=[1e-3], probe_every=1),
 }
 
 
