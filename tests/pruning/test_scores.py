@@ -117,7 +117,8 @@ def test_obd_fisher_option_method_was_renamed_backend(llama, data):
 
     with pytest.raises(TypeError, match=r"'method' is now 'backend'"):
         obd_true_scores(llama, tokens=data[:1, :6], method="loop")
-    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['method'\]"):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['method'\] "
+                                        r"\('method' is now 'backend'\)"):
         importance(llama, "obd_true", tokens=data[:1, :6], method="loop")
 
 

@@ -183,6 +183,10 @@ def _fisher_option_names() -> set[str]:
     return set(inspect.signature(diagonal_fisher).parameters) - skip
 
 
+#: Score-kind options that were renamed (old -> new): refused, the message names the new one.
+RENAMED_OPTIONS = {"method": "backend"}
+
+
 def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch_size=8,
                 **fisher_options):
     """OBD saliency ``0.5 w^2 F_jj`` with the diagonal Fisher of ``fisher_type``.
@@ -195,7 +199,7 @@ def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch
 
     check_choice("fisher_type", fisher_type, FISHER_TYPES)
     check_kwargs(f"importance(score_kind='obd_{fisher_type}')", fisher_options,
-                 _fisher_option_names(), renamed={"method": "backend"})
+                 _fisher_option_names(), renamed=RENAMED_OPTIONS)
     params = prunable_parameters(model, include, exclude)
     diag = diagonal_fisher(model, batches_of(tokens, batch_size), fisher_type=fisher_type,
                            params=params, **fisher_options)
@@ -296,7 +300,8 @@ def importance(
     entry = SCORE_KINDS.get(score_kind)
     allowed = accepted_options(entry.fn)
     if allowed is not None:
-        check_kwargs(f"importance(score_kind={score_kind!r})", options, allowed - {"tokens"})
+        check_kwargs(f"importance(score_kind={score_kind!r})", options, allowed - {"tokens"},
+                     renamed=RENAMED_OPTIONS)
     if entry.props["needs_calibration"] and tokens is None:
         raise ValueError(f"score kind {score_kind!r} needs calibration data (tokens=...)")
     check_calibration(model, tokens, "tokens")
