@@ -394,7 +394,8 @@ def _load_hf(source: str | Path, dtype: torch.dtype, trust_remote_code: bool, **
     return model, tokenizer
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: What a hub id looks like (``owner/name``); such names are loaded from the local cache.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".ckpt")
 
 
@@ -505,7 +506,7 @@ def load_model(
             f"model_name: path {name!r} does not exist (relative paths are relative to the "
             f"working directory {Path.cwd()}); known names: {', '.join(KNOWN_MODELS)}"
         )
-    elif _HUB_ID.fullmatch(name):
+    elif HUB_ID.fullmatch(name):
         allow_hub = os.environ.get("WORKBENCH_HUB") == "1"
         try:
             model, tokenizer = _load_hf(name, torch_dtype, trust_remote_code,

@@ -143,7 +143,7 @@ def load_tokenizer(model_name: str | os.PathLike):
     if models.looks_like_path(name):
         raise FileNotFoundError(f"tokenizer: path {name!r} does not exist (relative to "
                                 f"{Path.cwd()}); known names: {', '.join(models.KNOWN_MODELS)}")
-    if models._HUB_ID.fullmatch(name):
+    if models.HUB_ID.fullmatch(name):
         allow_hub = os.environ.get("WORKBENCH_HUB") == "1"
         try:
             return AutoTokenizer.from_pretrained(name, local_files_only=not allow_hub)
