@@ -193,6 +193,9 @@ def test_sweep_figure_true_sparsity_and_zero_shot(sweep, tmp_path):
     for part in (df["model"].iloc[0], "lee", "n = 2 calibration seeds", "profile: none"):
         assert part in title, title
     assert "zeroshot_acc: mean ± sd over seeds" in fig.legends[0].get_title().get_text()
+    # the title fits the figure: wider, it would set the saved image's width
+    renderer = fig.canvas.get_renderer()
+    assert fig._suptitle.get_window_extent(renderer).width <= fig.bbox.width
     check_saved(fig, "sweep", tmp_path)
 
 

@@ -252,12 +252,31 @@ def plot_oneshot(df: pd.DataFrame, metric: str | Sequence[str] = "val_ppl", *, a
                 seen.setdefault(lab, h)
     notes = "; ".join(f"{metric_name}: {bar_meaning('ppl' in metric_name)[6:]}"
                       for metric_name in metrics)
+    right = max(ax.get_position().x1 for row in rows for ax in row)  # the axes' right edge
     fig.legend(list(seen.values()), list(seen), fontsize=7, frameon=False,
-               loc="center left", bbox_to_anchor=(1.0, 0.5),
+               loc="center left", bbox_to_anchor=(right + 0.02, 0.5), alignment="left",
                title="bars: " + notes.replace("; ", "\n"), title_fontsize=7)
-    fig.suptitle(title if title is not None else sweep_title(df, profile), fontsize=8)
+    text = title if title is not None else sweep_title(df, profile)
+    fig.suptitle(wrap_title(text, fig.get_figwidth(), fontsize=8), fontsize=8)
     return fig, (rows[0] if len(rows) == 1 else rows)
 
 
+def wrap_title(text: str, width_in: float, *, fontsize: float = 8) -> str:
+    """``text`` broken at its `` · `` separators into lines that fit ``width_in`` inches.
+
+    A suptitle wider than its figure makes the saved (tight) image as wide as the title,
+    with the axes lost in the middle. A character is taken as ``0.6 fontsize`` points wide
+    (a generous estimate for DejaVu Sans); a single part longer than a line stays whole.
+    """
+    max_chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    lines: list[str] = []
+    for part in text.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= max_chars:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 __all__ = ["summarize", "results_table", "findings", "curve_style", "plot_oneshot",
-           "sweep_title"]
+           "sweep_title", "wrap_title"]
