@@ -53,7 +53,7 @@ def check_range(argument: str, value: Any, lo: float | None = None, hi: float | 
     return value
 
 
-def _renamed_note(names: Iterable[str], renamed: Mapping[str, str] | None) -> str:
+def renamed_note(names: Iterable[str], renamed: Mapping[str, str] | None) -> str:
     """`` ('kind' is now 'fisher_type')`` for the names of ``names`` found in ``renamed``."""
     hits = [f"{name!r} is now {renamed[name]!r}" for name in names if renamed and name in renamed]
     return f" ({'; '.join(hits)})" if hits else ""
@@ -75,7 +75,7 @@ def check_kwargs(function: str, given: Mapping[str, Any], allowed: Iterable[str]
     if unknown:
         call = function if function.endswith(")") else f"{function}()"
         raise TypeError(f"{call} got unknown keyword argument(s) {unknown}"
-                        f"{_renamed_note(unknown, renamed)}; accepted: {allowed}")
+                        f"{renamed_note(unknown, renamed)}; accepted: {allowed}")
 
 
 def renamed_keywords(**old_to_new: str) -> Callable[[Callable], Callable]:
@@ -93,7 +93,7 @@ def renamed_keywords(**old_to_new: str) -> Callable[[Callable], Callable]:
             old = sorted(set(kwargs) & set(old_to_new))
             if old:
                 raise TypeError(f"{fn.__qualname__}() got an unexpected keyword argument "
-                                f"{old[0]!r}{_renamed_note(old, old_to_new)}")
+                                f"{old[0]!r}{renamed_note(old, old_to_new)}")
             return fn(*args, **kwargs)
 
         inner.__renamed_keywords__ = dict(old_to_new)
@@ -118,7 +118,7 @@ def check_keys(mapping: Any, allowed: Iterable[str], where: str, *,
     unknown = sorted(set(map(str, mapping)) - set(allowed))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}"
-                         f"{_renamed_note(unknown, renamed)}; allowed: {sorted(allowed)}")
+                         f"{renamed_note(unknown, renamed)}; allowed: {sorted(allowed)}")
 
 
 def check_token_ids(argument: str, ids: Any, *, vocab_size: int | None = None,

@@ -57,12 +57,6 @@ def _git(*args: str, cwd: str | os.PathLike | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def package_dir() -> Path:
-    """The folder of the ``workbench`` package actually imported (not the working
-    directory, not :data:`workbench.core.paths.ROOT`)."""
-    return PACKAGE_DIR
-
-
 def code_version(package: str | os.PathLike | None = None) -> dict[str, Any]:
     """Git state of the checkout the package was imported from.
 
@@ -71,14 +65,14 @@ def code_version(package: str | os.PathLike | None = None) -> dict[str, Any]:
     repository, e.g. a virtual environment kept in a project folder, does not count).
 
     Args:
-        package: The package folder (default :func:`package_dir`).
+        package: The package folder (default :data:`workbench.core.version.PACKAGE_DIR`).
 
     Returns:
         ``git_commit`` (full hash, ``None`` when the package is not in a git checkout or
         git is missing), ``git_dirty`` (tracked files modified; ``None`` with no
         commit) and ``git_root`` (the work tree, ``None`` likewise).
     """
-    pkg = Path(package) if package is not None else package_dir()
+    pkg = Path(package) if package is not None else PACKAGE_DIR
     none = {"git_commit": None, "git_dirty": None, "git_root": None}
     root = _git("rev-parse", "--show-toplevel", cwd=pkg) if pkg.is_dir() else None
     if not root:
@@ -138,7 +132,7 @@ def environment_record() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "numpy": np.__version__,
         "workbench": __version__,
-        "workbench_path": str(package_dir()),
+        "workbench_path": str(PACKAGE_DIR),
         "device": (torch.cuda.get_device_name(0) if acc["cuda_available"]
                    else f"cpu ({os.cpu_count()} cores)"),
         **code_version(),

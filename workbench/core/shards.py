@@ -59,7 +59,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,8 +437,7 @@ def _resolve_source(source, text_field: str, hf_config: str | None, hf_split: st
                          f"({path.suffix or 'no suffix'}); accepted: {_accepted_sources()}")
     from workbench.core import models
 
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) and not \
-            models.looks_like_path(spec):
+    if models.HUB_ID.fullmatch(spec) and not models.looks_like_path(spec):
         ds = _hf_dataset(spec, hf_config, hf_split)
         if text_field not in ds.column_names:
             raise ValueError(f"source: dataset {spec!r} has no column {text_field!r} "

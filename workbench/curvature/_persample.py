@@ -340,7 +340,6 @@ class Chunk:
     Attributes:
         examples: The rows of the batch (same format as the batch).
         n_examples: ``b``.
-        first: Global index of the first example (over all batches, in order).
         labels: ``[S, b, ...]`` sampled labels (:func:`~._problem.sample_labels`) for the
             true Fisher, ``None`` for the data labels.
         n_samples: Label draws ``S`` (1 for the data labels).
@@ -352,7 +351,6 @@ class Chunk:
 
     examples: Any
     n_examples: int
-    first: int
     labels: Tensor | None
     n_samples: int
     loss_kind: str
@@ -369,16 +367,11 @@ class Chunk:
         ``L_s = sum_t active_t * l_t(y_t^(s))`` the summed (unweighted) loss of the chunk's
         active terms at the labels of draw ``s``; one backward pass each, no parameter
         gradient formed."""
-        terms, lk = self.terms, self.loss_kind
-        w = terms.active.to(terms.outputs.dtype)
         order = list(self.outputs)
         S = self.n_samples
         for s in range(S):
-            tgt = terms.targets if self.labels is None else \
-                self.labels[s].reshape(terms.targets.shape)
-            if lk in ("ce", "nll"):
-                tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
-            loss = (w * P.term_losses(lk, terms.outputs, tgt)).sum()
+            labels = None if self.labels is None else self.labels[s]
+            loss = P.active_loss(self.loss_kind, self.terms, labels)
             gs = torch.autograd.grad(loss, [self.outputs[n] for n in order],
                                      retain_graph=s < S - 1, allow_unused=True,
                                      materialize_grads=True)
@@ -427,7 +420,7 @@ class PerExampleGradients:
                 ex = P.example_rows(batch, slice(start, start + step))
                 bc = P.n_examples(ex)
                 first = self.n_examples + start
-                chunk = Chunk(ex, bc, first, None, S, lk)
+                chunk = Chunk(ex, bc, None, S, lk)
                 if self.record is not None:
                     chunk.terms, chunk.outputs, chunk.record = self.record(ex)
                     sampled_from = chunk.terms.outputs

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from workbench.core.models import is_hf_model, logits_of
 
@@ -352,8 +353,6 @@ def check_finite(name: str, t: Tensor) -> None:
 
 def _call_functional(model: nn.Module, params: dict, x: Any, **kwargs: Any) -> Tensor:
     """Call ``model`` with substituted parameters/buffers and return its logits."""
-    from torch.func import functional_call
-
     if is_hf_model(model):
         kwargs.setdefault("use_cache", False)
     return logits_of(functional_call(model, params, (x,), kwargs))
@@ -502,13 +501,20 @@ def example_loss_fn(model: nn.Module, names: Sequence[str], loss_kind: str,
     def f(params, example, targets):
         ex = add_example_dim(example)
         terms = batch_terms(model, ex, loss_kind, loss_fn, call=bind(params), validate=False)
-        tgt = terms.targets if targets is None else targets.reshape(terms.targets.shape)
-        if loss_kind in ("ce", "nll"):
-            tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
-        w = terms.active.to(terms.outputs.dtype)
-        return (w * term_losses(loss_kind, terms.outputs, tgt)).sum()
+        return active_loss(loss_kind, terms, targets)
 
     return f
+
+
+def active_loss(loss_kind: str, terms: "Terms", targets: Tensor | None = None) -> Tensor:
+    """``sum_t active_t * l_t(y_t)``: the summed (unweighted) loss of the active terms, at
+    the data labels (``targets=None``) or at ``targets`` (reshaped to the terms' targets;
+    inactive class targets set to 0 so they index a valid class)."""
+    tgt = terms.targets if targets is None else targets.reshape(terms.targets.shape)
+    if loss_kind in ("ce", "nll"):
+        tgt = torch.where(terms.active, tgt, torch.zeros_like(tgt))
+    w = terms.active.to(terms.outputs.dtype)
+    return (w * term_losses(loss_kind, terms.outputs, tgt)).sum()
 
 
 def example_outputs_fn(model: nn.Module, names: Sequence[str], loss_kind: str,

@@ -16,12 +16,10 @@ from torch import Tensor, nn
 
 from workbench.core.checks import check_choice, check_kwargs
 from workbench.curvature import _storage
-from workbench.curvature.diagonal import diagonal_fisher
+from workbench.curvature.diagonal import RENAMED, diagonal_fisher
 from workbench.curvature.groups import collect_group_fisher
 
 REDUCTIONS = ("diagonal", "group")
-#: Renamed keywords of the collectors (old -> new), refused with the new name.
-RENAMED = {"kind": "fisher_type", "method": "backend"}
 
 
 class FisherAccumulator:
@@ -121,7 +119,7 @@ class FisherAccumulator:
             raise ValueError(f"fisher: parameter names differ from earlier updates of {task!r}")
         t = self._steps.get(task, 0) + 1
         w = (1.0 - self.decay) / (1.0 - self.decay ** t)
-        lost = total = 0
+        reference = {}
         for n, x in fisher.items():
             x = x.detach().to(self.device, torch.float32)
             if n in state:
@@ -131,13 +129,12 @@ class FisherAccumulator:
                 a = x.clone()
             s = _storage.pow2_scale(a, self.storage_dtype)
             q = (a / s).to(self.storage_dtype)
-            lost += int(((a != 0) & (q == 0)).sum())
-            total += a.numel()
+            reference[n] = a
             state[n], scales[n] = q, s
         self._steps[task] = t
-        self._underflow[task] = lost / total if total else 0.0
+        self._underflow[task] = _storage.underflow_share(reference, state)
         _storage.warn_underflow(self._underflow[task], self.storage_dtype,
-                       f"FisherAccumulator task {task!r}")
+                                f"FisherAccumulator task {task!r}")
 
     def _check_task(self, task: str) -> None:
         if task not in self._state:

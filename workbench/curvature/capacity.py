@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from workbench.core.checks import check_kwargs, check_range
 from workbench.curvature import _problem as P
-from workbench.curvature.diagonal import diagonal_fisher
+from workbench.curvature.diagonal import RENAMED, diagonal_fisher
 from workbench.curvature.kfac import KFAC, default_modules
 from workbench.curvature.products import curvature_matmat, num_params
 from workbench.curvature.registry import CURVATURE_MATRICES
@@ -131,7 +131,7 @@ def fisher_damage(
     allowed = set(inspect.signature(diagonal_fisher).parameters) - {
         "model", "batches", "fisher_type", "params"}
     check_kwargs("fisher_damage", fisher_options, allowed,
-                 renamed={"kind": "fisher_type", "method": "backend"})
+                 renamed=RENAMED)
     names = list(params) if params is not None else [
         f"{n}.weight" for n in default_modules(model_a)]
     fa = diagonal_fisher(model_a, tokens_a, fisher_type=fisher_type, params=names,

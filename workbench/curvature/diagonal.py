@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from workbench.core.checks import renamed_keywords
+from workbench.core.checks import check_choice, renamed_keywords
 from workbench.curvature import _persample as PS
 from workbench.curvature import _problem as P
 from workbench.curvature import _storage
@@ -64,7 +64,11 @@ from workbench.curvature.registry import check_fisher_type
 BACKENDS = ("auto", "hooks", "vmap", "loop")
 
 
-@renamed_keywords(kind="fisher_type", method="backend")
+#: Keywords of :func:`diagonal_fisher` that were renamed (old -> new), refused naming the new.
+RENAMED = {"kind": "fisher_type", "method": "backend"}
+
+
+@renamed_keywords(**RENAMED)
 def diagonal_fisher(
     model: nn.Module,
     batches: Any,
@@ -132,12 +136,9 @@ def diagonal_fisher(
         TypeError: The old keywords ``kind`` / ``method`` (named with their new names).
     """
     fisher_type = check_fisher_type(fisher_type).value
-    if normalize not in PS.NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {PS.NORMALIZATIONS}, got {normalize!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if granularity not in PS.GRANULARITIES:
-        raise ValueError(f"granularity must be one of {PS.GRANULARITIES}, got {granularity!r}")
+    check_choice("normalize", normalize, PS.NORMALIZATIONS)
+    check_choice("backend", backend, BACKENDS)
+    check_choice("granularity", granularity, PS.GRANULARITIES)
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if clip is not None and not clip > 0:
@@ -171,7 +172,8 @@ def diagonal_fisher(
     named = dict(zip(names, plist))
     f = P.example_loss_fn(model, rest, lkind, loss_fn)
     detached = {n: named[n].detach() for n in rest}
-    per_ex = vmap(grad(f), in_dims=(None, 0, 0))
+    per_ex = vmap(grad(f), in_dims=(None, 0, 0))  # sampled labels
+    per_ex_data = vmap(grad(f), in_dims=(None, 0, None))  # the data's own labels
 
     def record(ex):
         """The hook pass: module inputs/outputs of the planned parameters' modules."""
@@ -201,7 +203,7 @@ def diagonal_fisher(
             targets = chunk.targets(s)
             if backend in ("auto", "vmap") and not loop_batch:
                 if targets is None:
-                    g = vmap(grad(f), in_dims=(None, 0, None))(detached, ex, None)
+                    g = per_ex_data(detached, ex, None)
                 else:
                     g = per_ex(detached, ex, targets)
             else:

@@ -494,7 +494,8 @@ def modules_of_type(model: nn.Module, types: list[str] | tuple[str, ...] | None)
     if types is None:
         return names
     wanted = list(types)
-    out = [n for n in names if n.rsplit(".", 1)[-1] in set(wanted)]
+    kept = set(wanted)
+    out = [n for n in names if n.rsplit(".", 1)[-1] in kept]
     if not out:
         raise ValueError(f"types: no linear layer named {wanted} in the model")
     return out

@@ -56,6 +56,12 @@ from workbench.curvature.registry import (
 )
 
 
+def _batch_seed(seed: int, batch: int) -> int:
+    """Seed of the Monte Carlo labels of batch ``batch`` (one generator per batch here,
+    unlike the per-example rule of :func:`~workbench.curvature._problem.sample_labels`)."""
+    return int(seed) * P.LABEL_SEED_STRIDE + int(batch)
+
+
 def _default_loss(loss_fn: nn.Module | None) -> nn.Module:
     return nn.CrossEntropyLoss() if loss_fn is None else loss_fn
 
@@ -251,11 +257,11 @@ def curvature_matmat(
     for bi, batch in enumerate(batches):
         gen = None
         if n_samples is not None:
-            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
+            gen = torch.Generator().manual_seed(_batch_seed(seed, bi))
         for start in range(0, V.shape[0], chunk_size):
             block = V[start:start + chunk_size]
             if gen is not None:  # the same labels for every chunk of columns
-                gen.manual_seed(int(seed) * 1_000_003 + bi)
+                gen.manual_seed(_batch_seed(seed, bi))
             n_out = _n_outputs(model, batch, lkind, loss_fn) if lkind == "mse" else 1
             scale = P.term_scale(lkind, loss_fn, n_total, n_out)
             result[start:start + chunk_size] += _batch_matmat(
@@ -425,7 +431,7 @@ def dense_matrix_jacobian(
     out = None
     for bi, batch in enumerate(batches):
         J, terms = per_term_jacobian(model, batch, loss_fn=loss_fn, params=params)
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + bi)
+        gen = torch.Generator().manual_seed(_batch_seed(seed, bi))
         M = entry.matrices(terms.outputs.detach(), terms.targets, lkind, n_samples, gen)
         scale = P.term_scale(lkind, loss_fn, n_total, terms.outputs.shape[1])
         w = terms.active.to(J.dtype) * scale

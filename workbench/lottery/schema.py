@@ -38,7 +38,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from workbench.core.checks import check_choice, check_range, renamed_keywords
+from workbench.core.checks import check_choice, check_range, renamed_keywords, renamed_note
 from workbench.core.shards import MANIFEST, open_shards, shard_folder
 from workbench.lottery.train import AUTOCAST, LR_SCHEDULES
 from workbench.pruning.registry import SCORE_KINDS
@@ -55,11 +55,6 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Config keys (spec YAML keys, notebook 04 ``config`` keys, record columns) that were
 #: renamed, old -> new: an old one is refused like an unknown key, naming the new one.
 RENAMED_KEYS = {"importance_kind": "score_kind"}
-
-
-def _score_kinds() -> tuple[str, ...]:
-    """The registered score kinds (the registry imports its providers on first lookup)."""
-    return tuple(SCORE_KINDS.names())
 
 
 def _f(default: Any, role: str, help: str, *, choices=None, range=None, open=(False, False),
@@ -227,7 +222,7 @@ class IMPConfig:
                    "transformer blocks' linear layers, or every weight matrix (embeddings "
                    "and head included)", choices=RANKS)
     score_kind: str = _f("magnitude", "design", "score kind that ranks the weights "
-                         "(workbench.importance)", choices=_score_kinds)
+                         "(workbench.importance)", choices=SCORE_KINDS.names)
     steps_per_round: int = _f(4, "design", "optimizer steps per round (round 0 included)",
                               range=(0, None), integer=True, scalable=True)
     lr: float = _f(1e-4, "design", "peak learning rate (AdamW)", range=(0.0, None),
@@ -312,9 +307,8 @@ class IMPConfig:
         specs = {s.name: s for s in config_fields(cls)}
         unknown = sorted(set(params) - set(specs))
         if unknown:
-            renamed = [f"{k!r} is now {RENAMED_KEYS[k]!r}" for k in unknown if k in RENAMED_KEYS]
-            note = f" ({'; '.join(renamed)})" if renamed else ""
-            raise ValueError(f"unknown config key(s) {unknown}{note}; known keys: "
+            raise ValueError(f"unknown config key(s) {unknown}"
+                             f"{renamed_note(unknown, RENAMED_KEYS)}; known keys: "
                              f"{sorted(specs)}")
         if params.get("tokens_per_round") and "steps_per_round" in params:
             raise ValueError("state either steps_per_round or tokens_per_round (> 0), not "

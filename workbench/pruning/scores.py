@@ -41,6 +41,8 @@ from workbench.core.checks import check_choice, check_kwargs, renamed_keywords
 from workbench.core.devices import model_device
 from workbench.core.evaluate import causal_lm_loss
 from workbench.core.models import check_model_tokens, forward_logits, is_conv1d
+from workbench.curvature.diagonal import RENAMED as FISHER_RENAMED
+from workbench.curvature.diagonal import diagonal_fisher
 from workbench.curvature.registry import FISHER_TYPES
 from workbench.pruning.calibration import batches_of, collect_input_statistics
 from workbench.pruning.params import prunable_modules, prunable_parameters
@@ -57,11 +59,6 @@ def __getattr__(name: str):
     if name == "NEEDS_DATA":
         return SCORE_KINDS.names(needs_calibration=True)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def check_score_kind(score_kind: str) -> None:
-    """Raise ``ValueError`` for an unknown score kind, listing the registered ones."""
-    SCORE_KINDS.check(score_kind)
 
 
 def accepted_options(fn) -> set[str] | None:
@@ -177,14 +174,9 @@ def taylor_scores(model, *, tokens, include=None, exclude=None, batch_size=8):
 
 
 def _fisher_option_names() -> set[str]:
-    from workbench.curvature.diagonal import diagonal_fisher
-
     skip = {"model", "batches", "fisher_type", "params"}
     return set(inspect.signature(diagonal_fisher).parameters) - skip
 
-
-#: Score-kind options that were renamed (old -> new): refused, the message names the new one.
-RENAMED_OPTIONS = {"method": "backend"}
 
 
 def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch_size=8,
@@ -195,11 +187,9 @@ def _obd_scores(fisher_type, model, *, tokens, include=None, exclude=None, batch
     (``n_samples``, ``seed``, ``chunk_size``, ``normalize``, ``granularity``, ...);
     unknown names are an error.
     """
-    from workbench.curvature.diagonal import diagonal_fisher
-
     check_choice("fisher_type", fisher_type, FISHER_TYPES)
     check_kwargs(f"importance(score_kind='obd_{fisher_type}')", fisher_options,
-                 _fisher_option_names(), renamed=RENAMED_OPTIONS)
+                 _fisher_option_names(), renamed=FISHER_RENAMED)
     params = prunable_parameters(model, include, exclude)
     diag = diagonal_fisher(model, batches_of(tokens, batch_size), fisher_type=fisher_type,
                            params=params, **fisher_options)
@@ -301,7 +291,7 @@ def importance(
     allowed = accepted_options(entry.fn)
     if allowed is not None:
         check_kwargs(f"importance(score_kind={score_kind!r})", options, allowed - {"tokens"},
-                     renamed=RENAMED_OPTIONS)
+                     renamed=FISHER_RENAMED)
     if entry.props["needs_calibration"] and tokens is None:
         raise ValueError(f"score kind {score_kind!r} needs calibration data (tokens=...)")
     check_calibration(model, tokens, "tokens")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -97,8 +96,6 @@ def utc_now() -> str:
 # The owner record and its liveness check live in the core layer (also used for the
 # interrupted dequantisation folders of workbench.core.models).
 owner_record = processes.owner_record
-_process_start = processes.process_start
-_process_state = processes.process_state
 _owner_alive = processes.owner_alive
 
 
@@ -157,10 +154,7 @@ def kernel_files_in(directory: str | os.PathLike) -> Iterator[Path]:
 
 def read_heartbeat(directory: str | os.PathLike) -> dict[str, Any]:
     """The cell's last heartbeat record (:mod:`workbench.core.heartbeat`), ``{}`` if none."""
-    try:
-        return json.loads((Path(directory) / runs.HEARTBEAT).read_text())
-    except (OSError, ValueError):
-        return {}
+    return runs.read_json(Path(directory) / runs.HEARTBEAT)
 
 
 def progress_fields(directory: str | os.PathLike, now: float | None = None) -> dict[str, Any]:

@@ -14,7 +14,6 @@ bars). The names of the files a run leaves beside the executed notebook come fro
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -184,10 +183,7 @@ def _clock(seconds: float) -> str:
 
 def read_beat(path: str | os.PathLike) -> dict[str, Any]:
     """A heartbeat file as a dict (empty when missing or being replaced)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+    return runs.read_json(path)
 
 
 class HeartbeatBars:

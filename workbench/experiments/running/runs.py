@@ -179,7 +179,9 @@ def write_run(run_dir: str | os.PathLike, tables: Mapping[str, pd.DataFrame],
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object file of a run as a dict (empty when missing, unreadable or not an
+    object, e.g. while it is being replaced)."""
     try:
         out = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -189,28 +191,28 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The run's manifest (empty dict when missing or unreadable)."""
-    return _read_json(Path(directory) / MANIFEST)
+    return read_json(Path(directory) / MANIFEST)
 
 
 def read_summary(directory: str | os.PathLike) -> dict[str, Any]:
     """The run's summary (empty dict when missing or unreadable)."""
-    return _read_json(Path(directory) / SUMMARY)
+    return read_json(Path(directory) / SUMMARY)
 
 
 def read_params(directory: str | os.PathLike) -> dict[str, Any]:
     """The parameters the grid injected (empty dict when missing or unreadable)."""
-    return _read_json(Path(directory) / PARAMS)
+    return read_json(Path(directory) / PARAMS)
 
 
 def read_status(directory: str | os.PathLike) -> dict[str, Any]:
     """The run's ``status.json`` (empty dict when missing or unreadable)."""
-    return _read_json(Path(directory) / STATUS)
+    return read_json(Path(directory) / STATUS)
 
 
 def read_spec_copy(folder: str | os.PathLike) -> dict[str, Any]:
     """The spec record a grid leaves in its runs folder (:data:`SPEC_COPY`; empty dict
     when missing or unreadable)."""
-    return _read_json(Path(folder) / SPEC_COPY)
+    return read_json(Path(folder) / SPEC_COPY)
 
 
 def completion_problem(directory: str | os.PathLike) -> str | None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
@@ -91,11 +90,7 @@ def job_name(directory: str | os.PathLike) -> str:
 
 def read_lease(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The cell's lease (``None`` when there is none or it does not parse)."""
-    try:
-        lease = json.loads((Path(directory) / runs.LEASE).read_text())
-    except (OSError, ValueError):
-        return None
-    return lease if isinstance(lease, dict) else None
+    return runs.read_json(Path(directory) / runs.LEASE) or None
 
 
 def _write_lease(directory: Path, lease: Mapping[str, Any]) -> None:
